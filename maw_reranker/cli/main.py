@@ -1,0 +1,74 @@
+"""`maw-rerank` entry point. Each command lives in its own module exposing ``HELP``, ``Options`` and ``run``."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from maw_reranker.cli.options import ConfigError, build_parser, parse_options
+
+# command name -> module; modules are imported lazily so `maw-rerank --help` stays fast.
+COMMANDS = {
+    "build-pools": "maw_reranker.cli.build_pools",
+    "eval": "maw_reranker.cli.eval",
+    "suite": "maw_reranker.cli.suite",
+    "train": "maw_reranker.cli.train",
+    "demo": "maw_reranker.cli.demo",
+    "datasets": "maw_reranker.cli.datasets",
+}
+
+
+def _load(name: str):
+    try:
+        return importlib.import_module(COMMANDS[name])
+    except ModuleNotFoundError as exc:
+        if exc.name == COMMANDS[name]:
+            return None
+        raise
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(prog="maw-rerank", description="MAW cross-encoder reranking: pools, training, evaluation.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    # Only the chosen command's module is imported; the others are listed by name.
+    chosen = next((a for a in argv if a in COMMANDS), None)
+    for name in COMMANDS:
+        if name == chosen:
+            module = _load(name)
+            if module is None:
+                continue
+            cmd_parser = sub.add_parser(name, help=module.HELP, description=module.HELP)
+            build_parser(module.Options, cmd_parser)
+        else:
+            sub.add_parser(name, help=f"see `maw-rerank {name} --help`", add_help=False)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    if not args.command:
+        parser.print_help()
+        return 2
+    module = _load(args.command)
+    if module is None:
+        parser.error(f"command '{args.command}' is not available in this installation")
+    values = {k: v for k, v in vars(args).items() if k not in {"command", "verbose"}}
+    try:
+        options = parse_options(module.Options, values)
+        result = module.run(options)
+    except ConfigError as exc:
+        print(f"maw-rerank {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"maw-rerank {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"maw-rerank {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,165 @@
+"""Dataclass-driven command options: YAML config files (composable) + command-line overrides.
+
+Every command declares its options as one dataclass. This module turns it into an argparse parser whose
+``--help`` lists every option with its default, loads ``--config`` YAML files (later files win, a file may
+pull in others with ``defaults: [other.yaml, ...]`` relative to itself), then applies command-line flags on top.
+Unknown keys and bad values fail before any work starts, naming the key and what is allowed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import typing
+from pathlib import Path
+from typing import Any, get_args, get_origin
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A bad config file, key or value; the message names it."""
+
+
+def _base_type(tp: Any) -> Any:
+    origin = get_origin(tp)
+    if origin is typing.Union or str(origin) == "types.UnionType":
+        args = [a for a in get_args(tp) if a is not type(None)]
+        return _base_type(args[0]) if len(args) == 1 else str
+    return tp
+
+
+def _choices(field: dataclasses.Field) -> list | None:
+    tp = _base_type(field.type)
+    if get_origin(tp) is typing.Literal:
+        return list(get_args(tp))
+    return field.metadata.get("choices")
+
+
+def _convert(name: str, value: Any, field: dataclasses.Field, source: str) -> Any:
+    """Coerce ``value`` to the field's type; raise ConfigError naming the option and where it came from."""
+    tp = _base_type(field.type)
+    allowed = _choices(field)
+    if value is None:
+        return None
+    origin = get_origin(tp)
+    try:
+        if origin is typing.Literal:
+            literal_types = {type(a) for a in get_args(tp)}
+            if isinstance(value, str) and int in literal_types and value.lstrip("-").isdigit():
+                value = int(value)
+        elif tp is bool:
+            if isinstance(value, str):
+                low = value.lower()
+                if low not in {"true", "false", "1", "0", "yes", "no"}:
+                    raise ValueError(value)
+                value = low in {"true", "1", "yes"}
+            value = bool(value)
+        elif tp in (int, float, str):
+            if tp is int and isinstance(value, float) and not value.is_integer():
+                raise ValueError(value)
+            value = tp(value)
+        elif origin in (list, tuple) or tp in (list, tuple):
+            if isinstance(value, str):
+                value = json.loads(value) if value.strip().startswith("[") else [v for v in value.split(",") if v]
+            inner = get_args(tp)
+            if inner and inner[0] in (int, float, str):
+                value = [inner[0](v) for v in value]
+            value = list(value)
+        elif origin is dict or tp is dict:
+            if isinstance(value, str):
+                value = json.loads(value)
+            if not isinstance(value, dict):
+                raise ValueError(value)
+    except (TypeError, ValueError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"{source}: option '{name}' expects {getattr(tp, '__name__', tp)}, got {value!r}") from exc
+    if allowed is not None:
+        items = value if isinstance(value, list) else [value]
+        bad = [v for v in items if v not in allowed]
+        if bad:
+            raise ConfigError(f"{source}: option '{name}' got {bad[0]!r}; allowed values: {', '.join(map(str, allowed))}")
+    return value
+
+
+def load_yaml_config(path: str | Path, _seen: tuple = ()) -> dict:
+    """Load one YAML config, resolving its ``defaults:`` list (files relative to it) first."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    if path.resolve() in _seen:
+        raise ConfigError(f"{path}: circular 'defaults' include")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: invalid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a config file must hold a mapping of option: value")
+    merged: dict = {}
+    for include in data.pop("defaults", None) or []:
+        merged = deep_merge(merged, load_yaml_config(path.parent / include, _seen + (path.resolve(),)))
+    return deep_merge(merged, data)
+
+
+def deep_merge(base: dict, override: dict) -> dict:
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def build_parser(options_cls: type, parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add ``--config`` plus one flag per dataclass field to ``parser`` (defaults shown in --help)."""
+    parser.formatter_class = argparse.ArgumentDefaultsHelpFormatter
+    parser.add_argument("--config", action="append", default=[], metavar="YAML",
+                        help="config file(s), merged in order; command-line flags override them")
+    for field in dataclasses.fields(options_cls):
+        if field.metadata.get("cli") is False:
+            continue
+        default = field.default if field.default is not dataclasses.MISSING else (
+            field.default_factory() if field.default_factory is not dataclasses.MISSING else None)
+        help_text = field.metadata.get("help", "")
+        choices = _choices(field)
+        if choices:
+            help_text += f" (one of: {', '.join(map(str, choices))})"
+        parser.add_argument(_flag(field.name), dest=field.name, default=argparse.SUPPRESS, metavar="VALUE",
+                            help=f"{help_text} [default: {default!r}]" if help_text else f"[default: {default!r}]")
+    return parser
+
+
+def parse_options(options_cls: type, ns: argparse.Namespace | dict, config_files: list | None = None):
+    """Build an ``options_cls`` instance from config files and parsed flags; validate every key and value."""
+    values = dict(vars(ns)) if isinstance(ns, argparse.Namespace) else dict(ns)
+    files = list(config_files or []) + list(values.pop("config", []) or [])
+    fields = {f.name: f for f in dataclasses.fields(options_cls)}
+    merged: dict = {}
+    sources: dict = {}
+    for path in files:
+        data = load_yaml_config(path)
+        for key in data:
+            sources[key] = str(path)
+        merged = deep_merge(merged, data)
+    for key in values:
+        sources[key] = "command line"
+    merged.update({k: v for k, v in values.items() if k in fields})
+    unknown = sorted(set(merged) - set(fields))
+    if unknown:
+        raise ConfigError(f"{sources.get(unknown[0], 'config')}: unknown option '{unknown[0]}'; "
+                          f"allowed options: {', '.join(sorted(fields))}")
+    kwargs = {k: _convert(k, v, fields[k], sources.get(k, "config")) for k, v in merged.items()}
+    try:
+        options = options_cls(**kwargs)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(str(exc)) from exc
+    return options
+
+
+def options_to_dict(options: Any) -> dict:
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(options).items()}
