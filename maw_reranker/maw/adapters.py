@@ -1,0 +1,181 @@
+"""Per-architecture glue: how to read Q/K/V, the mask and (DeBERTa) relative-position terms from a wrapped
+self-attention module, how to call it for ``O_orig``, and how to shape the result like it does."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+SUPPORTED_ARCHITECTURES = {
+    # model_type -> self-attention class name
+    "bert": "BertSelfAttention",
+    "roberta": "RobertaSelfAttention",
+    "xlm-roberta": "XLMRobertaSelfAttention",
+    "camembert": "CamembertSelfAttention",
+    "electra": "ElectraSelfAttention",
+    "deberta-v2": "DisentangledSelfAttention",
+}
+
+
+class AttentionAdapter:
+    """Reads a BERT-style self-attention module (``query``/``key``/``value`` linears, HF attention interface)."""
+
+    q_name, k_name, v_name = "query", "key", "value"
+    scale_factor = 1  # DeBERTa divides scores by sqrt(width * number of score terms)
+
+    def __init__(self, base: nn.Module):
+        self.signature = inspect.signature(base.forward)
+        q = getattr(base, self.q_name)
+        self.num_heads = int(getattr(base, "num_attention_heads"))
+        self.head_dim = int(getattr(base, "attention_head_size"))
+        self.hidden_size = q.in_features
+
+    def bind(self, args: tuple, kwargs: dict) -> dict:
+        bound = self.signature.bind_partial(*args, **kwargs)
+        merged = dict(bound.arguments)
+        merged.update(merged.pop("kwargs", {}) or {})
+        return merged
+
+    def heads(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, L, H*Dh] -> [B, H, L, Dh]``."""
+        return x.view(x.shape[0], x.shape[1], self.num_heads, self.head_dim).transpose(1, 2)
+
+    def inputs(self, bound: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """(hidden states that make keys/values, hidden states that make queries)."""
+        hidden = bound["hidden_states"]
+        return hidden, hidden
+
+    def project(self, base: nn.Module, bound: dict):
+        x_kv, x_q = self.inputs(bound)
+        q = self.heads(getattr(base, self.q_name)(x_q))
+        k = self.heads(getattr(base, self.k_name)(x_kv))
+        v = self.heads(getattr(base, self.v_name)(x_kv))
+        return q, k, v
+
+    def allowed_mask(self, bound: dict, batch: int, length: int) -> Optional[torch.Tensor]:
+        """Boolean ``[B, 1|H, L, L]`` mask, True where attention is allowed, or None (no padding)."""
+        mask = bound.get("attention_mask")
+        if mask is None:
+            return None
+        if mask.dim() == 2:  # [B, L] padding mask
+            mask = mask[:, None, None, :]
+        elif mask.dim() == 3:
+            mask = mask[:, None]
+        if mask.dtype == torch.bool:
+            allowed = mask
+        elif mask.is_floating_point():
+            allowed = mask > torch.finfo(mask.dtype).min / 2  # additive masks use finfo.min (or -inf)
+        else:
+            allowed = mask > 0
+        return allowed.expand(batch, allowed.shape[1], length, length)
+
+    def wants_attentions(self, bound: dict) -> bool:
+        return bool(bound.get("output_attentions", False))
+
+    def call_original(self, base: nn.Module, args: tuple, kwargs: dict):
+        # Call forward directly, not __call__: output-capturing hooks belong to the wrapper, which reports the
+        # blended attention; the inner module must not record a second, unblended map.
+        out = base.forward(*args, **kwargs)
+        return out[0], (out[1] if len(out) > 1 else None)
+
+    def score_scale(self, width: int) -> float:
+        return (width * self.scale_factor) ** -0.5
+
+    def depth_bias(self, base: nn.Module, bound: dict, q_depth: list, k_depth: list, feature_slices: list):
+        """Additive per-depth score terms (None for BERT-style attention)."""
+        return None
+
+    def merge_heads(self, o: torch.Tensor) -> torch.Tensor:
+        return o.transpose(1, 2).reshape(o.shape[0], o.shape[2], self.num_heads * self.head_dim)
+
+
+class DebertaV2Adapter(AttentionAdapter):
+    """DeBERTa-v2/v3 disentangled attention: content-content plus content-to-position and position-to-content
+    terms. All three are per-head dot products, so a depth slice of the head features applies to each of them."""
+
+    q_name, k_name, v_name = "query_proj", "key_proj", "value_proj"
+
+    def __init__(self, base: nn.Module):
+        super().__init__(base)
+        self.scale_factor = 1 + sum(t in base.pos_att_type for t in ("c2p", "p2c"))
+
+    def inputs(self, bound: dict):
+        hidden = bound["hidden_states"]
+        query_states = bound.get("query_states")
+        return hidden, (hidden if query_states is None else query_states)
+
+    def allowed_mask(self, bound: dict, batch: int, length: int):
+        mask = bound.get("attention_mask")
+        if mask is None:
+            return None
+        if mask.dim() == 2:
+            mask = mask[:, None, None, :] * mask[:, None, :, None]
+        elif mask.dim() == 3:
+            mask = mask[:, None]
+        return mask.bool().expand(batch, mask.shape[1], length, length)
+
+    def depth_bias(self, base, bound, q_depth, k_depth, feature_slices):
+        from transformers.models.deberta_v2.modeling_deberta_v2 import build_relative_position, build_rpos
+
+        if not base.relative_attention:
+            return None
+        x_q = q_depth[0]
+        relative_pos = bound.get("relative_pos")
+        if relative_pos is None:
+            relative_pos = build_relative_position(x_q, k_depth[0], bucket_size=base.position_buckets,
+                                                   max_position=base.max_relative_positions)
+        while relative_pos.dim() > 2:
+            relative_pos = relative_pos[0]  # positions are shared across the batch and heads
+        relative_pos = relative_pos.to(device=x_q.device, dtype=torch.long)
+        span = base.pos_ebd_size
+        rel = base.pos_dropout(bound["rel_embeddings"])[: span * 2, :].unsqueeze(0)
+        if base.share_att_key:
+            pos_key = self.heads(base.key_proj(rel))[0] if "c2p" in base.pos_att_type else None
+            pos_query = self.heads(base.query_proj(rel))[0] if "p2c" in base.pos_att_type else None
+        else:
+            pos_key = self.heads(base.pos_key_proj(rel))[0] if "c2p" in base.pos_att_type else None
+            pos_query = self.heads(base.pos_query_proj(rel))[0] if "p2c" in base.pos_att_type else None
+        c2p_index = torch.clamp(relative_pos + span, 0, span * 2 - 1)
+        r_pos = build_rpos(x_q, k_depth[0], relative_pos, base.max_relative_positions, base.position_buckets)
+        while r_pos.dim() > 2:
+            r_pos = r_pos[0]
+        p2c_index = torch.clamp(-r_pos.to(x_q.device).long() + span, 0, span * 2 - 1)
+        scales = [self.score_scale(e - s) for s, e in feature_slices]
+
+        def bias(d: int, index):
+            q = q_depth[d] if index is None else q_depth[d][index]
+            k = k_depth[d] if index is None else k_depth[d][index]
+            s, e = feature_slices[d]
+            length_q, length_k = q.shape[-2], k.shape[-2]
+            total = 0
+            if pos_key is not None:  # content -> position
+                c2p = torch.einsum("bhqw,hpw->bhqp", q, pos_key[..., s:e])
+                idx = c2p_index[:length_q, :length_k].expand(q.shape[0], q.shape[1], length_q, length_k)
+                total = total + torch.gather(c2p, -1, idx) * scales[d]
+            if pos_query is not None:  # position -> content
+                p2c = torch.einsum("bhkw,hpw->bhkp", k, pos_query[..., s:e])
+                idx = p2c_index[:length_k, :length_k].expand(k.shape[0], k.shape[1], length_k, length_k)
+                total = total + torch.gather(p2c, -1, idx).transpose(-1, -2) * scales[d]
+            return total if torch.is_tensor(total) else None
+
+        return bias
+
+
+_ADAPTERS = {"DisentangledSelfAttention": DebertaV2Adapter}
+
+
+def adapter_for(module: nn.Module) -> AttentionAdapter:
+    name = type(module).__name__
+    if name not in SUPPORTED_ARCHITECTURES.values():
+        raise unsupported_error(name)
+    if name == "DisentangledSelfAttention" and not hasattr(module, "query_proj"):
+        raise unsupported_error(f"{name} (DeBERTa v1)")
+    return _ADAPTERS.get(name, AttentionAdapter)(module)
+
+
+def unsupported_error(what: Any) -> ValueError:
+    supported = ", ".join(f"{k} ({v})" for k, v in SUPPORTED_ARCHITECTURES.items())
+    return ValueError(f"MAW cannot patch {what}: supported architectures are {supported}")

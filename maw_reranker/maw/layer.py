@@ -1,0 +1,147 @@
+"""`DepthwiseMAWSelfAttention`: the drop-in wrapper around a pretrained self-attention module.
+
+It keeps the original module as ``base_layer`` (its weights are reused, not copied), computes the original output
+``O_orig`` with it, computes ``O_maw`` from the same projections (docs/MAW.md sections 1-4) and returns
+``(1 - alpha) * O_orig + alpha * O_maw`` in the original's output format (section 5).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+from torch import nn
+
+from maw_reranker.maw.adapters import AttentionAdapter, adapter_for
+from maw_reranker.maw.config import MAWConfig
+from maw_reranker.maw.functional import (DepthInputs, combine_depths, depth_slices, depth_statistics, fix_empty_rows,
+                                         selected_attention)
+from maw_reranker.maw.gating import DepthGating
+
+
+class DepthwiseMAWSelfAttention(nn.Module):
+    """Multi-Attention-Weight self-attention wrapping ``base_layer``. Build it with :func:`wrap_attention` (or
+    :func:`maw_reranker.patch_model`), which also makes it an instance of the wrapped class so that code checking
+    ``isinstance`` (e.g. transformers' attention-output recording) keeps working."""
+
+    def __init__(self, base_layer: nn.Module, config: MAWConfig, layer_index: int = 0):
+        nn.Module.__init__(self)
+        self.base_layer = base_layer
+        self.maw_config = config
+        self.layer_index = layer_index
+        self.adapter: AttentionAdapter = adapter_for(base_layer)
+        heads, width = self.adapter.num_heads, self.adapter.head_dim
+        self.depth = int(config.depth_dim)
+        self.maw_strength = float(config.maw_strength)
+        if config.depth_source == "split":
+            self.feature_slices = depth_slices(width, self.depth)
+        else:
+            self.feature_slices = [(0, width)] * self.depth
+            hidden, rank, out = self.adapter.hidden_size, config.depth_rank, heads * width
+            # LoRA-style init: random down-projection, zero up-projection -> every depth starts at W_Q / W_K.
+            down = torch.empty(2, self.depth, hidden, rank)
+            nn.init.kaiming_uniform_(down.view(-1, rank), a=math.sqrt(5))
+            ref = base_layer.get_submodule(self.adapter.q_name).weight
+            self.maw_down = nn.Parameter(down.to(dtype=ref.dtype, device=ref.device))
+            self.maw_up = nn.Parameter(torch.zeros(2, self.depth, rank, out, dtype=ref.dtype, device=ref.device))
+        self.gating = DepthGating(config, self.adapter.hidden_size, heads, layer_index)
+        ref = next(base_layer.parameters())
+        self.gating.to(device=ref.device)
+        self.last_depth_weights: Optional[torch.Tensor] = None
+        self.last_selected_depth: Optional[torch.Tensor] = None
+
+    # -- building blocks --------------------------------------------------------------------------------------
+    def depth_inputs(self, bound: dict) -> tuple[DepthInputs, torch.Tensor]:
+        """Per-depth queries/keys for this forward pass, and the layer input used to make the queries."""
+        base, adapter = self.base_layer, self.adapter
+        q, k, v = adapter.project(base, bound)
+        batch, _, length, _ = v.shape
+        allowed = adapter.allowed_mask(bound, batch, length)
+        if allowed is None:
+            key_valid = torch.ones(batch, length, dtype=torch.bool, device=v.device)
+        else:
+            key_valid = allowed[:, 0].any(dim=-2)
+        allowed = fix_empty_rows(allowed)
+        x_kv, x_q = adapter.inputs(bound)
+        if self.maw_config.depth_source == "split":
+            q_list = [q[..., s:e] for s, e in self.feature_slices]
+            k_list = [k[..., s:e] for s, e in self.feature_slices]
+        else:
+            q_list = self._projected(q, x_q, 0)
+            k_list = self._projected(k, x_kv, 1)
+        scales = [adapter.score_scale(e - s) for s, e in self.feature_slices]
+        bias = adapter.depth_bias(base, bound, q_list, k_list, self.feature_slices)
+        return DepthInputs(q=q_list, k=k_list, scale=scales, v=v, allowed=allowed, key_valid=key_valid,
+                           bias=bias), x_q
+
+    def _projected(self, base_heads: torch.Tensor, x: torch.Tensor, which: int) -> list[torch.Tensor]:
+        delta = torch.einsum("bli,dir->bldr", x, self.maw_down[which].to(x.dtype))
+        delta = torch.einsum("bldr,dro->bldo", delta, self.maw_up[which].to(x.dtype))
+        return [base_heads + self.adapter.heads(delta[:, :, d]) for d in range(self.depth)]
+
+    def depth_weights(self, inp: DepthInputs, x_q: torch.Tensor) -> torch.Tensor:
+        stats = depth_statistics(inp, self.maw_config.stat_chunk) if self.gating.needs_stats else None
+        pooled = None
+        if self.gating.mode == "gate":
+            valid = inp.key_valid.unsqueeze(-1).to(x_q.dtype)
+            pooled = (x_q * valid).sum(1) / valid.sum(1).clamp_min(1)
+        weights = self.gating(inp.v.shape[0], stats, pooled)
+        self._record(weights)
+        return weights
+
+    def _record(self, weights: torch.Tensor) -> None:
+        w = weights.detach().float()
+        if w.dim() == 3:
+            w = w.mean(1)
+        self.last_depth_weights = w
+        self.last_selected_depth = w.argmax(-1)
+
+    def maw_output(self, bound: dict, want_map: bool = False):
+        """``(O_maw [B, L, H*Dh], A_sel or None)`` for the bound forward arguments."""
+        inp, x_q = self.depth_inputs(bound)
+        weights = self.depth_weights(inp, x_q)
+        hard = self.gating.last_hard and not weights.requires_grad
+        dropout_p = float(getattr(getattr(self.base_layer, "dropout", None), "p", 0.0)) if self.training else 0.0
+        o = combine_depths(inp, weights, dropout_p=dropout_p, hard=hard)
+        a_sel = selected_attention(inp, weights) if want_map else None
+        return self.adapter.merge_heads(o), a_sel
+
+    # -- nn.Module --------------------------------------------------------------------------------------------
+    def forward(self, *args, **kwargs):
+        bound = self.adapter.bind(args, kwargs)
+        out_orig, attn_orig = self.adapter.call_original(self.base_layer, args, kwargs)
+        want_map = attn_orig is not None and self.adapter.wants_attentions(bound)
+        out_maw, a_sel = self.maw_output(bound, want_map)
+        alpha = self.maw_strength
+        out = (1.0 - alpha) * out_orig + alpha * out_maw.to(out_orig.dtype)
+        attn = None
+        if want_map:
+            attn = (1.0 - alpha) * attn_orig + alpha * a_sel.to(attn_orig.dtype)
+        return out, attn
+
+    def maw_parameters(self):
+        """The parameters MAW added (what MAW-only training and saving touch)."""
+        return [p for n, p in self.named_parameters() if not n.startswith("base_layer.")]
+
+    def extra_repr(self) -> str:
+        c = self.maw_config
+        return (f"layer={self.layer_index}, depth={c.depth_dim}, source={c.depth_source}, gating={c.gating_mode}, "
+                f"strength={c.maw_strength}")
+
+
+_WRAPPER_CLASSES: dict[type, type] = {}
+
+
+def wrapper_class_for(base_cls: type) -> type:
+    """A subclass of both DepthwiseMAWSelfAttention and ``base_cls`` (so ``isinstance(layer, base_cls)`` holds)."""
+    if base_cls not in _WRAPPER_CLASSES:
+        name = f"MAW{base_cls.__name__}"
+        cls = type(name, (DepthwiseMAWSelfAttention, base_cls), {"__module__": __name__})
+        globals()[name] = cls  # importable by name, so pickling works
+        _WRAPPER_CLASSES[base_cls] = cls
+    return _WRAPPER_CLASSES[base_cls]
+
+
+def wrap_attention(base_layer: nn.Module, config: MAWConfig, layer_index: int = 0) -> DepthwiseMAWSelfAttention:
+    return wrapper_class_for(type(base_layer))(base_layer, config, layer_index)
