@@ -8,7 +8,10 @@ Conventions (also in docs/evaluation.md):
 * "t-test" = paired Student t-test, ``scipy.stats.ttest_rel`` (two-sided);
 * "Wilcoxon" = Wilcoxon signed-rank test on the differences, ``scipy.stats.wilcoxon`` (two-sided); zero
   differences follow ``zero_method`` (default ``"wilcox"``: queries with a zero difference are dropped before
-  ranking, the textbook and R default; ``"pratt"`` and ``"zsplit"`` are available);
+  ranking, the textbook and R default; ``"pratt"`` and ``"zsplit"`` are available). scipy's method="auto" gives
+  the exact null distribution without ties/zeros (n <= 50), an exact sign-flip permutation test with ties/zeros
+  and n <= 13, else the normal approximation without continuity correction (scipy's default; here zero_method
+  changes the result);
 * bootstrap = paired percentile bootstrap of the mean difference: queries are resampled with replacement
   (seeded numpy Generator), the CI is the (alpha/2, 1-alpha/2) percentiles of the resampled means;
 * effect size = Cohen's d_z = mean(diff) / sd(diff) with the n-1 sd;

@@ -254,7 +254,10 @@ def load_suite(dataset_dir: str | Path) -> dict[str, dict[str, dict]]:
     results: dict[str, dict[str, dict]] = {}
     for variant_dir in sorted(p for p in dataset_dir.iterdir() if p.is_dir()):
         seeds: dict[str, dict] = {}
-        for seed_dir in sorted(p for p in variant_dir.iterdir() if p.is_dir() and SEED_DIR.match(p.name)):
+        seed_dirs = [p for p in variant_dir.iterdir() if p.is_dir() and SEED_DIR.match(p.name)]
+        # Numeric seeds in numeric order (seed_2 before seed_10), others after, by name.
+        seed_dirs.sort(key=lambda p: (0, int(p.name[5:]), "") if p.name[5:].isdigit() else (1, 0, p.name))
+        for seed_dir in seed_dirs:
             metrics_path, pq_path = seed_dir / "metrics.json", seed_dir / "per_query.json"
             if not (metrics_path.is_file() and pq_path.is_file()):
                 logger.warning("skipping unfinished run %s (metrics.json or per_query.json missing)", seed_dir)

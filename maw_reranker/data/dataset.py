@@ -1,0 +1,128 @@
+"""The one dataset interface the package uses, over any ir_datasets dataset (official or registered locally)."""
+
+from __future__ import annotations
+
+import re
+from functools import cached_property
+from typing import Iterable, Iterator, Mapping
+
+import ir_measures
+
+Run = dict[str, dict[str, float]]
+
+
+def doc_text(doc) -> str:
+    """Text to index and rerank: ``"title text"`` when the doc has a title (BEIR; as Anserini's BeirFlatCollection)."""
+    text = getattr(doc, "text", None)
+    if text is None:
+        return doc.default_text()
+    title = getattr(doc, "title", None)
+    return f"{title} {text}".strip() if title else text
+
+
+def query_text(query) -> str:
+    # BEIR TREC-COVID/SCIDOCS queries carry extra fields; the benchmark query is always ``text``.
+    text = getattr(query, "text", None)
+    return text if text is not None else query.default_text()
+
+
+def slugify(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "dataset"
+
+
+def check_measures(measures: Iterable[str], option: str = "measures") -> list[str]:
+    """Validate ir_measures strings now rather than after an hour of reranking."""
+    measures = [str(m) for m in measures]
+    if not measures:
+        raise ValueError(f"option '{option}' is empty; give at least one ir_measures string such as nDCG@10")
+    for m in measures:
+        try:
+            ir_measures.parse_measure(m)
+        except (ValueError, NameError, SyntaxError, TypeError) as exc:
+            raise ValueError(f"option '{option}': {m!r} is not an ir_measures measure ({exc})") from None
+    return measures
+
+
+class DocsMapping(Mapping):
+    """docid -> text, backed by the dataset's ir_datasets docs_store (lazy: nothing is loaded until asked)."""
+
+    def __init__(self, irds):
+        self._irds = irds
+
+    @cached_property
+    def _store(self):
+        return self._irds.docs_store()
+
+    def __getitem__(self, docid: str) -> str:
+        found = self._store.get_many([docid])
+        if docid not in found:
+            raise KeyError(docid)
+        return doc_text(found[docid])
+
+    def get_many(self, docids: Iterable[str]) -> dict[str, str]:
+        """Batch lookup (one docstore pass); missing ids are left out."""
+        return {docid: doc_text(doc) for docid, doc in self._store.get_many(list(docids)).items()}
+
+    def __iter__(self) -> Iterator[str]:
+        return (doc.doc_id for doc in self._irds.docs_iter())
+
+    def __len__(self) -> int:
+        count = self._irds.docs_count()
+        return count if count is not None else sum(1 for _ in self)
+
+
+class Dataset:
+    """A named dataset: queries, qrels, documents, and (for candidate files) the run that ships with it.
+
+    ``slug`` names its pool folder; ``corpus_slug`` names artifacts shared by all splits (indexes).
+    """
+
+    def __init__(self, name: str, irds, irds_id: str, measures: Iterable[str], *, split: str | None = None,
+                 slug: str | None = None, corpus_slug: str | None = None, source: str | None = None,
+                 kind: str = "registry", remove_query: bool = False, pyserini_index: str | None = None,
+                 has_candidates: bool = False):
+        self.name = name
+        self.irds = irds
+        self.irds_id = irds_id
+        self.measures = check_measures(measures)
+        self.split = split
+        self.corpus_slug = corpus_slug or slugify(name)
+        self.slug = slug or self.corpus_slug + (f"-{split}" if split else "")
+        self.source = source or irds_id
+        self.kind = kind
+        self.remove_query = remove_query
+        self.pyserini_index = pyserini_index
+        self._has_candidates = has_candidates
+
+    def __repr__(self) -> str:
+        split = f", split={self.split!r}" if self.split else ""
+        return f"Dataset({self.name!r}{split}, source={self.source!r}, measures={self.measures})"
+
+    def queries(self) -> dict[str, str]:
+        return {q.query_id: query_text(q) for q in self.irds.queries_iter()}
+
+    def qrels(self) -> dict[str, dict[str, int]]:
+        if not self.irds.has_qrels():
+            return {}
+        qrels: dict[str, dict[str, int]] = {}
+        for qrel in self.irds.qrels_iter():
+            qrels.setdefault(qrel.query_id, {})[qrel.doc_id] = int(qrel.relevance)
+        return qrels
+
+    def docs(self) -> DocsMapping:
+        return DocsMapping(self.irds)
+
+    def iter_docs(self) -> Iterator[tuple[str, str]]:
+        return ((doc.doc_id, doc_text(doc)) for doc in self.irds.docs_iter())
+
+    def docs_count(self) -> int | None:
+        return self.irds.docs_count()
+
+    def candidates(self) -> Run | None:
+        """The run shipped with a candidates file (RankLLM JSON, TREC run + docs); None otherwise."""
+        if not self._has_candidates:
+            return None
+        run: Run = {}
+        for sd in self.irds.scoreddocs_iter():
+            run.setdefault(sd.query_id, {})[sd.doc_id] = float(sd.score)
+        return run

@@ -1,0 +1,155 @@
+"""Strict streaming readers for local docs/queries files (TSV, JSONL) and RankLLM candidate JSON.
+
+Every error names the file and line (or JSON entry), because a silent skip would change the experiment.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Iterator, NamedTuple
+
+from maw_reranker.data.trec import DataFormatError
+
+_DOC_ID_KEYS = ("_id", "id", "doc_id", "docid")
+_DOC_TEXT_KEYS = ("text", "contents", "content", "body")
+_QUERY_ID_KEYS = ("_id", "id", "query_id", "qid")
+_QUERY_TEXT_KEYS = ("text", "query", "title")
+_TSV_HEADER_IDS = {"id", "_id", "docid", "doc_id", "qid", "query_id", "query-id", "pid"}
+
+
+class Record(NamedTuple):
+    id: str
+    text: str
+    title: str
+    lineno: int
+
+
+def require_file(path: str | Path, what: str) -> Path:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} file not found: {path}")
+    return path
+
+
+def _pick(obj: dict, keys: tuple[str, ...], path: Path, lineno: int, what: str, required: bool = True) -> str:
+    for key in keys:
+        if key in obj and obj[key] is not None:
+            return str(obj[key])
+    if required:
+        raise DataFormatError(f"{path}:{lineno}: missing {what} (expected one of the keys {', '.join(keys)})")
+    return ""
+
+
+def _iter_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
+    with path.open(encoding="utf-8") as handle:
+        for lineno, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataFormatError(f"{path}:{lineno}: invalid JSON: {exc.msg} (column {exc.colno})") from None
+            if not isinstance(obj, dict):
+                raise DataFormatError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+            yield lineno, obj
+
+
+def _iter_tsv(path: Path, what: str, max_cols: int) -> Iterator[Record]:
+    with path.open(encoding="utf-8") as handle:
+        for lineno, line in enumerate(handle, 1):
+            line = line.rstrip("\n").rstrip("\r")
+            if not line.strip():
+                continue
+            cols = line.split("\t")
+            if lineno == 1 and cols[0].strip().lower() in _TSV_HEADER_IDS:
+                continue  # a header row
+            if len(cols) < 2 or len(cols) > max_cols:
+                shape = "'id<TAB>text'" if max_cols == 2 else "'id<TAB>text' or 'id<TAB>title<TAB>text'"
+                raise DataFormatError(f"{path}:{lineno}: expected {shape} for {what}, got {len(cols)} columns")
+            if not cols[0].strip():
+                raise DataFormatError(f"{path}:{lineno}: empty {what} id")
+            title, text = (cols[1], cols[2]) if len(cols) == 3 else ("", cols[1])
+            yield Record(cols[0].strip(), text, title, lineno)
+
+
+def iter_records(path: str | Path, kind: str) -> Iterator[Record]:
+    """Yield docs (``kind="docs"``) or queries (``kind="queries"``) from a .tsv or .jsonl file, rejecting duplicates."""
+    path = require_file(path, kind)
+    suffixes = "".join(path.suffixes[-1:]).lower()
+    if suffixes in {".jsonl", ".json"}:
+        id_keys, text_keys = (_DOC_ID_KEYS, _DOC_TEXT_KEYS) if kind == "docs" else (_QUERY_ID_KEYS, _QUERY_TEXT_KEYS)
+        records = (Record(_pick(obj, id_keys, path, n, f"{kind[:-1]} id"),
+                          _pick(obj, text_keys, path, n, "text"),
+                          str(obj.get("title") or "") if kind == "docs" else "", n)
+                   for n, obj in _iter_jsonl(path))
+    elif suffixes in {".tsv", ".txt", ".tab"}:
+        records = _iter_tsv(path, kind[:-1], 3 if kind == "docs" else 2)
+    else:
+        raise DataFormatError(f"{path}: unsupported {kind} format {path.suffix!r}; use .tsv or .jsonl")
+    seen: dict[str, int] = {}
+    count = 0
+    for record in records:
+        if record.id in seen:
+            raise DataFormatError(f"{path}:{record.lineno}: duplicate {kind[:-1]} id {record.id!r} "
+                                  f"(first seen on line {seen[record.id]})")
+        seen[record.id] = record.lineno
+        count += 1
+        yield record
+    if count == 0:
+        raise DataFormatError(f"{path}: no {kind} found (empty file)")
+
+
+def read_queries(path: str | Path) -> dict[str, str]:
+    return {r.id: r.text for r in iter_records(path, "queries")}
+
+
+class Candidates(NamedTuple):
+    queries: dict[str, str]
+    docs: dict[str, str]
+    run: dict[str, dict[str, float]]
+
+
+def read_rankllm_candidates(path: str | Path) -> Candidates:
+    """Read the RankLLM candidate list ``[{"query": str, "hits": [{"qid", "docid", "content", "score"}]}]``."""
+    path = require_file(path, "candidates")
+    try:
+        with path.open(encoding="utf-8") as handle:
+            data = json.load(handle)
+    except json.JSONDecodeError as exc:
+        raise DataFormatError(f"{path}:{exc.lineno}: invalid JSON: {exc.msg} (column {exc.colno})") from None
+    if not isinstance(data, list):
+        raise DataFormatError(f"{path}: expected a JSON list of {{'query', 'hits'}} entries, got {type(data).__name__}")
+    queries: dict[str, str] = {}
+    docs: dict[str, str] = {}
+    run: dict[str, dict[str, float]] = {}
+    for i, entry in enumerate(data):
+        where = f"{path}: entry {i}"
+        if not isinstance(entry, dict) or "query" not in entry or not isinstance(entry.get("hits"), list):
+            raise DataFormatError(f"{where}: expected an object with 'query' (str) and 'hits' (list)")
+        hits = entry["hits"]
+        qid = str(entry.get("qid", hits[0].get("qid") if hits and isinstance(hits[0], dict) else ""))
+        if not qid:
+            raise DataFormatError(f"{where}: no query id (no 'qid' on the entry and no hits)")
+        if qid in queries:
+            raise DataFormatError(f"{where}: duplicate query id {qid!r}")
+        queries[qid] = str(entry["query"])
+        ranked: dict[str, float] = {}
+        for j, hit in enumerate(hits):
+            if not isinstance(hit, dict) or "docid" not in hit or "content" not in hit:
+                raise DataFormatError(f"{where}, hit {j}: expected an object with 'docid' and 'content'")
+            if str(hit.get("qid", qid)) != qid:
+                raise DataFormatError(f"{where}, hit {j}: qid {hit['qid']!r} differs from the entry's {qid!r}")
+            docid = str(hit["docid"])
+            if docid in ranked:
+                raise DataFormatError(f"{where}, hit {j}: duplicate document {docid!r} for query {qid!r}")
+            try:
+                # Without a score, keep the list order: a decreasing pseudo-score.
+                ranked[docid] = float(hit["score"]) if hit.get("score") is not None else float(len(hits) - j)
+            except (TypeError, ValueError):
+                raise DataFormatError(f"{where}, hit {j}: score is not a number: {hit['score']!r}") from None
+            docs.setdefault(docid, str(hit["content"]))
+        run[qid] = ranked
+    if not queries:
+        raise DataFormatError(f"{path}: no entries (empty list)")
+    return Candidates(queries, docs, run)

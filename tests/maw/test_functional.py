@@ -1,0 +1,121 @@
+"""Fast path vs the plain reference, masking, and statistics (docs/MAW.md sections 2-6)."""
+
+import pytest
+import torch
+
+from maw_reranker.maw.functional import (DepthInputs, combine_depths, depth_slices, depth_statistics,
+                                         selected_attention, stat_scores)
+from maw_reranker.maw.reference import reference_maw, reference_stat_weights
+
+
+def make_inputs(depth, width=10, batch=4, heads=3, length=12, seed=0, pad=True, bias=False):
+    gen = torch.Generator().manual_seed(seed)
+    q = torch.randn(batch, heads, length, width, generator=gen) * 2
+    k = torch.randn(batch, heads, length, width, generator=gen) * 2
+    v = torch.randn(batch, heads, length, width, generator=gen)
+    key_valid = torch.ones(batch, length, dtype=torch.bool)
+    if pad:
+        for b, n in enumerate([length, 7, 3, 10][:batch]):
+            key_valid[b, n:] = False
+    allowed = key_valid[:, None, None, :].expand(batch, 1, length, length)
+    slices = depth_slices(width, depth)
+    extra = torch.randn(batch, heads, length, length, generator=gen) if bias else None
+    bias_fn = None
+    if bias:
+        def bias_fn(d, index):
+            t = extra * (d + 1) / depth
+            return t if index is None else t[index]
+    return DepthInputs(q=[q[..., s:e] for s, e in slices], k=[k[..., s:e] for s, e in slices],
+                       scale=[(e - s) ** -0.5 for s, e in slices], v=v, allowed=allowed, key_valid=key_valid,
+                       bias=bias_fn)
+
+
+def test_depth_slices_follow_tensor_split():
+    for width, depth in [(10, 3), (32, 8), (7, 7), (10, 1)]:
+        sizes = [e - s for s, e in depth_slices(width, depth)]
+        assert sizes == [t.shape[0] for t in torch.tensor_split(torch.arange(width), depth)]
+    with pytest.raises(ValueError, match="depth_dim"):
+        depth_slices(4, 5)
+
+
+@pytest.mark.parametrize("depth", [1, 3, 8])
+@pytest.mark.parametrize("bias", [False, True])
+def test_fast_stat_path_matches_reference(depth, bias):
+    inp = make_inputs(depth, bias=bias)
+    stats = depth_statistics(inp, chunk=3)  # chunking across the batch must not matter
+    weights = torch.softmax(2.5 * stat_scores(stats), dim=-1)
+    fast = combine_depths(inp, weights)
+    ref_out, ref_map, ref_w = reference_maw(inp, lambda b, s: reference_stat_weights(s, 2.5))
+    valid = inp.key_valid[:, None, :, None]
+    assert torch.allclose(weights.double(), ref_w, atol=1e-5)
+    assert torch.allclose((fast * valid).double(), ref_out, atol=1e-5)
+    fast_map = selected_attention(inp, weights)
+    both = inp.key_valid[:, None, :, None] & inp.key_valid[:, None, None, :]
+    assert torch.allclose((fast_map * both).double(), ref_map, atol=1e-5)
+
+
+@pytest.mark.parametrize("depth", [1, 3, 8])
+def test_statistics_match_reference(depth):
+    from maw_reranker.maw.reference import reference_attention_5d, reference_statistics
+
+    inp = make_inputs(depth)
+    fast = depth_statistics(inp)
+    for b in range(inp.v.shape[0]):
+        a5, _ = reference_attention_5d(inp, b)
+        assert torch.allclose(fast[b].double(), reference_statistics(a5), atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("depth", [3, 8])
+def test_hard_weights_use_selected_depth_only(depth):
+    inp = make_inputs(depth)
+    selected = torch.tensor([0, depth - 1, 1, 1])
+    weights = torch.nn.functional.one_hot(selected, depth).float()
+    hard = combine_depths(inp, weights, hard=True)
+    soft = combine_depths(inp, weights, hard=False)
+    assert torch.allclose(hard, soft, atol=1e-6)
+
+
+def test_per_head_weights_match_reference():
+    inp = make_inputs(3)
+    weights = torch.softmax(torch.randn(4, 3, 3), dim=-1)  # [B, H, D]
+    fast = combine_depths(inp, weights)
+    ref_out, _, _ = reference_maw(inp, lambda b, s: weights[b])
+    valid = inp.key_valid[:, None, :, None]
+    assert torch.allclose((fast * valid).double(), ref_out, atol=1e-5)
+
+
+@pytest.mark.parametrize("depth", [1, 3, 8])
+def test_masked_keys_get_zero_attention_at_every_depth(depth):
+    from maw_reranker.maw.functional import depth_scores
+
+    inp = make_inputs(depth)
+    masked = ~inp.key_valid[:, None, None, :].expand(-1, inp.v.shape[1], inp.v.shape[2], -1)
+    for d in range(depth):
+        probs = torch.softmax(depth_scores(inp, d), dim=-1)
+        assert probs[masked].abs().max().item() == 0.0
+    weights = torch.full((4, depth), 1.0 / depth)
+    assert selected_attention(inp, weights)[masked].abs().max().item() == 0.0
+
+
+def test_padded_query_rows_change_no_statistic():
+    inp = make_inputs(4)
+    before = depth_statistics(inp)
+    # Scramble what padded positions hold: statistics are over valid rows and keys only.
+    for t in inp.q + inp.k:
+        rows = t.transpose(1, 2)  # [B, L, H, w] view
+        rows[~inp.key_valid] = torch.randn_like(rows[~inp.key_valid]) * 50
+    after = depth_statistics(inp)
+    assert torch.allclose(before, after, atol=1e-6)
+
+
+def test_padding_does_not_change_a_short_example():
+    """An example scored alone equals the same example padded inside a batch."""
+    inp = make_inputs(3)
+    weights = torch.softmax(2.5 * stat_scores(depth_statistics(inp)), dim=-1)
+    out = combine_depths(inp, weights)
+    n = int(inp.key_valid[2].sum())
+    alone = DepthInputs(q=[q[2:3, :, :n] for q in inp.q], k=[k[2:3, :, :n] for k in inp.k], scale=inp.scale,
+                        v=inp.v[2:3, :, :n], allowed=None, key_valid=torch.ones(1, n, dtype=torch.bool))
+    w_alone = torch.softmax(2.5 * stat_scores(depth_statistics(alone)), dim=-1)
+    assert torch.allclose(weights[2], w_alone[0], atol=1e-5)
+    assert torch.allclose(out[2, :, :n], combine_depths(alone, w_alone)[0], atol=1e-5)

@@ -1,0 +1,154 @@
+"""Patching real (tiny, random) Hugging Face models: alpha=0 identity, attentions, layer selection, errors."""
+
+import pytest
+import torch
+
+from maw_reranker.maw.config import GATING_MODES, MAWConfig
+from maw_reranker.maw.patcher import (find_attention_modules, load_maw_state_dict, maw_layers, maw_state_dict,
+                                      patch_model, unpatch_model)
+from maw_reranker.maw.reference import reference_maw, reference_stat_weights
+from maw_reranker.utils.tiny_models import TINY_ARCHITECTURES, tiny_model
+
+
+def batch(seed=0, size=3, length=11):
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.randint(5, 60, (size, length), generator=gen)
+    mask = torch.ones(size, length, dtype=torch.long)
+    mask[1, 7:] = 0
+    mask[2, 4:] = 0
+    ids[mask == 0] = 0
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+def valid_logits(model, inputs, **kw):
+    return model(**inputs, **kw).logits
+
+
+@pytest.mark.parametrize("arch", TINY_ARCHITECTURES)
+@pytest.mark.parametrize("mode", GATING_MODES)
+def test_zero_strength_reproduces_unpatched_logits(arch, mode):
+    model = tiny_model(arch, initializer_range=0.3)
+    inputs = batch()
+    with torch.no_grad():
+        expected = valid_logits(model, inputs)
+        patch_model(model, MAWConfig(gating_mode=mode, maw_strength=0.0, depth_dim=3, inject_last_k=2))
+        got = valid_logits(model, inputs)
+    assert torch.allclose(got, expected, atol=1e-5), (got - expected).abs().max()
+    assert not torch.isnan(got).any()
+
+
+@pytest.mark.parametrize("arch", TINY_ARCHITECTURES)
+def test_positive_strength_changes_scores(arch):
+    model = tiny_model(arch, initializer_range=0.3)
+    inputs = batch()
+    with torch.no_grad():
+        expected = valid_logits(model, inputs)
+        patch_model(model, MAWConfig(gating_mode="stat", maw_strength=0.8, depth_dim=4))
+        got = valid_logits(model, inputs)
+    assert (got - expected).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("arch", ["bert", "deberta-v2"])
+@pytest.mark.parametrize("depth", [1, 3, 8])
+@pytest.mark.parametrize("source", ["split", "project"])
+def test_layer_fast_path_matches_reference(arch, depth, source):
+    model = tiny_model(arch, initializer_range=0.3)
+    patch_model(model, MAWConfig(gating_mode="stat", depth_dim=depth, depth_source=source, maw_strength=1.0))
+    layer = next(iter(maw_layers(model).values()))
+    if source == "project":  # make the depths differ
+        with torch.no_grad():
+            layer.maw_up.normal_(0, 0.5)
+    captured = {}
+    layer.register_forward_hook(lambda m, a, kw, out: captured.update(args=a, kwargs=kw, out=out), with_kwargs=True)
+    with torch.no_grad():
+        model(**batch())
+        bound = layer.adapter.bind(captured["args"], captured["kwargs"])
+        fast, _ = layer.maw_output(bound)
+        inp, _ = layer.depth_inputs(bound)
+        ref, _, _ = reference_maw(inp, lambda b, s: reference_stat_weights(s, 2.5))
+    valid = inp.key_valid.unsqueeze(-1)
+    ref = layer.adapter.merge_heads(ref)
+    assert torch.allclose((fast * valid).double(), ref * valid, atol=1e-4)
+
+
+def test_attentions_are_the_blend_on_eager_models():
+    model = tiny_model("bert", initializer_range=0.3)
+    model.set_attn_implementation("eager")
+    inputs = batch()
+    with torch.no_grad():
+        plain = model(**inputs, output_attentions=True).attentions
+        patch_model(model, MAWConfig(gating_mode="uniform", maw_strength=0.0))
+        same = model(**inputs, output_attentions=True).attentions
+        layer = next(iter(maw_layers(model).values()))
+        layer.maw_strength = 0.5
+        blended = model(**inputs, output_attentions=True).attentions
+    assert len(same) == len(plain) == 2
+    assert torch.allclose(same[-1], plain[-1], atol=1e-6)
+    assert torch.allclose(blended[0], plain[0])  # unpatched layer untouched
+    assert not torch.allclose(blended[-1], plain[-1], atol=1e-4)
+    valid_rows = inputs["attention_mask"].bool()[:, None, :].expand(-1, blended[-1].shape[1], -1)
+    assert torch.allclose(blended[-1].sum(-1)[valid_rows], torch.ones(()), atol=1e-5)
+
+
+def test_attentions_still_recorded_when_patched_after_a_forward():
+    model = tiny_model("bert")
+    model.set_attn_implementation("eager")
+    inputs = batch()
+    with torch.no_grad():
+        model(**inputs, output_attentions=True)  # installs transformers' recording hooks
+        patch_model(model, MAWConfig(maw_strength=0.3))
+        out = model(**inputs, output_attentions=True)
+    assert len(out.attentions) == 2
+
+
+def test_layer_selection_and_unpatch():
+    model = tiny_model("bert", num_layers=4)
+    patch_model(model, MAWConfig(inject_last_k=2))
+    assert sorted(m.layer_index for m in maw_layers(model).values()) == [2, 3]
+    removed = unpatch_model(model)
+    assert len(removed) == 2 and not maw_layers(model)
+    patch_model(model, MAWConfig(layers=[0, -1]))
+    assert sorted(m.layer_index for m in maw_layers(model).values()) == [0, 3]
+    with pytest.raises(ValueError, match="already patched"):
+        patch_model(model, MAWConfig())
+    unpatch_model(model)
+    with pytest.raises(ValueError, match="out of range"):
+        patch_model(model, MAWConfig(layers=[7]))
+    with pytest.raises(ValueError, match="only 4 layers"):
+        patch_model(model, MAWConfig(inject_last_k=5))
+
+
+def test_wrapper_reuses_original_weights_and_is_drop_in():
+    model = tiny_model("bert")
+    original = model.bert.encoder.layer[1].attention.self
+    patch_model(model, MAWConfig())
+    wrapper = model.bert.encoder.layer[1].attention.self
+    assert wrapper.base_layer is original
+    assert isinstance(wrapper, type(original))
+    assert "base_layer" not in "".join(maw_state_dict(model))
+
+
+def test_unsupported_architecture_names_the_supported_ones():
+    from transformers import GPT2Config, GPT2Model
+
+    model = GPT2Model(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=20))
+    with pytest.raises(ValueError, match="supported architectures are .*bert.*deberta-v2"):
+        patch_model(model, MAWConfig())
+    with pytest.raises(ValueError):
+        find_attention_modules(torch.nn.Linear(2, 2))
+
+
+def test_maw_state_dict_round_trip_and_mismatch():
+    a, b = tiny_model("bert"), tiny_model("bert")
+    cfg = MAWConfig(gating_mode="gate", depth_source="project", depth_dim=2)
+    patch_model(a, cfg)
+    patch_model(b, cfg)
+    with torch.no_grad():
+        for p in a.parameters():
+            p.add_(0.1)
+    state = maw_state_dict(a)
+    load_maw_state_dict(b, state)
+    for key, value in maw_state_dict(b).items():
+        assert torch.equal(value, state[key])
+    with pytest.raises(ValueError, match="missing"):
+        load_maw_state_dict(b, {})
