@@ -1,0 +1,200 @@
+"""MAW cost benchmark: one table, measured side by side in one run.
+
+Part 1 (layer): one self-attention layer of MiniLM-L12 size (12 heads x 32, hidden 384), batch 32, L in
+{128, 256, 512}, D in {1, 4, 8, 16}: the backbone's own attention (sdpa), the MAW layer's fast path (whole wrapped
+layer: O_orig + O_maw, `stat` and `uniform`), and the plain reference (sections 2-5, `stat`). Time is the median of
+repeats; peak extra memory is measured in a fresh subprocess per cell (peak RSS growth while the op runs) and is
+reported in units of one ordinary attention map (B x H x L x L float32).
+
+Part 2 (model): reranking throughput (pairs/s) of a cross-encoder, patched (inject_last_k=1, D=8) vs unpatched.
+
+usage: python benchmarks/bench_maw_layer.py [--model DIR] [--quick] [--pairs N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+HIDDEN, HEADS = 384, 12
+
+
+def make_layer(depth: int, mode: str):
+    from transformers import BertConfig
+    from transformers.models.bert.modeling_bert import BertSelfAttention
+
+    from maw_reranker.maw.config import MAWConfig
+    from maw_reranker.maw.layer import wrap_attention
+
+    config = BertConfig(hidden_size=HIDDEN, num_attention_heads=HEADS, attention_probs_dropout_prob=0.0)
+    config._attn_implementation = "sdpa"
+    torch.manual_seed(0)
+    base = BertSelfAttention(config).eval()
+    if mode == "backbone":
+        return base
+    return wrap_attention(base, MAWConfig(depth_dim=depth, gating_mode=mode, maw_strength=0.15), 0).eval()
+
+
+def make_inputs(batch: int, length: int):
+    torch.manual_seed(1)
+    hidden = torch.randn(batch, length, HIDDEN)
+    lengths = torch.randint(length // 2, length + 1, (batch,))
+    lengths[0] = length
+    valid = torch.arange(length)[None, :] < lengths[:, None]
+    mask = valid[:, None, None, :].expand(batch, 1, length, length)  # sdpa-style boolean mask
+    return hidden, mask
+
+
+def run_op(kind: str, depth: int, batch: int, length: int):
+    """Return a zero-argument callable for one benchmark cell."""
+    hidden, mask = make_inputs(batch, length)
+    if kind == "reference":
+        from maw_reranker.maw.reference import reference_maw, reference_stat_weights
+
+        layer = make_layer(depth, "stat")
+        bound = layer.adapter.bind((hidden,), {"attention_mask": mask})
+        inp, _ = layer.depth_inputs(bound)
+        return lambda: reference_maw(inp, lambda b, s: reference_stat_weights(s, 2.5))
+    layer = make_layer(depth, kind)
+    return lambda: layer(hidden, attention_mask=mask)
+
+
+def time_op(fn, repeats: int) -> float:
+    with torch.inference_mode():
+        fn()  # warm-up
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _maxrss_bytes() -> int:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def child_memory(kind: str, depth: int, batch: int, length: int) -> None:
+    fn = run_op(kind, depth, batch, length)
+    with torch.inference_mode():
+        before = _maxrss_bytes()
+        fn()
+        print(json.dumps({"extra": max(0, _maxrss_bytes() - before)}))
+
+
+def measure_memory(kind: str, depth: int, batch: int, length: int) -> float:
+    out = subprocess.run([sys.executable, __file__, "--child", kind, str(depth), str(batch), str(length)],
+                         capture_output=True, text=True, check=True, env={**os.environ, "OMP_NUM_THREADS": "2"})
+    return json.loads(out.stdout.strip().splitlines()[-1])["extra"]
+
+
+def layer_table(lengths, depths, batch: int, repeats: int, with_memory: bool, ref_max_len: int) -> list[str]:
+    rows = ["| L | D | backbone ms | MAW stat ms | MAW uniform ms | reference ms | ref/fast (stat) | "
+            "MAW stat / backbone | peak extra mem (stat, attention maps) | peak extra mem (uniform) |",
+            "|---|---|---|---|---|---|---|---|---|---|"]
+    for length in lengths:
+        attn_map = batch * HEADS * length * length * 4
+        t_back = time_op(run_op("backbone", 1, batch, length), repeats)
+        for depth in depths:
+            t_stat = time_op(run_op("stat", depth, batch, length), repeats)
+            t_uni = time_op(run_op("uniform", depth, batch, length), repeats)
+            t_ref = time_op(run_op("reference", depth, batch, length), 1) if length <= ref_max_len else float("nan")
+            if with_memory:
+                m_back = measure_memory("backbone", depth, batch, length)
+                m_stat = (measure_memory("stat", depth, batch, length) - m_back) / attn_map
+                m_uni = (measure_memory("uniform", depth, batch, length) - m_back) / attn_map
+                mem = f"{m_stat:.2f} | {m_uni:.2f}"
+            else:
+                mem = "- | -"
+            rows.append(f"| {length} | {depth} | {t_back * 1e3:.1f} | {t_stat * 1e3:.1f} | {t_uni * 1e3:.1f} | "
+                        f"{t_ref * 1e3:.0f} | {t_ref / t_stat:.1f}x | {t_stat / t_back:.1f}x | {mem} |")
+            print(rows[-1], flush=True)
+    return rows
+
+
+def benchmark_pairs(n: int) -> list[tuple[str, str]]:
+    """Real DL19 BM25 candidates when ../shared is present, else synthetic text of similar length."""
+    path = HERE.parent.parent / "shared/data/trec-dl-2019-passage/rank_llm/BM25/retrieve_results_dl19.json"
+    if path.is_file():
+        pairs = []
+        for entry in json.loads(path.read_text()):
+            pairs.extend((entry["query"], hit["content"]) for hit in entry["hits"])
+        return pairs[:n]
+    words = "retrieval passage ranking neural model query document relevance attention depth".split()
+    return [(" ".join(words[i % 5:i % 5 + 4]), " ".join(words[(i + j) % len(words)] for j in range(60 + i % 60)))
+            for i in range(n)]
+
+
+def model_table(model_dir: str, n_pairs: int, batch: int, max_length: int) -> list[str]:
+    from maw_reranker import CrossEncoderWithMAW, MAWConfig
+
+    pairs = benchmark_pairs(n_pairs)
+    rows = [f"| variant ({len(pairs)} pairs, batch {batch}, max_length {max_length}) | pairs/s | ratio vs unpatched |",
+            "|---|---|---|"]
+    base_model = CrossEncoderWithMAW.from_pretrained(model_dir, maw=None, max_length=max_length, device="cpu")
+    base_model.predict(pairs[:batch], batch_size=batch)  # warm-up
+
+    def rate(model):
+        start = time.perf_counter()
+        model.predict(pairs, batch_size=batch)
+        return len(pairs) / (time.perf_counter() - start)
+
+    variants = ["uniform", "random", "learned", "gate", "stat", "argmax", "router"]
+    models = {m: CrossEncoderWithMAW.from_pretrained(model_dir, maw=MAWConfig(gating_mode=m, depth_dim=8),
+                                                     max_length=max_length, device="cpu") for m in variants}
+    # Interleave measurements so that machine noise hits all variants alike.
+    rates = {"unpatched": [], **{m: [] for m in variants}}
+    for _ in range(2):
+        rates["unpatched"].append(rate(base_model))
+        for m in variants:
+            rates[m].append(rate(models[m]))
+    base = max(rates["unpatched"])
+    rows.append(f"| unpatched | {base:.1f} | 1.00 |")
+    for m in variants:
+        best = max(rates[m])
+        rows.append(f"| MAW {m} (D=8, last 1 layer) | {best:.1f} | {best / base:.2f} |")
+        print(rows[-1], flush=True)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=os.path.expanduser("~/.cache/maw-bench-models/ms-marco-MiniLM-L-12-v2"),
+                        help="cross-encoder directory for part 2 (see ../shared/tools/get-models.sh)")
+    parser.add_argument("--quick", action="store_true", help="L=128/256 and D=1/8 only, no memory, fewer pairs")
+    parser.add_argument("--pairs", type=int, default=512)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--max-length", type=int, default=512)
+    parser.add_argument("--no-memory", action="store_true")
+    parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        kind, depth, batch, length = args.child
+        child_memory(kind, int(depth), int(batch), int(length))
+        return
+    lengths, depths = ([128, 256], [1, 8]) if args.quick else ([128, 256, 512], [1, 4, 8, 16])
+    print(f"# MAW layer cost, batch {args.batch}, {HEADS} heads x {HIDDEN // HEADS}, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads")
+    rows = layer_table(lengths, depths, args.batch, repeats=3 if args.quick else 5,
+                       with_memory=not (args.quick or args.no_memory), ref_max_len=512)
+    print("\n".join(rows))
+    if Path(args.model).is_dir():
+        print(f"\n# Whole-model reranking throughput: {args.model}")
+        print("\n".join(model_table(args.model, 128 if args.quick else args.pairs, args.batch, args.max_length)))
+    else:
+        print(f"\n(model part skipped: {args.model} not found; run ../shared/tools/get-models.sh)")
+
+
+if __name__ == "__main__":
+    main()
