@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 from functools import cached_property
 from typing import Iterable, Iterator, Mapping
@@ -43,31 +44,59 @@ def check_measures(measures: Iterable[str], option: str = "measures") -> list[st
     return measures
 
 
+class DatasetDownloadError(FileNotFoundError):
+    """A named dataset is neither in the ir_datasets cache nor downloadable (typically: offline)."""
+
+
+@contextlib.contextmanager
+def _download_errors(name: str, irds_id: str, enabled: bool):
+    """Turn ir_datasets' network tracebacks into one line that says what failed and what to do instead."""
+    try:
+        yield
+    except DatasetDownloadError:
+        raise
+    except OSError as exc:
+        if not enabled:
+            raise
+        reason = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
+        raise DatasetDownloadError(
+            f"dataset {name!r} ({irds_id}) is not in the ir_datasets cache (~/.ir_datasets or $IR_DATASETS_HOME) "
+            f"and could not be downloaded: {reason}. Offline? Use a local copy instead, e.g. a BEIR folder path "
+            f"as the dataset (see `maw-rerank datasets`).") from exc
+
+
 class DocsMapping(Mapping):
     """docid -> text, backed by the dataset's ir_datasets docs_store (lazy: nothing is loaded until asked)."""
 
-    def __init__(self, irds):
+    def __init__(self, irds, guard=contextlib.nullcontext):
         self._irds = irds
+        self._guard = guard
 
     @cached_property
     def _store(self):
-        return self._irds.docs_store()
+        with self._guard():
+            return self._irds.docs_store()
 
     def __getitem__(self, docid: str) -> str:
-        found = self._store.get_many([docid])
+        with self._guard():
+            found = self._store.get_many([docid])
         if docid not in found:
             raise KeyError(docid)
         return doc_text(found[docid])
 
     def get_many(self, docids: Iterable[str]) -> dict[str, str]:
         """Batch lookup (one docstore pass); missing ids are left out."""
-        return {docid: doc_text(doc) for docid, doc in self._store.get_many(list(docids)).items()}
+        with self._guard():
+            return {docid: doc_text(doc) for docid, doc in self._store.get_many(list(docids)).items()}
 
     def __iter__(self) -> Iterator[str]:
-        return (doc.doc_id for doc in self._irds.docs_iter())
+        with self._guard():
+            for doc in self._irds.docs_iter():
+                yield doc.doc_id
 
     def __len__(self) -> int:
-        count = self._irds.docs_count()
+        with self._guard():
+            count = self._irds.docs_count()
         return count if count is not None else sum(1 for _ in self)
 
 
@@ -98,25 +127,33 @@ class Dataset:
         split = f", split={self.split!r}" if self.split else ""
         return f"Dataset({self.name!r}{split}, source={self.source!r}, measures={self.measures})"
 
+    def _guard(self):
+        return _download_errors(self.name, self.irds_id, self.kind == "registry")
+
     def queries(self) -> dict[str, str]:
-        return {q.query_id: query_text(q) for q in self.irds.queries_iter()}
+        with self._guard():
+            return {q.query_id: query_text(q) for q in self.irds.queries_iter()}
 
     def qrels(self) -> dict[str, dict[str, int]]:
         if not self.irds.has_qrels():
             return {}
         qrels: dict[str, dict[str, int]] = {}
-        for qrel in self.irds.qrels_iter():
-            qrels.setdefault(qrel.query_id, {})[qrel.doc_id] = int(qrel.relevance)
+        with self._guard():
+            for qrel in self.irds.qrels_iter():
+                qrels.setdefault(qrel.query_id, {})[qrel.doc_id] = int(qrel.relevance)
         return qrels
 
     def docs(self) -> DocsMapping:
-        return DocsMapping(self.irds)
+        return DocsMapping(self.irds, self._guard)
 
     def iter_docs(self) -> Iterator[tuple[str, str]]:
-        return ((doc.doc_id, doc_text(doc)) for doc in self.irds.docs_iter())
+        with self._guard():
+            for doc in self.irds.docs_iter():
+                yield doc.doc_id, doc_text(doc)
 
     def docs_count(self) -> int | None:
-        return self.irds.docs_count()
+        with self._guard():
+            return self.irds.docs_count()
 
     def candidates(self) -> Run | None:
         """The run shipped with a candidates file (RankLLM JSON, TREC run + docs); None otherwise."""

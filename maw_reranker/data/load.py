@@ -45,7 +45,7 @@ def load_dataset(source: str | Path, split: str | None = None, *, queries: str |
     irds = ir_datasets.load(irds_id)
     return Dataset(spec.name, irds, irds_id, measures or spec.measures, split=split,
                    slug=slugify(spec.name) + (f"-{split}" if len(spec.splits) > 1 else ""),
-                   corpus_slug=slugify(spec.name.split("/")[0]), kind="registry",
+                   corpus_slug=slugify(ir_datasets.docs_parent_id(irds_id)), kind="registry",
                    remove_query=spec.remove_query, pyserini_index=spec.pyserini_index)
 
 

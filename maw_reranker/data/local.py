@@ -14,8 +14,16 @@ from typing import Callable, Iterator
 import ir_datasets
 from ir_datasets.datasets.base import Dataset as IrdsDataset
 from ir_datasets.datasets.beir import BeirTitleDoc
-from ir_datasets.formats import BaseDocs, BaseQrels, BaseQueries, BaseScoredDocs, GenericDoc, GenericQuery
-from ir_datasets.formats import GenericScoredDoc, TrecQrel
+from ir_datasets.formats import (
+    BaseDocs,
+    BaseQrels,
+    BaseQueries,
+    BaseScoredDocs,
+    GenericDoc,
+    GenericQuery,
+    GenericScoredDoc,
+    TrecQrel,
+)
 
 from maw_reranker.data.readers import iter_records, read_queries, read_rankllm_candidates, require_file
 from maw_reranker.data.trec import DataFormatError, read_qrels, read_run
@@ -146,6 +154,8 @@ def local_name(path: Path) -> str:
     path = path.resolve()
     if path.is_dir():
         return path.name
+    if path.suffix.lower() == ".json":  # candidate files are per retriever: rank_llm/BM25/retrieve_results_dl19.json
+        return f"{path.parent.name}-{path.stem}"
     return path.parent.name if path.stem.lower() in _GENERIC_STEMS else path.stem
 
 

@@ -25,6 +25,9 @@ class Record(NamedTuple):
     lineno: int
 
 
+_SINGULAR = {"docs": "doc", "queries": "query"}
+
+
 def require_file(path: str | Path, what: str) -> Path:
     path = Path(path)
     if not path.is_file():
@@ -76,22 +79,22 @@ def _iter_tsv(path: Path, what: str, max_cols: int) -> Iterator[Record]:
 def iter_records(path: str | Path, kind: str) -> Iterator[Record]:
     """Yield docs (``kind="docs"``) or queries (``kind="queries"``) from a .tsv or .jsonl file, rejecting duplicates."""
     path = require_file(path, kind)
-    suffixes = "".join(path.suffixes[-1:]).lower()
+    suffixes = path.suffix.lower()
     if suffixes in {".jsonl", ".json"}:
         id_keys, text_keys = (_DOC_ID_KEYS, _DOC_TEXT_KEYS) if kind == "docs" else (_QUERY_ID_KEYS, _QUERY_TEXT_KEYS)
-        records = (Record(_pick(obj, id_keys, path, n, f"{kind[:-1]} id"),
+        records = (Record(_pick(obj, id_keys, path, n, f"{_SINGULAR[kind]} id"),
                           _pick(obj, text_keys, path, n, "text"),
                           str(obj.get("title") or "") if kind == "docs" else "", n)
                    for n, obj in _iter_jsonl(path))
     elif suffixes in {".tsv", ".txt", ".tab"}:
-        records = _iter_tsv(path, kind[:-1], 3 if kind == "docs" else 2)
+        records = _iter_tsv(path, _SINGULAR[kind], 3 if kind == "docs" else 2)
     else:
         raise DataFormatError(f"{path}: unsupported {kind} format {path.suffix!r}; use .tsv or .jsonl")
     seen: dict[str, int] = {}
     count = 0
     for record in records:
         if record.id in seen:
-            raise DataFormatError(f"{path}:{record.lineno}: duplicate {kind[:-1]} id {record.id!r} "
+            raise DataFormatError(f"{path}:{record.lineno}: duplicate {_SINGULAR[kind]} id {record.id!r} "
                                   f"(first seen on line {seen[record.id]})")
         seen[record.id] = record.lineno
         count += 1

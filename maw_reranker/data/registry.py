@@ -90,6 +90,11 @@ def find_spec(name: str) -> tuple[DatasetSpec, str | None] | None:
 
 def get_spec(name: str) -> tuple[DatasetSpec, str | None]:
     found = find_spec(name)
+    if found is None and "/" in name:
+        base, split = name.strip().rsplit("/", 1)
+        parent = find_spec(base)
+        if parent is not None:
+            parent[0].irds_id(split)  # raises: unknown split, naming the known ones
     if found is None:
         raise ValueError(f"unknown dataset {name!r}; known datasets: {', '.join(REGISTRY)} "
                          "(or give a path to a local BEIR folder, TSV/JSONL docs file, or candidates JSON)")

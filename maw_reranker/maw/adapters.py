@@ -75,7 +75,36 @@ class AttentionAdapter:
     def wants_attentions(self, bound: dict) -> bool:
         return bool(bound.get("output_attentions", False))
 
-    def call_original(self, base: nn.Module, args: tuple, kwargs: dict):
+    def call_original(self, base: nn.Module, args: tuple, kwargs: dict, bound: dict, qkv: tuple):
+        """``O_orig`` and the original attention map (or None), through the model's own attention function.
+
+        BERT-style modules compute ``interface(q, k, v, mask)``; we hand that same interface the projections
+        already made for MAW instead of making them twice. Anything unusual (a KV cache, cross-attention inputs)
+        goes through the module's own forward."""
+        interface = self._interface(base)
+        if interface is None or bound.get("past_key_values") is not None or bound.get("encoder_hidden_states") is not None:
+            return self._call_forward(base, args, kwargs)
+        q, k, v = qkv
+        extra = {key: value for key, value in bound.items()
+                 if key not in ("self", "hidden_states", "attention_mask", "past_key_values", "encoder_hidden_states")}
+        out, weights = interface(base, q, k, v, bound.get("attention_mask"),
+                                 dropout=0.0 if not base.training else base.dropout.p, scaling=base.scaling, **extra)
+        return out.reshape(*out.shape[:2], -1).contiguous(), weights
+
+    @staticmethod
+    def _interface(base: nn.Module):
+        import sys
+
+        from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+        eager = getattr(sys.modules.get(type(base).__module__), "eager_attention_forward", None)
+        config = getattr(base, "config", None)
+        if eager is None or config is None or not hasattr(base, "scaling"):
+            return None
+        return ALL_ATTENTION_FUNCTIONS.get_interface(config._attn_implementation, eager)
+
+    @staticmethod
+    def _call_forward(base: nn.Module, args: tuple, kwargs: dict):
         # Call forward directly, not __call__: output-capturing hooks belong to the wrapper, which reports the
         # blended attention; the inner module must not record a second, unblended map.
         out = base.forward(*args, **kwargs)
@@ -101,6 +130,9 @@ class DebertaV2Adapter(AttentionAdapter):
     def __init__(self, base: nn.Module):
         super().__init__(base)
         self.scale_factor = 1 + sum(t in base.pos_att_type for t in ("c2p", "p2c"))
+
+    def call_original(self, base, args, kwargs, bound, qkv):
+        return self._call_forward(base, args, kwargs)
 
     def inputs(self, bound: dict):
         hidden = bound["hidden_states"]

@@ -7,7 +7,6 @@ one depth at a time over chunks of the batch, so the peak extra memory stays abo
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -77,41 +76,103 @@ def depth_scores(inp: DepthInputs, d: int, index=None) -> torch.Tensor:
     return scores
 
 
-def _auto_chunk(inp: DepthInputs, requested: int) -> int:
-    batch = inp.v.shape[0]
+def _right_padded(key_valid: torch.Tensor) -> bool:
+    """True when every example's valid tokens are a prefix (then chunks can be trimmed to their longest one)."""
+    lengths = key_valid.sum(-1, keepdim=True)
+    return bool((key_valid == (torch.arange(key_valid.shape[-1], device=key_valid.device) < lengths)).all())
+
+
+def _stacked(tensors: list[torch.Tensor], rows, n: int, scales: Optional[list[float]] = None) -> torch.Tensor:
+    """``[b, H, D, n, w_max]``: the depth slices of one chunk side by side (zero-padded: zeros add nothing to a
+    dot product), so that one batched matmul yields every depth's scores."""
+    width = max(t.shape[-1] for t in tensors)
+    first = tensors[0][rows, :, :n]
+    if all(t.shape[-1] == width for t in tensors) and scales is None:
+        return torch.stack([t[rows, :, :n] for t in tensors], dim=2)
+    out = first.new_zeros(first.shape[0], first.shape[1], len(tensors), n, width)
+    for d, t in enumerate(tensors):
+        part = t[rows, :, :n]
+        out[:, :, d, :, : part.shape[-1]] = part * scales[d] if scales is not None else part
+    return out
+
+
+def chunk_size(inp: DepthInputs, requested: int = 0) -> int:
+    """Examples per chunk: keeps the chunk's D score maps (and their temporaries) to about half an ordinary
+    attention map of the whole batch, so the peak extra memory stays within one map."""
+    batch, heads, length, _ = inp.v.shape
     if requested > 0:
         return min(requested, batch)
-    # Scores + probabilities of a chunk together stay about half an attention map of the full batch.
-    return max(1, math.ceil(batch / 4))
+    return max(1, min(batch, batch // (6 * inp.depth)))
 
 
 @torch.no_grad()
+def explicit_maw(inp: DepthInputs, decide: Callable, want_output: bool = True, want_map: bool = False,
+                 need_stats: bool = True, chunk: int = 0):
+    """Inference path: per chunk of examples, every depth's attention map is computed once (one batched matmul),
+    its statistics reduced, the weights decided, the maps combined and applied to V.
+
+    ``decide(rows, stats_rows)`` returns the chunk's weights ``[b, D]``/``[b, H, D]`` (``stats_rows`` is None
+    when ``need_stats`` is False). Returns ``(O_maw or None, A_sel or None, stats or None)``.
+    """
+    batch, heads, length, _ = inp.v.shape
+    depth = inp.depth
+    step = chunk_size(inp, chunk)
+    trim = _right_padded(inp.key_valid)
+    lengths = inp.key_valid.sum(-1)
+    out = torch.zeros_like(inp.v) if want_output else None
+    a_map = inp.v.new_zeros(batch, heads, length, length) if want_map else None
+    stats = torch.zeros(batch, depth, 4, dtype=torch.float32, device=inp.v.device) if need_stats else None
+    same_scale = len(set(inp.scale)) == 1
+    for start in range(0, batch, step):
+        rows = slice(start, min(start + step, batch))
+        n = int(lengths[rows].max()) if trim else length
+        n = max(n, 1)
+        q = _stacked(inp.q, rows, n, None if same_scale else inp.scale)
+        k = _stacked(inp.k, rows, n)
+        scores = torch.matmul(q, k.transpose(-1, -2))  # [b, H, D, n, n]
+        if same_scale:
+            scores.mul_(inp.scale[0])
+        if inp.bias is not None:
+            for d in range(depth):
+                extra = inp.bias(d, rows)
+                if extra is not None:
+                    scores[:, :, d] += extra[..., :n, :n]
+        allowed = None if inp.allowed is None else inp.allowed[rows][..., :n, :n]
+        if allowed is not None and not bool(allowed.all()):
+            scores.masked_fill_(~allowed.unsqueeze(2), torch.finfo(scores.dtype).min)
+        probs = torch.softmax(scores, dim=-1)
+        stats_rows = None
+        if need_stats:
+            qv = inp.key_valid[rows, :n].to(probs.dtype)  # valid query rows
+            nk = lengths[rows].clamp_min(1).to(probs.dtype).view(-1, 1, 1, 1)
+            row_max = probs.amax(-1)
+            lse = scores.amax(-1) - torch.log(row_max)  # max p = exp(max s - lse)
+            entropy = lse - (probs * scores).sum(-1)
+            hhi = (probs * probs).sum(-1)
+            variance = hhi / nk - 1.0 / (nk * nk)
+            denom = (qv.sum(-1) * heads).clamp_min(1).view(-1, 1)
+            per_stat = [(s * qv[:, None, None, :]).sum((1, 3)) / denom for s in (variance, row_max, entropy, hhi)]
+            stats_rows = torch.stack(per_stat, dim=-1).float()  # [b, D, 4]
+            stats[rows] = stats_rows
+        del scores
+        if not (want_output or want_map):
+            continue
+        weights = decide(rows, stats_rows).to(probs.dtype)
+        if weights.dim() == 2:
+            combined = torch.einsum("bhdqk,bd->bhqk", probs, weights)
+        else:
+            combined = torch.einsum("bhdqk,bhd->bhqk", probs, weights)
+        if want_output:
+            out[rows, :, :n] = torch.matmul(combined, inp.v[rows, :, :n])
+        if want_map:
+            a_map[rows, :, :n, :n] = combined
+    return out, a_map, stats
+
+
 def depth_statistics(inp: DepthInputs, chunk: int = 0) -> torch.Tensor:
     """Per-example statistics ``[B, D, 4]`` (variance, max, entropy, HHI of each attention row over valid keys),
     averaged over heads and valid query rows. Computed without autograd: they drive selection, not gradients."""
-    batch = inp.v.shape[0]
-    step = _auto_chunk(inp, chunk)
-    key_valid = inp.key_valid
-    n_keys = key_valid.sum(-1).clamp_min(1).float()  # [B]
-    out = torch.zeros(batch, inp.depth, 4, dtype=torch.float32, device=inp.v.device)
-    for start in range(0, batch, step):
-        rows = slice(start, min(start + step, batch))
-        qv = key_valid[rows].float()  # valid query rows (self-attention: same positions)
-        n = n_keys[rows].view(-1, 1, 1)
-        denom = qv.sum(-1).clamp_min(1) * inp.v.shape[1]  # valid rows x heads
-        for d in range(inp.depth):
-            scores = depth_scores(inp, d, rows).float()
-            lse = torch.logsumexp(scores, dim=-1)  # [b, H, L]
-            probs = torch.exp(scores - lse.unsqueeze(-1))
-            hhi = (probs * probs).sum(-1)
-            row_max = torch.exp(scores.amax(-1) - lse)
-            # entropy = -sum p log p = lse - sum p * s (masked scores carry p == 0 exactly)
-            entropy = lse - (probs * scores.clamp_min(-1e30)).sum(-1)
-            variance = hhi / n - 1.0 / (n * n)  # population variance of a row summing to 1 over n keys
-            del scores, probs
-            for j, stat in enumerate((variance, row_max, entropy, hhi)):
-                out[rows, d, j] = (stat * qv.unsqueeze(1)).sum((-1, -2)) / denom
-    return out
+    return explicit_maw(inp, decide=None, want_output=False, chunk=chunk)[2]
 
 
 def normalize_stats(stats: torch.Tensor) -> torch.Tensor:
@@ -159,7 +220,8 @@ def combine_depths(inp: DepthInputs, weights: torch.Tensor, dropout_p: float = 0
             if index.numel() == selected.numel():
                 index = None
             bias = inp.bias(d, index) if inp.bias is not None else None
-            o_d = _sdpa(_rows(inp.q[d], index), _rows(inp.k[d], index), _rows(inp.v, index), inp.scale[d], bias,
+            q_d, k_d = _full_width(inp, d)
+            o_d = _sdpa(_rows(q_d, index), _rows(k_d, index), _rows(inp.v, index), inp.scale[d], bias,
                         _rows(inp.allowed, index), dropout_p)
             if index is None:
                 return o_d
@@ -168,9 +230,21 @@ def combine_depths(inp: DepthInputs, weights: torch.Tensor, dropout_p: float = 0
     for d in range(inp.depth):
         w_d = _weight_at(weights, d)
         bias = inp.bias(d, None) if inp.bias is not None else None
-        o_d = _sdpa(inp.q[d], inp.k[d], inp.v, inp.scale[d], bias, inp.allowed, dropout_p)
+        q_d, k_d = _full_width(inp, d)
+        o_d = _sdpa(q_d, k_d, inp.v, inp.scale[d], bias, inp.allowed, dropout_p)
         out = out + w_d.to(o_d.dtype) * o_d
     return out
+
+
+def _full_width(inp: DepthInputs, d: int):
+    """Depth d's query/key zero-padded to the value width: the same dot products, but fused attention kernels
+    (which want equal query and value widths) apply."""
+    q_d, k_d = inp.q[d], inp.k[d]
+    width = inp.v.shape[-1]
+    if q_d.shape[-1] == width:
+        return q_d, k_d
+    pad = width - q_d.shape[-1]
+    return F.pad(q_d, (0, pad)), F.pad(k_d, (0, pad))
 
 
 def selected_attention(inp: DepthInputs, weights: torch.Tensor) -> torch.Tensor:

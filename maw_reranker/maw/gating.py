@@ -7,6 +7,7 @@ trainer (router supervision, GRPO) and the evaluator (depth logs) read.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -15,6 +16,28 @@ from torch import nn
 
 from maw_reranker.maw.config import MAWConfig
 from maw_reranker.maw.functional import STAT_NAMES, normalize_stats, stat_scores
+
+
+@dataclass
+class GateDecision:
+    """What a gating module decided for a batch (or a chunk of it)."""
+
+    weights: torch.Tensor
+    hard: bool = False
+    logits: Optional[torch.Tensor] = None
+    actions: Optional[torch.Tensor] = None
+    log_prob: Optional[torch.Tensor] = None
+
+    @staticmethod
+    def concat(parts: list["GateDecision"]) -> "GateDecision":
+        if len(parts) == 1:
+            return parts[0]
+
+        def cat(name):
+            values = [getattr(p, name) for p in parts]
+            return None if any(v is None for v in values) else torch.cat(values)
+
+        return GateDecision(cat("weights"), all(p.hard for p in parts), cat("logits"), cat("actions"), cat("log_prob"))
 
 
 class DepthGating(nn.Module):
@@ -74,16 +97,19 @@ class DepthGating(nn.Module):
         features = normalize_stats(stats).flatten(1).to(self.router[0].weight.dtype)
         return prior + self.router(features).float()
 
-    def forward(self, batch: int, stats: Optional[torch.Tensor], pooled: Optional[torch.Tensor]) -> torch.Tensor:
-        """Weights ``[B, D]`` (or ``[B, H, D]`` with ``per_head``), non-negative and summing to 1 over D."""
+    def decide(self, batch: int, stats: Optional[torch.Tensor], pooled: Optional[torch.Tensor]) -> GateDecision:
+        """Weights ``[B, D]`` (or ``[B, H, D]`` with ``per_head``), non-negative and summing to 1 over D.
+
+        Pure: records nothing, so the layer may call it once per chunk of the batch."""
         device = stats.device if stats is not None else (pooled.device if pooled is not None else None)
-        self.reset_records()
+        logits = actions = log_prob = None
         hard = False
         if self.forced_depth is not None:
-            weights = F.one_hot(self.forced_depth.to(device), self.depth).float()
+            forced = self.forced_depth.to(device)
+            weights = F.one_hot(forced, self.depth).float()
             hard = True
             if self.mode in ("router", "grpo") and stats is not None:
-                self.last_logits = self.policy_logits(stats)
+                logits = self.policy_logits(stats)
         elif self.mode == "uniform":
             weights = torch.full((batch, self.depth), 1.0 / self.depth, device=device)
         elif self.mode == "random":
@@ -94,13 +120,11 @@ class DepthGating(nn.Module):
             weights = F.one_hot(stat_scores(stats).argmax(-1), self.depth).float()
             hard = True
         elif self.mode == "learned":
-            logits = self.theta.float().expand(batch, -1)
-            weights = self._softmax(logits)
+            weights = self._softmax(self.theta.float().expand(batch, -1))
         elif self.mode == "gate":
             weights = self._softmax(self.gate(pooled).float())
         elif self.mode == "router":
             logits = self.policy_logits(stats)
-            self.last_logits = logits
             if self.training:
                 # Straight-through Gumbel-softmax: one-hot forward, soft gradient.
                 weights = F.gumbel_softmax(logits, tau=self.router_tau, hard=True)
@@ -109,22 +133,29 @@ class DepthGating(nn.Module):
                 hard = True
         elif self.mode == "grpo":
             logits = self.policy_logits(stats)
-            self.last_logits = logits
             if self.training and self.policy_mode == "sample":
                 dist = torch.distributions.Categorical(logits=logits)
                 actions = dist.sample()
-                self.last_actions = actions
-                self.last_log_prob = dist.log_prob(actions)
+                log_prob = dist.log_prob(actions)
             else:
                 actions = logits.argmax(-1)
-                self.last_actions = actions
             weights = F.one_hot(actions, self.depth).float()
             hard = True
         else:  # pragma: no cover - MAWConfig validates the mode
             raise ValueError(self.mode)
-        self.last_weights = weights.detach()
-        self.last_hard = hard
-        return weights
+        return GateDecision(weights, hard, logits, actions, log_prob)
+
+    def record(self, decision: GateDecision) -> None:
+        self.last_weights = decision.weights.detach()
+        self.last_logits = decision.logits
+        self.last_actions = decision.actions
+        self.last_log_prob = decision.log_prob
+        self.last_hard = decision.hard
+
+    def forward(self, batch: int, stats: Optional[torch.Tensor], pooled: Optional[torch.Tensor]) -> torch.Tensor:
+        decision = self.decide(batch, stats, pooled)
+        self.record(decision)
+        return decision.weights
 
     def _softmax(self, logits: torch.Tensor) -> torch.Tensor:
         if self.per_head:

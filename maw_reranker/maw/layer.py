@@ -15,9 +15,9 @@ from torch import nn
 
 from maw_reranker.maw.adapters import AttentionAdapter, adapter_for
 from maw_reranker.maw.config import MAWConfig
-from maw_reranker.maw.functional import (DepthInputs, combine_depths, depth_slices, depth_statistics, fix_empty_rows,
-                                         selected_attention)
-from maw_reranker.maw.gating import DepthGating
+from maw_reranker.maw.functional import (DepthInputs, combine_depths, depth_slices, depth_statistics, explicit_maw,
+                                         fix_empty_rows, selected_attention)
+from maw_reranker.maw.gating import DepthGating, GateDecision
 
 
 class DepthwiseMAWSelfAttention(nn.Module):
@@ -52,10 +52,10 @@ class DepthwiseMAWSelfAttention(nn.Module):
         self.last_selected_depth: Optional[torch.Tensor] = None
 
     # -- building blocks --------------------------------------------------------------------------------------
-    def depth_inputs(self, bound: dict) -> tuple[DepthInputs, torch.Tensor]:
+    def depth_inputs(self, bound: dict, qkv: Optional[tuple] = None) -> tuple[DepthInputs, torch.Tensor]:
         """Per-depth queries/keys for this forward pass, and the layer input used to make the queries."""
         base, adapter = self.base_layer, self.adapter
-        q, k, v = adapter.project(base, bound)
+        q, k, v = qkv if qkv is not None else adapter.project(base, bound)
         batch, _, length, _ = v.shape
         allowed = adapter.allowed_mask(bound, batch, length)
         if allowed is None:
@@ -80,28 +80,47 @@ class DepthwiseMAWSelfAttention(nn.Module):
         delta = torch.einsum("bldr,dro->bldo", delta, self.maw_up[which].to(x.dtype))
         return [base_heads + self.adapter.heads(delta[:, :, d]) for d in range(self.depth)]
 
-    def depth_weights(self, inp: DepthInputs, x_q: torch.Tensor) -> torch.Tensor:
-        stats = depth_statistics(inp, self.maw_config.stat_chunk) if self.gating.needs_stats else None
-        pooled = None
-        if self.gating.mode == "gate":
-            valid = inp.key_valid.unsqueeze(-1).to(x_q.dtype)
-            pooled = (x_q * valid).sum(1) / valid.sum(1).clamp_min(1)
-        weights = self.gating(inp.v.shape[0], stats, pooled)
-        self._record(weights)
-        return weights
+    def _pooled(self, inp: DepthInputs, x_q: torch.Tensor) -> Optional[torch.Tensor]:
+        if self.gating.mode != "gate":
+            return None
+        valid = inp.key_valid.unsqueeze(-1).to(x_q.dtype)
+        return (x_q * valid).sum(1) / valid.sum(1).clamp_min(1)
 
-    def _record(self, weights: torch.Tensor) -> None:
-        w = weights.detach().float()
+    def _record(self, decision: GateDecision) -> None:
+        self.gating.record(decision)
+        w = decision.weights.detach().float()
         if w.dim() == 3:
             w = w.mean(1)
         self.last_depth_weights = w
         self.last_selected_depth = w.argmax(-1)
 
-    def maw_output(self, bound: dict, want_map: bool = False):
+    def maw_output(self, bound: dict, want_map: bool = False, qkv: Optional[tuple] = None):
         """``(O_maw [B, L, H*Dh], A_sel or None)`` for the bound forward arguments."""
-        inp, x_q = self.depth_inputs(bound)
-        weights = self.depth_weights(inp, x_q)
-        hard = self.gating.last_hard and not weights.requires_grad
+        inp, x_q = self.depth_inputs(bound, qkv)
+        pooled = self._pooled(inp, x_q)
+        batch = inp.v.shape[0]
+        needs_grad = torch.is_grad_enabled() and (inp.v.requires_grad or any(p.requires_grad for p in self.maw_parameters()))
+        forced = self.gating.forced_depth is not None
+        if not needs_grad and not forced:
+            # Inference: each depth's map computed once per chunk, statistics and combination fused.
+            parts = []
+
+            def decide(rows, stats_rows):
+                part = self.gating.decide(stats_rows.shape[0] if stats_rows is not None else rows.stop - rows.start,
+                                          stats_rows, None if pooled is None else pooled[rows])
+                parts.append(part)
+                return part.weights
+
+            o, a_sel, _ = explicit_maw(inp, decide, want_map=want_map, need_stats=self.gating.needs_stats,
+                                       chunk=self.maw_config.stat_chunk)
+            self._record(GateDecision.concat(parts))
+            return self.adapter.merge_heads(o), a_sel
+        # Training (or forced depths): statistics without autograd, then one fused attention call per depth.
+        stats = depth_statistics(inp, self.maw_config.stat_chunk) if self.gating.needs_stats else None
+        decision = self.gating.decide(batch, stats, pooled)
+        self._record(decision)
+        weights = decision.weights
+        hard = decision.hard and not weights.requires_grad
         dropout_p = float(getattr(getattr(self.base_layer, "dropout", None), "p", 0.0)) if self.training else 0.0
         o = combine_depths(inp, weights, dropout_p=dropout_p, hard=hard)
         a_sel = selected_attention(inp, weights) if want_map else None
@@ -110,9 +129,10 @@ class DepthwiseMAWSelfAttention(nn.Module):
     # -- nn.Module --------------------------------------------------------------------------------------------
     def forward(self, *args, **kwargs):
         bound = self.adapter.bind(args, kwargs)
-        out_orig, attn_orig = self.adapter.call_original(self.base_layer, args, kwargs)
+        qkv = self.adapter.project(self.base_layer, bound)
+        out_orig, attn_orig = self.adapter.call_original(self.base_layer, args, kwargs, bound, qkv)
         want_map = attn_orig is not None and self.adapter.wants_attentions(bound)
-        out_maw, a_sel = self.maw_output(bound, want_map)
+        out_maw, a_sel = self.maw_output(bound, want_map, qkv)
         alpha = self.maw_strength
         out = (1.0 - alpha) * out_orig + alpha * out_maw.to(out_orig.dtype)
         attn = None

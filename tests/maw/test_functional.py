@@ -119,3 +119,37 @@ def test_padding_does_not_change_a_short_example():
     w_alone = torch.softmax(2.5 * stat_scores(depth_statistics(alone)), dim=-1)
     assert torch.allclose(weights[2], w_alone[0], atol=1e-5)
     assert torch.allclose(out[2, :, :n], combine_depths(alone, w_alone)[0], atol=1e-5)
+
+
+@pytest.mark.parametrize("depth", [1, 3, 8])
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("chunk", [1, 3, 0])
+def test_fused_inference_path_matches_reference(depth, bias, chunk):
+    from maw_reranker.maw.functional import explicit_maw
+
+    inp = make_inputs(depth, bias=bias)
+
+    def decide(rows, stats_rows):
+        return torch.softmax(2.5 * stat_scores(stats_rows), dim=-1)
+
+    out, a_map, stats = explicit_maw(inp, decide, want_map=True, chunk=chunk)
+    ref_out, ref_map, ref_w = reference_maw(inp, lambda b, s: reference_stat_weights(s, 2.5))
+    valid = inp.key_valid[:, None, :, None]
+    both = inp.key_valid[:, None, :, None] & inp.key_valid[:, None, None, :]
+    assert torch.allclose(torch.softmax(2.5 * stat_scores(stats), -1).double(), ref_w, atol=1e-5)
+    assert torch.allclose((out * valid).double(), ref_out, atol=1e-5)
+    assert torch.allclose((a_map * both).double(), ref_map, atol=1e-5)
+
+
+def test_fused_inference_path_with_per_head_weights_and_left_padding():
+    from maw_reranker.maw.functional import explicit_maw
+
+    inp = make_inputs(3)
+    # Left padding: valid tokens are not a prefix, so chunks cannot be trimmed.
+    inp.key_valid = inp.key_valid.flip(-1)
+    inp.allowed = inp.key_valid[:, None, None, :].expand_as(inp.allowed)
+    weights = torch.softmax(torch.randn(4, 3, 3), dim=-1)
+    out, _, _ = explicit_maw(inp, lambda rows, s: weights[rows], need_stats=False, chunk=2)
+    ref_out, _, _ = reference_maw(inp, lambda b, s: weights[b])
+    valid = inp.key_valid[:, None, :, None]
+    assert torch.allclose((out * valid).double(), ref_out, atol=1e-5)

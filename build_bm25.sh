@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Build BM25 candidate pools: a thin wrapper over `maw-rerank build-pools`.
+#   ./build_bm25.sh [DATASET ...] [build-pools flags]
+# Each DATASET (a name from `maw-rerank datasets`, a path, or a configs/datasets/*.yaml file) gets its own
+# build-pools run with the same flags; without DATASETs the flags are passed through unchanged.
+set -euo pipefail
+
+usage() {
+  cat <<'USAGE'
+Usage: ./build_bm25.sh [DATASET ...] [--engine pyserini|bm25s|auto] [--k 1000] [--k1 0.9] [--b 0.4]
+                       [--out-dir pools] [--force true] [other `maw-rerank build-pools` flags]
+
+Examples:
+  ./build_bm25.sh scifact nfcorpus --engine pyserini
+  ./build_bm25.sh configs/datasets/scifact-local.yaml --engine bm25s --k 100
+  ./build_bm25.sh --config configs/datasets/dl19-rankllm-bm25.yaml --k 100
+
+Pools are cached: <out-dir>/<dataset>/bm25-<engine>-k<k>.run is rebuilt only with --force true.
+
+USAGE
+}
+
+if [[ -n "${MAW_RERANK:-}" ]]; then
+  read -r -a cli <<<"$MAW_RERANK"
+elif command -v maw-rerank >/dev/null 2>&1; then
+  cli=(maw-rerank)
+else
+  cli=(python -m maw_reranker.cli.main)
+fi
+
+for arg in "$@"; do
+  if [[ "$arg" == "-h" || "$arg" == "--help" ]]; then
+    usage
+    exec "${cli[@]}" build-pools --help
+  fi
+done
+
+datasets=()
+while [[ $# -gt 0 && "$1" != -* ]]; do
+  datasets+=("$1")
+  shift
+done
+
+if [[ ${#datasets[@]} -eq 0 ]]; then
+  exec "${cli[@]}" build-pools "$@"
+fi
+for dataset in "${datasets[@]}"; do
+  if [[ "$dataset" == *.yaml || "$dataset" == *.yml ]]; then
+    "${cli[@]}" build-pools --config "$dataset" "$@"
+  else
+    "${cli[@]}" build-pools --dataset "$dataset" "$@"
+  fi
+done

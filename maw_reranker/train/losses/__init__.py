@@ -1,0 +1,40 @@
+"""Ranking losses over training groups.
+
+Every loss takes group scores ``[N, 1 + n]`` (float32 logits; column 0 is the positive, the rest negatives) and
+returns one loss per group ``[N]`` (no reduction): the trainer averages them, and GRPO uses them per group as
+rewards. Pick one with :func:`get_loss`.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from maw_reranker.train.losses.bce import pointwise_bce
+from maw_reranker.train.losses.listwise import listwise_softmax_ce
+from maw_reranker.train.losses.pairwise import margin_loss, ranknet_loss
+
+GroupLoss = Callable[[torch.Tensor], torch.Tensor]
+LOSSES = ("listwise", "bce", "ranknet", "margin")
+
+
+def get_loss(name: str, margin: float = 1.0, temperature: float = 1.0) -> GroupLoss:
+    """The per-group loss called ``name`` (one of :data:`LOSSES`) with its settings bound."""
+    if name == "listwise":
+        return lambda scores: listwise_softmax_ce(scores, temperature=temperature)
+    if name == "bce":
+        return pointwise_bce
+    if name == "ranknet":
+        return ranknet_loss
+    if name == "margin":
+        return lambda scores: margin_loss(scores, margin=margin)
+    raise ValueError(f"unknown loss {name!r}; allowed: {', '.join(LOSSES)}")
+
+
+def check_group_scores(scores: torch.Tensor) -> None:
+    if scores.dim() != 2 or scores.shape[1] < 2:
+        raise ValueError(f"group scores must be [groups, 1 + negatives] with at least one negative, got {tuple(scores.shape)}")
+
+
+__all__ = ["LOSSES", "GroupLoss", "get_loss", "listwise_softmax_ce", "margin_loss", "pointwise_bce", "ranknet_loss"]
