@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import types
 import typing
 from pathlib import Path
 from typing import Any, get_args, get_origin
@@ -24,10 +25,20 @@ class ConfigError(ValueError):
 
 def _base_type(tp: Any) -> Any:
     origin = get_origin(tp)
-    if origin is typing.Union or str(origin) == "types.UnionType":
+    if origin is typing.Union or origin is types.UnionType:
         args = [a for a in get_args(tp) if a is not type(None)]
         return _base_type(args[0]) if len(args) == 1 else str
     return tp
+
+
+def _fields(options_cls: type) -> list[dataclasses.Field]:
+    """Dataclass fields with their annotations resolved (modules may use ``from __future__ import annotations``)."""
+    hints = typing.get_type_hints(options_cls)
+    out = []
+    for f in dataclasses.fields(options_cls):
+        f.type = hints.get(f.name, f.type)
+        out.append(f)
+    return out
 
 
 def _choices(field: dataclasses.Field) -> list | None:
@@ -120,7 +131,7 @@ def build_parser(options_cls: type, parser: argparse.ArgumentParser) -> argparse
     parser.formatter_class = argparse.ArgumentDefaultsHelpFormatter
     parser.add_argument("--config", action="append", default=[], metavar="YAML",
                         help="config file(s), merged in order; command-line flags override them")
-    for field in dataclasses.fields(options_cls):
+    for field in _fields(options_cls):
         if field.metadata.get("cli") is False:
             continue
         default = field.default if field.default is not dataclasses.MISSING else (
@@ -138,7 +149,7 @@ def parse_options(options_cls: type, ns: argparse.Namespace | dict, config_files
     """Build an ``options_cls`` instance from config files and parsed flags; validate every key and value."""
     values = dict(vars(ns)) if isinstance(ns, argparse.Namespace) else dict(ns)
     files = list(config_files or []) + list(values.pop("config", []) or [])
-    fields = {f.name: f for f in dataclasses.fields(options_cls)}
+    fields = {f.name: f for f in _fields(options_cls)}
     merged: dict = {}
     sources: dict = {}
     for path in files:

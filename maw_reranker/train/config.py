@@ -1,0 +1,182 @@
+"""`TrainOptions`: every setting of `maw-rerank train`, from YAML configs (configs/training/*.yaml) and CLI flags.
+
+Field types are read at runtime by the option parser (no ``from __future__ import annotations``); ``Literal`` fields
+become validated choices. :meth:`TrainOptions.validate` checks what the parser cannot (cross-field rules) so a bad
+config fails before a model is loaded.
+"""
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Literal, Optional
+
+from maw_reranker.maw.config import MAWConfig
+
+
+def _f(default, help_text, **extra):
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help_text, **extra})
+    return field(default=default, metadata={"help": help_text, **extra})
+
+
+@dataclass
+class TrainOptions:
+    # -- model -----------------------------------------------------------------------------------------------
+    model: str = _f("", "cross-encoder to fine-tune: hub id or directory (a saved MAW model keeps its MAW)")
+    maw: Optional[dict] = _f(None, "MAW variant as a mapping of MAWConfig fields (YAML `maw: {gating_mode: learned}`, "
+                                   "or JSON on the command line); null = no MAW; 'auto' keys are not allowed")
+    max_length: Optional[int] = _f(None, "max tokens per (query, document) pair; None = the model's (at most 512)")
+    trainable: Literal["full", "maw_only", "lora"] = _f(
+        "full", "full = every parameter; maw_only = backbone frozen, MAW parameters + classification head; "
+                "lora = peft LoRA adapters on the backbone + MAW parameters + head (merged before saving)")
+    lora_r: int = _f(8, "LoRA rank")
+    lora_alpha: int = _f(16, "LoRA alpha (scale = alpha / r)")
+    lora_dropout: float = _f(0.0, "LoRA dropout")
+    lora_target_modules: Optional[list[str]] = _f(None, "module names to adapt; None = peft's default for the architecture")
+    # -- training data ---------------------------------------------------------------------------------------
+    dataset: str = _f("", "training data: dataset name (see `maw-rerank datasets`) or a path (BEIR folder, docs "
+                          ".tsv/.jsonl with --queries/--qrels, RankLLM candidates .json)")
+    split: Optional[str] = _f(None, "split of a named dataset or BEIR folder (e.g. train)")
+    queries: Optional[str] = _f(None, "queries file of a local docs file dataset")
+    qrels: Optional[str] = _f(None, "TREC qrels of a local dataset")
+    dataset_name: Optional[str] = _f(None, "name for a local dataset (names its pool folder)")
+    source: Literal["pool", "triples"] = _f(
+        "pool", "pool = positives from qrels, hard negatives sampled from a candidate pool; triples = stream the "
+                "dataset's official (query, positive, negative) docpairs (MS MARCO triples-small)")
+    negatives_run: Optional[str] = _f(None, "TREC run to sample negatives from; None = the dataset's own candidates, "
+                                            "else a BM25 pool built (cached) with build-pools")
+    pool_engine: Literal["auto", "pyserini", "bm25s"] = _f("bm25s", "engine for the BM25 negatives pool")
+    pool_k: int = _f(100, "depth of the BM25 negatives pool")
+    pools_dir: str = _f("pools", "pools folder (shared with build-pools)")
+    n_negatives: int = _f(7, "negatives per group (group = 1 positive + n negatives)")
+    neg_rank_min: int = _f(1, "highest pool rank (1-based) a negative may come from")
+    neg_rank_max: int = _f(100, "lowest pool rank a negative may come from")
+    neg_sampling: Literal["random", "top"] = _f("random", "random = uniform from the rank window (fresh every epoch); "
+                                                           "top = the best-ranked non-relevant candidates")
+    relevance_threshold: int = _f(1, "a qrels grade >= this is a positive; any judged grade > 0 is never a negative")
+    allow_missing_positives: bool = _f(True, "skip (with a warning) queries without a positive; false = error")
+    streaming: bool = _f(False, "stream groups (run file / docpairs read lazily, bounded shuffle buffer) instead of "
+                                "holding the pool in memory: for MS MARCO-size data; needs max_steps")
+    shuffle_buffer: int = _f(10000, "streaming: groups held for shuffling")
+    max_queries: Optional[int] = _f(None, "use only this many training queries (deterministic subset by seed)")
+    holdout_queries: int = _f(0, "hold this many training queries out of training as the dev set")
+    # -- objective --------------------------------------------------------------------------------------------
+    loss: Literal["listwise", "bce", "ranknet", "margin"] = _f("listwise", "ranking loss over each group")
+    margin: float = _f(1.0, "margin of the margin loss")
+    temperature: float = _f(1.0, "listwise softmax temperature")
+    router_oracle_weight: float = _f(0.0, "router: weight of the cross-entropy towards the oracle depth (0 = off)")
+    oracle_every: int = _f(1, "router: compute the oracle depth every N steps (it costs depth_dim extra forwards)")
+    grpo_group_size: int = _f(4, "grpo: depth choices G sampled per training group")
+    grpo_beta: float = _f(0.01, "grpo: weight of KL(pi || uniform)")
+    grpo_eta: float = _f(0.01, "grpo: weight of the entropy bonus")
+    grpo_weight: float = _f(1.0, "grpo: weight of the policy loss added to the ranking loss")
+    grpo_eps: float = _f(1e-6, "grpo: eps in (reward - mean) / (std + eps)")
+    # -- optimisation -----------------------------------------------------------------------------------------
+    lr: float = _f(2e-5, "learning rate of the backbone and head")
+    maw_lr: Optional[float] = _f(1e-3, "learning rate of MAW parameters (gates, routers, depth projections); "
+                                       "None = lr")
+    weight_decay: float = _f(0.01, "AdamW weight decay (not on biases, norms and MAW gate logits)")
+    batch_size: int = _f(8, "groups per device per micro-step (pairs = batch_size * (1 + n_negatives))")
+    grad_accum: int = _f(1, "gradient accumulation micro-steps per optimizer step")
+    epochs: float = _f(1.0, "passes over the training groups (ignored when max_steps is set)")
+    max_steps: Optional[int] = _f(None, "optimizer steps to run (overrides epochs)")
+    scheduler: Literal["linear", "cosine", "constant"] = _f("linear", "decay after warmup")
+    warmup_ratio: float = _f(0.1, "fraction of steps for linear warmup (ignored when warmup_steps > 0)")
+    warmup_steps: int = _f(0, "warmup steps")
+    max_grad_norm: float = _f(1.0, "gradient clipping norm (0 = off)")
+    mixed_precision: Literal["no", "fp16", "bf16"] = _f("no", "autocast precision; logits and losses stay fp32")
+    seed: int = _f(42, "seed of initialisation, data order, negatives, dropout and depth sampling")
+    # -- output, checkpoints, logging -------------------------------------------------------------------------
+    output_dir: str = _f("runs/train", "where checkpoints/, final/, best/, logs/ and metrics.jsonl go")
+    checkpoint_every: int = _f(500, "save a resumable checkpoint every N optimizer steps (0 = only at the end)")
+    keep_checkpoints: int = _f(2, "keep the newest N checkpoints (0 = all)")
+    resume: Optional[str] = _f(None, "continue from a checkpoint: 'latest' (newest in output_dir) or its path")
+    overwrite: bool = _f(False, "allow starting fresh in an output_dir that already has checkpoints")
+    log_every: int = _f(10, "log averaged losses every N optimizer steps")
+    report_to: list[str] = _f(["tensorboard"], "trackers: tensorboard and/or wandb (empty = none)",
+                              choices=["tensorboard", "wandb"])
+    progress_bar: bool = _f(True, "show a progress bar (loss, learning rate, pairs/s)")
+    # -- dev evaluation ---------------------------------------------------------------------------------------
+    dev_dataset: Optional[str] = _f(None, "dev set for periodic evaluation (name or path); with holdout_queries "
+                                          "the held-out training queries are used instead")
+    dev_split: Optional[str] = _f(None, "split of the dev dataset")
+    dev_run: Optional[str] = _f(None, "TREC run of dev candidates; None = the dev set's own or a BM25 pool")
+    dev_depth: int = _f(100, "candidates reranked per dev query")
+    dev_max_queries: Optional[int] = _f(None, "evaluate on this many dev queries (first by id)")
+    dev_every: int = _f(0, "evaluate every N optimizer steps (0 = only at the end)")
+    dev_measure: str = _f("nDCG@10", "ir_measures measure that selects the best checkpoint")
+    dev_batch_size: int = _f(64, "pairs per scoring batch in dev evaluation")
+
+    # -- derived -----------------------------------------------------------------------------------------------
+    @property
+    def maw_config(self) -> Optional[MAWConfig]:
+        return None if self.maw is None else MAWConfig.from_dict(dict(self.maw))
+
+    @property
+    def group_size(self) -> int:
+        return 1 + self.n_negatives
+
+    def validate(self) -> "TrainOptions":
+        """Raise ValueError naming the option for any setting the parser cannot check on its own."""
+        if not str(self.model).strip():
+            raise ValueError("option 'model' is empty; give a cross-encoder hub id or directory")
+        if not str(self.dataset).strip():
+            raise ValueError("option 'dataset' is empty; give the training dataset (name or path)")
+        if self.maw is not None and not isinstance(self.maw, dict):
+            raise ValueError(f"option 'maw' must be a mapping of MAWConfig fields or null, got {self.maw!r}")
+        try:
+            maw = self.maw_config
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"option 'maw': {exc}") from None
+        positive = {"n_negatives": self.n_negatives, "batch_size": self.batch_size, "grad_accum": self.grad_accum,
+                    "pool_k": self.pool_k, "neg_rank_min": self.neg_rank_min, "grpo_group_size": self.grpo_group_size,
+                    "oracle_every": self.oracle_every, "shuffle_buffer": self.shuffle_buffer,
+                    "lora_r": self.lora_r, "log_every": self.log_every, "dev_depth": self.dev_depth,
+                    "dev_batch_size": self.dev_batch_size}
+        for name, value in positive.items():
+            if value < 1:
+                raise ValueError(f"option '{name}' must be >= 1, got {value}")
+        for name in ("lr", "temperature"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"option '{name}' must be > 0, got {getattr(self, name)}")
+        if self.maw_lr is not None and self.maw_lr <= 0:
+            raise ValueError(f"option 'maw_lr' must be > 0 or null, got {self.maw_lr}")
+        if self.neg_rank_max < self.neg_rank_min:
+            raise ValueError(f"option 'neg_rank_max' ({self.neg_rank_max}) is below 'neg_rank_min' ({self.neg_rank_min})")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError(f"option 'max_steps' must be >= 1 or null, got {self.max_steps}")
+        if self.max_steps is None and self.epochs <= 0:
+            raise ValueError(f"option 'epochs' must be > 0 (or set max_steps), got {self.epochs}")
+        if self.streaming and self.max_steps is None:
+            raise ValueError("option 'streaming' needs 'max_steps': a stream's length is not known in advance")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ValueError(f"option 'warmup_ratio' must be in [0, 1), got {self.warmup_ratio}")
+        for name in ("warmup_steps", "checkpoint_every", "keep_checkpoints", "dev_every", "holdout_queries",
+                     "max_grad_norm", "weight_decay", "router_oracle_weight", "grpo_beta", "grpo_eta", "grpo_weight"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"option '{name}' must be >= 0, got {getattr(self, name)}")
+        if self.grpo_eps <= 0:
+            raise ValueError(f"option 'grpo_eps' must be > 0, got {self.grpo_eps}")
+        if self.max_queries is not None and self.max_queries < 1:
+            raise ValueError(f"option 'max_queries' must be >= 1 or null, got {self.max_queries}")
+        mode = maw.gating_mode if maw is not None else None
+        if self.router_oracle_weight > 0 and mode != "router":
+            raise ValueError(f"option 'router_oracle_weight' applies to maw.gating_mode 'router' only (got {mode!r})")
+        if self.trainable == "maw_only" and maw is None:
+            raise ValueError("option 'trainable: maw_only' needs a MAW variant (option 'maw'); with no MAW only the "
+                             "head would train")
+        if self.source == "triples" and self.n_negatives != 1:
+            raise ValueError("option 'source: triples' gives one negative per group; set n_negatives: 1 (or use "
+                             "source: pool for more negatives per group)")
+        if self.source == "triples" and self.holdout_queries:
+            raise ValueError("option 'holdout_queries' needs source: pool")
+        if self.dev_dataset and self.holdout_queries:
+            raise ValueError("give either 'dev_dataset' or 'holdout_queries' as the dev set, not both")
+        if self.resume is not None and self.overwrite:
+            raise ValueError("options 'resume' and 'overwrite' contradict each other")
+        from maw_reranker.data.dataset import check_measures
+
+        check_measures([self.dev_measure], "dev_measure")
+        return self
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)

@@ -1,0 +1,215 @@
+"""From options to training data: dataset, qrels, candidate pool (or official triples), checks, dev set.
+
+Every problem that would otherwise surface mid-training (no qrels, no positives, queries without text, pool
+documents missing from the corpus, nothing to sample negatives from) is raised here, before a model is loaded.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping, Optional
+
+import numpy as np
+
+from maw_reranker.train.data import (PoolGroups, StreamingPoolGroups, TripleGroups, negative_window, positives_of,
+                                     rank_candidates, trec_run_rows)
+
+log = logging.getLogger(__name__)
+SUBSET_SEED = 20240601  # fixed: max_queries/holdout subsets are a data choice, identical for every training seed
+
+
+class TrainingDataError(ValueError):
+    """The training data cannot be used as configured; the message names the problem and the data."""
+
+
+@dataclass
+class DevSet:
+    """Dev queries with their candidates (best first) and qrels, for periodic evaluation."""
+
+    name: str
+    queries: dict[str, str]
+    candidates: dict[str, list[str]]
+    qrels: dict[str, dict[str, int]]
+    docs: Mapping[str, str]
+
+
+@dataclass
+class TrainingData:
+    source: object
+    queries: Mapping[str, str]
+    docs: Mapping[str, str]
+    description: dict = field(default_factory=dict)
+    dev: Optional[DevSet] = None
+
+
+def _preview(ids, limit: int = 5) -> str:
+    ids = sorted(ids)
+    return ", ".join(map(str, ids[:limit])) + (f" ... ({len(ids)} in all)" if len(ids) > limit else "")
+
+
+def _subset(qids, size: int) -> list[str]:
+    qids = sorted(qids)
+    order = np.random.default_rng(SUBSET_SEED).permutation(len(qids))
+    return [qids[i] for i in order[:size]]
+
+
+def _negatives_run(opts, ds, main_first) -> tuple[Optional[dict], Optional[object], str]:
+    """(in-memory run, streaming row factory, description) for the configured negatives source."""
+    if opts.negatives_run:
+        path = Path(opts.negatives_run)
+        if not path.is_file():
+            raise TrainingDataError(f"option 'negatives_run': file not found: {path}")
+        if opts.streaming:
+            return None, lambda: trec_run_rows(path), str(path)
+        from maw_reranker.data.trec import read_run
+
+        return read_run(path), None, str(path)
+    candidates = ds.candidates()
+    if candidates is not None:
+        return candidates, None, f"candidates of {ds.source}"
+    if ds.irds.has_scoreddocs():  # e.g. MS MARCO train: the official BM25 top-1000 (streamed)
+        rows = lambda: ((s.query_id, s.doc_id, float(s.score)) for s in ds.irds.scoreddocs_iter())  # noqa: E731
+        if opts.streaming:
+            return None, rows, f"{ds.irds_id} scoreddocs"
+        run: dict = {}
+        for qid, did, score in rows():
+            run.setdefault(qid, {})[did] = score
+        return run, None, f"{ds.irds_id} scoreddocs"
+    from maw_reranker.retrieve import build_pool
+
+    with main_first():
+        path = build_pool(ds, engine=opts.pool_engine, k=opts.pool_k, out_dir=opts.pools_dir)
+    if opts.streaming:
+        return None, lambda: trec_run_rows(path), str(path)
+    from maw_reranker.data.trec import read_run
+
+    return read_run(path), None, str(path)
+
+
+def _check_docs(docs, docids: set, what: str) -> None:
+    found = docs.get_many(docids) if hasattr(docs, "get_many") else {d: None for d in docids if d in docs}
+    missing = set(docids) - set(found)
+    if missing:
+        raise TrainingDataError(f"{len(missing)} {what} missing from the corpus: {_preview(missing)}")
+
+
+def load_training_data(opts, main_first=None) -> TrainingData:
+    """Build and check the training groups (and the dev set) described by ``opts`` (a TrainOptions)."""
+    import contextlib
+
+    from maw_reranker.data import load_dataset
+
+    main_first = main_first or contextlib.nullcontext
+    ds = load_dataset(opts.dataset, opts.split, queries=opts.queries, qrels=opts.qrels, name=opts.dataset_name)
+    label = f"training set {ds.name}" + (f" (split {ds.split})" if ds.split else "")
+    qrels = ds.qrels()
+    if not qrels:
+        raise TrainingDataError(f"{label} has no qrels (relevance judgments): nothing to train on")
+    queries = ds.queries()
+    if not queries:
+        raise TrainingDataError(f"{label} has no queries")
+    docs = ds.docs()
+    positives = {q: positives_of(j, opts.relevance_threshold) for q, j in qrels.items()}
+    positives = {q: p for q, p in positives.items() if p}
+    if not positives:
+        raise TrainingDataError(f"{label}: no query has a positive (a qrels grade >= relevance_threshold="
+                                f"{opts.relevance_threshold}); check the threshold or the qrels")
+    without = sorted(set(queries) - set(positives))
+    if without and not opts.allow_missing_positives:
+        raise TrainingDataError(f"{label}: {len(without)} queries have no positive (grade >= "
+                                f"{opts.relevance_threshold}): {_preview(without)}; set allow_missing_positives: true "
+                                "to skip them")
+    no_text = sorted(set(positives) - set(queries))
+    if no_text:
+        raise TrainingDataError(f"{label}: {len(no_text)} judged queries have no query text: {_preview(no_text)}")
+    description = {"dataset": ds.name, "split": ds.split, "source": opts.source,
+                   "queries_with_positive": len(positives), "queries_without_positive": len(without)}
+    if without:
+        log.warning("%s: %d queries without a positive are skipped (e.g. %s)", label, len(without), _preview(without))
+    train_qids = set(positives)
+    if opts.max_queries is not None:
+        train_qids = set(_subset(train_qids, opts.max_queries))
+    holdout: list[str] = []
+    if opts.holdout_queries:
+        if opts.holdout_queries >= len(train_qids):
+            raise TrainingDataError(f"holdout_queries={opts.holdout_queries} leaves no training query "
+                                    f"({len(train_qids)} available)")
+        holdout = _subset(train_qids, opts.holdout_queries)
+        train_qids -= set(holdout)
+    if opts.source == "triples":
+        if not ds.irds.has_docpairs():
+            raise TrainingDataError(f"{label} has no docpairs (official triples); use source: pool")
+        keep = train_qids
+        pairs = lambda: (p for p in ds.irds.docpairs_iter() if p.query_id in keep)  # noqa: E731
+        source = TripleGroups(pairs, qrels, seed=opts.seed, buffer=opts.shuffle_buffer)
+        description["negatives"] = f"{ds.irds_id} docpairs"
+        return TrainingData(source, queries, docs, description, _dev_set(opts, main_first))
+    run, rows, where = _negatives_run(opts, ds, main_first)
+    description.update(negatives=where, rank_window=[opts.neg_rank_min, opts.neg_rank_max],
+                       sampling=opts.neg_sampling, n_negatives=opts.n_negatives)
+    if rows is not None:
+        source = StreamingPoolGroups(rows, qrels, opts.n_negatives, opts.neg_rank_min, opts.neg_rank_max,
+                                     opts.relevance_threshold, opts.neg_sampling, opts.seed, opts.shuffle_buffer,
+                                     include=train_qids)
+        return TrainingData(source, queries, docs, description, _dev_set(opts, main_first))
+    ranked = {q: rank_candidates(run.get(q, {})) for q in train_qids | set(holdout)}
+    windows = {q: negative_window(ranked[q], qrels[q], opts.neg_rank_min, opts.neg_rank_max) for q in train_qids}
+    no_neg = sorted(q for q in train_qids if not windows[q])
+    if len(no_neg) == len(train_qids):
+        raise TrainingDataError(f"{label}: no query has a non-relevant candidate at ranks {opts.neg_rank_min}-"
+                                f"{opts.neg_rank_max} of {where}: nothing to sample negatives from")
+    if no_neg:
+        log.warning("%s: %d queries have no negative candidate in ranks %d-%d and are skipped (e.g. %s)", label,
+                    len(no_neg), opts.neg_rank_min, opts.neg_rank_max, _preview(no_neg))
+    short = sum(1 for q in train_qids if 0 < len(windows[q]) < opts.n_negatives)
+    if short:
+        log.warning("%d queries have fewer than %d negative candidates; their negatives repeat", short,
+                    opts.n_negatives)
+    _check_docs(docs, {d for q in train_qids for d in positives[q]}, "positive documents of the qrels")
+    _check_docs(docs, {d for w in windows.values() for d in w}, f"negative candidates of {where}")
+    train_pos = {q: positives[q] for q in train_qids}
+    source = PoolGroups(train_pos, windows, opts.n_negatives, opts.neg_sampling, opts.seed)
+    description.update(training_queries=sum(1 for q in train_qids if windows[q]), groups_per_epoch=len(source),
+                       queries_without_negatives=len(no_neg), short_windows=short, holdout_queries=len(holdout))
+    dev = None
+    if holdout:
+        cands = {q: ranked[q][:opts.dev_depth] for q in holdout}
+        _check_docs(docs, {d for c in cands.values() for d in c}, f"dev candidates of {where}")
+        dev = DevSet(f"{ds.name} holdout", {q: queries[q] for q in holdout}, cands,
+                     {q: qrels[q] for q in holdout}, docs)
+    return TrainingData(source, queries, docs, description, dev or _dev_set(opts, main_first))
+
+
+def _dev_set(opts, main_first) -> Optional[DevSet]:
+    if not opts.dev_dataset:
+        return None
+    from maw_reranker.data import load_dataset
+    from maw_reranker.data.trec import read_run
+
+    ds = load_dataset(opts.dev_dataset, opts.dev_split)
+    qrels = ds.qrels()
+    if not qrels:
+        raise TrainingDataError(f"dev set {ds.name} has no qrels: it cannot select a checkpoint")
+    if opts.dev_run:
+        run = read_run(opts.dev_run)
+    else:
+        run = ds.candidates()
+        if run is None:
+            from maw_reranker.retrieve import build_pool
+
+            with main_first():
+                path = build_pool(ds, engine=opts.pool_engine, k=max(opts.dev_depth, opts.pool_k),
+                                  out_dir=opts.pools_dir)
+            run = read_run(path)
+    queries = ds.queries()
+    qids = sorted(q for q in qrels if q in run and q in queries)
+    if opts.dev_max_queries is not None:
+        qids = qids[:opts.dev_max_queries]
+    if not qids:
+        raise TrainingDataError(f"dev set {ds.name}: no judged query has candidates")
+    cands = {q: rank_candidates(run[q])[:opts.dev_depth] for q in qids}
+    docs = ds.docs()
+    _check_docs(docs, {d for c in cands.values() for d in c}, f"dev candidates of {ds.name}")
+    return DevSet(ds.name, {q: queries[q] for q in qids}, cands, {q: qrels[q] for q in qids}, docs)
