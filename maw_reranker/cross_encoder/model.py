@@ -44,6 +44,9 @@ class CrossEncoderWithMAW(nn.Module):
         self.tokenizer = tokenizer
         limit = getattr(tokenizer, "model_max_length", 512) or 512
         self.max_length = int(max_length or min(limit, 512))
+        # predict() tokenizes once (to sort by length) and pads per batch; that is intended, not a slow path.
+        if hasattr(tokenizer, "deprecation_warnings"):
+            tokenizer.deprecation_warnings["Asking-to-pad-a-fast-tokenizer"] = True
         if maw is not None and not maw_layers(model):
             patch_model(model, maw)
 

@@ -272,6 +272,11 @@ def run_eval(options: EvalOptions, state: Any = "auto") -> EvalOutcome:
     artifacts.write_run(result.run, tag=variant)
     if options.output_run:
         write_run(Path(options.output_run).expanduser(), result.run, tag=variant)
+    if qrels and options.max_queries:
+        # A query subset is evaluated on itself: judged queries beyond the first N are not "missing from the run".
+        chosen = set(result.run) | set(result.skipped_queries)
+        logger.info("max_queries=%d: evaluating the %d chosen queries only", options.max_queries, len(chosen))
+        qrels = {q: v for q, v in qrels.items() if q in chosen}
     if qrels:
         evaluation = evaluate_run(result.run, qrels, measures, missing_queries=options.missing_queries)
         artifacts.write_metrics(evaluation)

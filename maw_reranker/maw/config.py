@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Optional
 
@@ -108,4 +108,4 @@ def resolve_layers(config: MAWConfig, num_layers: int) -> list[int]:
     return list(range(num_layers - config.inject_last_k, num_layers))
 
 
-__all__ = ["MAWConfig", "GATING_MODES", "LEARNED_MODES", "STAT_MODES", "DEPTH_SOURCES", "resolve_layers", "field"]
+__all__ = ["MAWConfig", "GATING_MODES", "LEARNED_MODES", "STAT_MODES", "DEPTH_SOURCES", "resolve_layers"]

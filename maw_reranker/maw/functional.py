@@ -87,8 +87,9 @@ def _stacked(tensors: list[torch.Tensor], rows, n: int, scales: Optional[list[fl
     dot product), so that one batched matmul yields every depth's scores."""
     width = max(t.shape[-1] for t in tensors)
     first = tensors[0][rows, :, :n]
-    if all(t.shape[-1] == width for t in tensors) and scales is None:
-        return torch.stack([t[rows, :, :n] for t in tensors], dim=2)
+    if all(t.shape[-1] == width for t in tensors) and (scales is None or len(set(scales)) == 1):
+        stacked = torch.stack([t[rows, :, :n] for t in tensors], dim=2)
+        return stacked if scales is None else stacked.mul_(scales[0])
     out = first.new_zeros(first.shape[0], first.shape[1], len(tensors), n, width)
     for d, t in enumerate(tensors):
         part = t[rows, :, :n]
@@ -122,16 +123,16 @@ def explicit_maw(inp: DepthInputs, decide: Callable, want_output: bool = True, w
     out = torch.zeros_like(inp.v) if want_output else None
     a_map = inp.v.new_zeros(batch, heads, length, length) if want_map else None
     stats = torch.zeros(batch, depth, 4, dtype=torch.float32, device=inp.v.device) if need_stats else None
-    same_scale = len(set(inp.scale)) == 1
+    buffers: dict = {}
     for start in range(0, batch, step):
         rows = slice(start, min(start + step, batch))
-        n = int(lengths[rows].max()) if trim else length
-        n = max(n, 1)
-        q = _stacked(inp.q, rows, n, None if same_scale else inp.scale)
+        n = max(int(lengths[rows].max()) if trim else length, 1)
+        q = _stacked(inp.q, rows, n, inp.scale)  # scale folded into the queries
         k = _stacked(inp.k, rows, n)
-        scores = torch.matmul(q, k.transpose(-1, -2))  # [b, H, D, n, n]
-        if same_scale:
-            scores.mul_(inp.scale[0])
+        shape = (q.shape[0], heads, depth, n, n)
+        if buffers.get("shape") != shape:  # reused across chunks: fresh allocations cost page faults
+            buffers = {"shape": shape, "scores": q.new_empty(shape), "probs": q.new_empty(shape)}
+        scores = torch.matmul(q, k.transpose(-1, -2), out=buffers["scores"])  # [b, H, D, n, n]
         if inp.bias is not None:
             for d in range(depth):
                 extra = inp.bias(d, rows)
@@ -140,28 +141,30 @@ def explicit_maw(inp: DepthInputs, decide: Callable, want_output: bool = True, w
         allowed = None if inp.allowed is None else inp.allowed[rows][..., :n, :n]
         if allowed is not None and not bool(allowed.all()):
             scores.masked_fill_(~allowed.unsqueeze(2), torch.finfo(scores.dtype).min)
-        probs = torch.softmax(scores, dim=-1)
+        probs = torch.softmax(scores, dim=-1, out=buffers["probs"])
         stats_rows = None
         if need_stats:
             qv = inp.key_valid[rows, :n].to(probs.dtype)  # valid query rows
             nk = lengths[rows].clamp_min(1).to(probs.dtype).view(-1, 1, 1, 1)
-            row_max = probs.amax(-1)
-            lse = scores.amax(-1) - torch.log(row_max)  # max p = exp(max s - lse)
-            entropy = lse - (probs * scores).sum(-1)
-            hhi = (probs * probs).sum(-1)
+            row_max, where = probs.max(-1)
+            # max p = exp(max s - lse), and the max of p sits where the max of s does
+            lse = scores.gather(-1, where.unsqueeze(-1)).squeeze(-1) - torch.log(row_max)
+            # Row-wise dot products as batched matmuls: no elementwise temporaries of map size.
+            entropy = lse - torch.matmul(probs.unsqueeze(-2), scores.unsqueeze(-1)).view_as(lse)
+            hhi = torch.linalg.vector_norm(probs, dim=-1).square_()
             variance = hhi / nk - 1.0 / (nk * nk)
-            denom = (qv.sum(-1) * heads).clamp_min(1).view(-1, 1)
-            per_stat = [(s * qv[:, None, None, :]).sum((1, 3)) / denom for s in (variance, row_max, entropy, hhi)]
-            stats_rows = torch.stack(per_stat, dim=-1).float()  # [b, D, 4]
+            per_row = torch.stack((variance, row_max, entropy, hhi), dim=-1)  # [b, H, D, n, 4]
+            denom = (qv.sum(-1) * heads).clamp_min(1).view(-1, 1, 1)
+            stats_rows = (torch.einsum("bhdqs,bq->bds", per_row, qv) / denom).float()  # [b, D, 4]
             stats[rows] = stats_rows
-        del scores
         if not (want_output or want_map):
             continue
         weights = decide(rows, stats_rows).to(probs.dtype)
-        if weights.dim() == 2:
-            combined = torch.einsum("bhdqk,bd->bhqk", probs, weights)
+        flat = probs.view(*shape[:3], n * n)
+        if weights.dim() == 2:  # [b, D] -> one [1 x D] @ [D x n*n] product per example and head
+            combined = torch.matmul(weights.view(-1, 1, 1, depth), flat).view(shape[0], heads, n, n)
         else:
-            combined = torch.einsum("bhdqk,bhd->bhqk", probs, weights)
+            combined = torch.matmul(weights.unsqueeze(-2), flat).view(shape[0], heads, n, n)
         if want_output:
             out[rows, :, :n] = torch.matmul(combined, inp.v[rows, :, :n])
         if want_map:

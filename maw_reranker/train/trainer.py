@@ -1,0 +1,305 @@
+"""The training loop: a thin Accelerate loop over training groups.
+
+Accelerate owns devices, processes (``accelerate launch``), mixed precision, gradient accumulation and the
+checkpoint format; this module owns the data position, the objective, logging, dev evaluation and saving.
+Data sharding is done here rather than by a prepared DataLoader: every process builds the same global batch
+(a pure function of seed, epoch and position) and takes its slice, which keeps ``--resume`` exact.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+
+from maw_reranker.train.checkpoints import (TrainerState, complete_checkpoints, load_checkpoint, resolve_resume,
+                                            save_checkpoint)
+from maw_reranker.train.config import TrainOptions
+from maw_reranker.train.data import GroupCollator, iter_batches
+from maw_reranker.train.dev import evaluate_dev
+from maw_reranker.train.objective import Objective
+from maw_reranker.train.params import make_optimizer, select_trainable
+from maw_reranker.train.sources import TrainingData, load_training_data
+
+log = logging.getLogger(__name__)
+PRECISION = {"no": "fp32", "bf16": "bf16", "fp16": "fp16"}
+SCHEDULERS = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    final_model: Path
+    steps: int
+    history: list[dict] = field(default_factory=list)  # one row per optimizer step run in this session
+    best_metric: Optional[float] = None
+    best_step: Optional[int] = None
+    pairs_per_second: float = 0.0
+    train_seconds: float = 0.0
+
+
+def build_accelerator(opts: TrainOptions):
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration
+
+    trackers = list(opts.report_to or [])
+    if "wandb" in trackers:
+        try:
+            import wandb  # noqa: F401
+        except ImportError:
+            raise ValueError("option 'report_to' includes wandb but it is not installed (pip install "
+                             "'maw-reranker[wandb]')") from None
+    # Router/grpo steps and frozen regimes can leave parameters without gradient in a step.
+    ddp = DistributedDataParallelKwargs(find_unused_parameters=opts.maw is not None or opts.trainable != "full")
+    try:
+        return Accelerator(mixed_precision=opts.mixed_precision, gradient_accumulation_steps=opts.grad_accum,
+                           log_with=trackers or None, kwargs_handlers=[ddp],
+                           project_config=ProjectConfiguration(project_dir=opts.output_dir,
+                                                               logging_dir=str(Path(opts.output_dir) / "logs")))
+    except (ValueError, RuntimeError) as exc:
+        raise ValueError(f"option 'mixed_precision: {opts.mixed_precision}': {exc}") from None
+
+
+def load_encoder(opts: TrainOptions, device):
+    from maw_reranker.cross_encoder.model import CrossEncoderWithMAW
+
+    maw = opts.maw_config
+    encoder = CrossEncoderWithMAW.from_pretrained(opts.model, maw=maw if maw is not None else "auto",
+                                                  max_length=opts.max_length, device=device)
+    if opts.trainable == "lora":
+        from maw_reranker.train.lora import add_lora
+
+        add_lora(encoder, opts.lora_r, opts.lora_alpha, opts.lora_dropout, opts.lora_target_modules)
+    return encoder
+
+
+def total_steps(opts: TrainOptions, data: TrainingData, global_batch: int) -> int:
+    if opts.max_steps is not None:
+        return opts.max_steps
+    per_epoch = len(data.source) // global_batch // opts.grad_accum
+    if per_epoch < 1:
+        raise ValueError(f"{len(data.source)} training groups make less than one optimizer step (batch_size "
+                         f"{opts.batch_size} x processes x grad_accum {opts.grad_accum}); lower them or add data")
+    return max(1, int(math.floor(per_epoch * opts.epochs)))
+
+
+def save_model(encoder, directory: Path) -> Path:
+    """``save_pretrained`` of the model as trained; LoRA adapters are merged into a copy first."""
+    from maw_reranker.train.lora import has_lora, merged_copy
+
+    target = merged_copy(encoder) if has_lora(encoder.model) else encoder
+    return target.save_pretrained(directory)
+
+
+def _flat_config(opts: TrainOptions) -> dict:
+    # TensorBoard's hparams accept scalars only.
+    return {k: (v if isinstance(v, (int, float, str, bool)) else json.dumps(v)) for k, v in opts.to_dict().items()}
+
+
+class Trainer:
+    def __init__(self, opts: TrainOptions, callbacks: Optional[list[Callable]] = None):
+        self.opts = opts.validate()
+        self.callbacks = list(callbacks or [])
+        self.out = Path(opts.output_dir)
+
+    # -- setup ----------------------------------------------------------------------------------------------
+    def _prepare_output(self) -> Optional[Path]:
+        opts = self.opts
+        if opts.resume:
+            return resolve_resume(opts.resume, self.out)
+        existing = complete_checkpoints(self.out)
+        if existing and not opts.overwrite:
+            raise ValueError(f"{self.out} already has checkpoints ({existing[-1].name}); continue with --resume "
+                             "latest, or start over with --overwrite true")
+        if opts.overwrite and self.accelerator.is_main_process:
+            shutil.rmtree(self.out / "checkpoints", ignore_errors=True)
+            (self.out / "metrics.jsonl").unlink(missing_ok=True)
+        return None
+
+    def setup(self) -> None:
+        from accelerate.utils import set_seed
+        from transformers import get_scheduler
+
+        opts = self.opts
+        self.accelerator = acc = build_accelerator(opts)
+        resume_from = self._prepare_output()  # before any heavy work: a wrong resume/overwrite fails fast
+        set_seed(opts.seed)
+        self.data = load_training_data(opts, acc.main_process_first)
+        self.global_batch = opts.batch_size * acc.num_processes
+        self.steps = total_steps(opts, self.data, self.global_batch)
+        self.encoder = load_encoder(opts, acc.device)
+        self.counts = select_trainable(self.encoder, opts.trainable)
+        optimizer = make_optimizer(self.encoder, opts.lr, opts.maw_lr, opts.weight_decay)
+        warmup = opts.warmup_steps or int(round(opts.warmup_ratio * self.steps))
+        # Not prepared: accelerate would step a prepared scheduler once per process; we step it once per update.
+        self.scheduler = get_scheduler(SCHEDULERS[opts.scheduler], optimizer, num_warmup_steps=warmup,
+                                       num_training_steps=self.steps)
+        self.model, self.optimizer = acc.prepare(self.encoder, optimizer)
+        self.state = TrainerState()
+        acc.register_for_checkpointing(self.scheduler, self.state)
+        self.resumed_from = None
+        if resume_from is not None:
+            load_checkpoint(acc, resume_from)
+            self.resumed_from = resume_from
+            log.info("resumed from %s (step %d, epoch %d, offset %d)", resume_from, self.state.step,
+                     self.state.position.epoch, self.state.position.offset)
+        self.objective = Objective(opts, self.encoder.maw_config)
+        self.collator = GroupCollator(self.encoder.tokenize, self.data.queries, self.data.docs)
+        if acc.is_main_process:
+            self._write_run_info()
+        if opts.report_to:
+            acc.init_trackers("tensorboard", config=_flat_config(opts))
+
+    def _write_run_info(self) -> None:
+        from maw_reranker.evaluate.artifacts import run_metadata
+        from maw_reranker.utils.io import write_json
+
+        self.out.mkdir(parents=True, exist_ok=True)
+        info = {"options": self.opts.to_dict(), "data": self.data.description, "parameters": self.counts,
+                "total_steps": self.steps, "processes": self.accelerator.num_processes,
+                "resumed_from": str(self.resumed_from) if self.resumed_from else None,
+                "metadata": run_metadata(self.opts.to_dict())}
+        write_json(self.out / "train_config.json", info)
+        metrics = self.out / "metrics.jsonl"
+        if metrics.is_file():  # drop rows past the resumed step: they are about to be recomputed
+            rows = [r for r in metrics.read_text().splitlines() if r and json.loads(r).get("step", 0) <= self.state.step]
+            metrics.write_text("".join(r + "\n" for r in rows))
+
+    # -- loop -----------------------------------------------------------------------------------------------
+    def _features(self, groups):
+        acc, bs = self.accelerator, self.opts.batch_size
+        mine = groups[acc.process_index * bs:(acc.process_index + 1) * bs]
+        return {k: v.to(acc.device) for k, v in self.collator(mine).items()}
+
+    def _lrs(self) -> dict[str, float]:
+        lrs = self.scheduler.get_last_lr()
+        names = [g.get("name", str(i)) for i, g in enumerate(self.optimizer.param_groups)]
+        out = {}
+        for name, lr in zip(names, lrs):
+            key = "lr/maw" if name.startswith("maw") else "lr"
+            out.setdefault(key, lr)
+        return out
+
+    def _step(self, batches) -> dict[str, float]:
+        acc, opts = self.accelerator, self.opts
+        micro: list[dict[str, torch.Tensor]] = []
+        for _ in range(opts.grad_accum):
+            features = self._features(next(batches))
+            with acc.accumulate(self.model), acc.autocast():
+                loss, logs = self.objective(self.model, self.encoder, features, self.state.step)
+                acc.backward(loss)
+                if acc.sync_gradients and opts.max_grad_norm > 0:
+                    norm = acc.clip_grad_norm_(self.model.parameters(), opts.max_grad_norm)
+                    logs["grad_norm"] = torch.as_tensor(norm).detach()
+                self.optimizer.step()
+                if acc.sync_gradients and not acc.optimizer_step_was_skipped:
+                    self.scheduler.step()
+                self.optimizer.zero_grad(set_to_none=True)
+            logs["loss"] = loss.detach()
+            micro.append(logs)
+        # Mean over micro-steps of each value (grad_norm and the oracle terms exist in some micro-steps only).
+        keys = sorted({k for logs in micro for k in logs})
+        means = [torch.stack([m[k].float().reshape(()) for m in micro if k in m]).mean() for k in keys]
+        values = acc.reduce(torch.stack(means).to(acc.device), reduction="mean")
+        return dict(zip(keys, values.tolist()))
+
+    def _evaluate(self) -> Optional[float]:
+        acc, opts, dev = self.accelerator, self.opts, self.data.dev
+        if dev is None:
+            return None
+        value = None
+        if acc.is_main_process:
+            value, aggregate = evaluate_dev(self.encoder, dev, opts.dev_measure, opts.dev_batch_size,
+                                            PRECISION[opts.mixed_precision])
+            row = {"step": self.state.step, "dev": aggregate}
+            improved = self.state.best_metric is None or value > self.state.best_metric
+            if improved:
+                self.state.best_metric, self.state.best_step = value, self.state.step
+                save_model(self.encoder, self.out / "best")
+                from maw_reranker.utils.io import write_json
+
+                write_json(self.out / "best.json", {"step": self.state.step, "measure": opts.dev_measure,
+                                                    "value": value, "dev_set": dev.name})
+            acc.log({f"dev/{k}": v for k, v in aggregate.items()}, step=self.state.step)
+            log.info("dev %s at step %d: %.4f%s", opts.dev_measure, self.state.step, value,
+                     " (best)" if improved else f" (best {self.state.best_metric:.4f} at {self.state.best_step})")
+            self._append_metrics(row)
+        # Only the main process evaluates and tracks the best score (it is the one whose state is checkpointed).
+        acc.wait_for_everyone()
+        return value
+
+    def _append_metrics(self, row: dict) -> None:
+        with open(self.out / "metrics.jsonl", "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(row) + "\n")
+
+    def run(self) -> TrainResult:
+        if not hasattr(self, "state"):
+            self.setup()
+        acc, opts, state = self.accelerator, self.opts, self.state
+        batches = iter_batches(self.data.source, self.global_batch, state.position)
+        pairs_per_step = self.global_batch * opts.grad_accum * opts.group_size
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=self.steps, initial=state.step, disable=not (opts.progress_bar and acc.is_local_main_process),
+                   desc="train", unit="step", dynamic_ncols=True)
+        history, window, train_time, start_step, saved_at = [], [], 0.0, state.step, state.step
+        self.model.train()
+        while state.step < self.steps:
+            t0 = time.perf_counter()
+            logs = self._step(batches)
+            elapsed = time.perf_counter() - t0
+            train_time += elapsed
+            state.step += 1
+            row = {"step": state.step, "epoch": state.position.epoch, **logs, **self._lrs(),
+                   "pairs_per_s": pairs_per_step / elapsed}
+            history.append(row)
+            window.append(row)
+            if acc.is_main_process:
+                self._append_metrics(row)
+            bar.update(1)
+            bar.set_postfix(loss=f"{logs['loss']:.4f}", lr=f"{row['lr']:.2e}",
+                            pairs_s=f"{pairs_per_step * (state.step - start_step) / train_time:.1f}")
+            if state.step % opts.log_every == 0 or state.step == self.steps:
+                keys = {k for r in window for k in r if k not in ("step", "epoch")}
+                acc.log({k: sum(r[k] for r in window if k in r) / sum(1 for r in window if k in r) for k in keys},
+                        step=state.step)
+                window = []
+            for callback in self.callbacks:
+                callback(state.step, row)
+            if opts.checkpoint_every and state.step % opts.checkpoint_every == 0:
+                save_checkpoint(acc, state, self.out, opts.keep_checkpoints)
+                saved_at = state.step
+            if opts.dev_every and state.step % opts.dev_every == 0 and state.step < self.steps:
+                self._evaluate()
+        bar.close()
+        if self.data.dev is not None:
+            self._evaluate()
+        if saved_at != state.step or self.data.dev is not None or not complete_checkpoints(self.out):
+            save_checkpoint(acc, state, self.out, opts.keep_checkpoints)
+        final = self.out / "final"
+        if acc.is_main_process:
+            save_model(self.encoder, final)
+            from maw_reranker.utils.io import write_json
+
+            done = state.step - start_step
+            write_json(self.out / "train_summary.json", {
+                "steps": state.step, "steps_this_session": done, "best_metric": state.best_metric,
+                "best_step": state.best_step, "final_model": str(final), "train_seconds": round(train_time, 3),
+                "pairs_per_second": round(pairs_per_step * done / train_time, 3) if train_time else None,
+                "last": history[-1] if history else None})
+        acc.wait_for_everyone()
+        acc.end_training()
+        rate = pairs_per_step * (state.step - start_step) / train_time if train_time else 0.0
+        return TrainResult(self.out, final, state.step, history, state.best_metric, state.best_step, rate, train_time)
+
+
+def train(opts: TrainOptions, callbacks: Optional[list[Callable]] = None) -> TrainResult:
+    """Fine-tune as configured by ``opts``; see docs/training.md."""
+    return Trainer(opts, callbacks).run()
