@@ -220,9 +220,12 @@ def distributed_state() -> Any | None:
 
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return None
+    import torch
     from accelerate import PartialState
 
-    state = PartialState()
+    # Without cpu=True Accelerate treats CPU-only processes as not distributed (each would score everything).
+    cpu = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes") or not torch.cuda.is_available()
+    state = PartialState(cpu=cpu)
     return state if state.num_processes > 1 else None
 
 

@@ -33,6 +33,7 @@ BENCH_PREFIX = "bench:"
 # complete run folder holds "the same" run.
 EXECUTION_KEYS = frozenset({"force", "progress", "plots", "output_run", "out_dir", "device", "batch_size"})
 RERANK_INFO = "rerank_info.json"
+DEPTH_PLOT = "depth_usage.png"
 
 
 class RunConflictError(ValueError):
@@ -200,6 +201,13 @@ def _check_existing(artifacts: RunArtifacts, options_dict: dict) -> bool:
                            "choose another variant name")
 
 
+def _clear_outputs(artifacts: RunArtifacts) -> None:
+    """Remove a previous run's outputs that this run might not rewrite (e.g. metrics of a run that had qrels)."""
+    for name in (RunArtifacts.RUN, RunArtifacts.METRICS, RunArtifacts.PER_QUERY, RunArtifacts.EVAL_INFO,
+                 RunArtifacts.SCORES, RunArtifacts.DEPTH_LOG, RERANK_INFO, DEPTH_PLOT):
+        artifacts.path(name).unlink(missing_ok=True)
+
+
 def _seed_everything(seed: int) -> None:
     import numpy as np
     import torch
@@ -260,6 +268,7 @@ def run_eval(options: EvalOptions, state: Any = "auto") -> EvalOutcome:
                     "primary_measures": list(ds.measures)},
     }
     if main:
+        _clear_outputs(artifacts)
         artifacts.write_config(resolved)
     result = rerank(model, pool, ds.queries(), ds.docs(), depth=options.depth, batch_size=options.batch_size,
                     precision=options.precision, on_missing=options.on_missing, max_queries=options.max_queries,
@@ -272,17 +281,19 @@ def run_eval(options: EvalOptions, state: Any = "auto") -> EvalOutcome:
     artifacts.write_run(result.run, tag=variant)
     if options.output_run:
         write_run(Path(options.output_run).expanduser(), result.run, tag=variant)
-    if qrels and options.max_queries:
+    if not qrels:
+        logger.warning("dataset %s has no qrels: wrote the reranked run only, no metrics", ds.name)
+    elif options.max_queries:
         # A query subset is evaluated on itself: judged queries beyond the first N are not "missing from the run".
         chosen = set(result.run) | set(result.skipped_queries)
-        logger.info("max_queries=%d: evaluating the %d chosen queries only", options.max_queries, len(chosen))
         qrels = {q: v for q, v in qrels.items() if q in chosen}
+        logger.info("max_queries=%d: evaluating the %d chosen queries only", options.max_queries, len(chosen))
+        if not qrels:
+            logger.warning("none of the %d chosen queries has qrels: no metrics", len(chosen))
     if qrels:
         evaluation = evaluate_run(result.run, qrels, measures, missing_queries=options.missing_queries)
         artifacts.write_metrics(evaluation)
         outcome.metrics = evaluation.aggregate
-    else:
-        logger.warning("dataset %s has no qrels: wrote the reranked run only, no metrics", ds.name)
     if options.save_scores:
         artifacts.write_scores(result.rows)
     if result.depth_rows:
@@ -290,7 +301,7 @@ def run_eval(options: EvalOptions, state: Any = "auto") -> EvalOutcome:
         if options.plots:
             from maw_reranker.evaluate.plots import plot_depth_usage
 
-            plot_depth_usage(result.depth_rows, artifacts.path("depth_usage.png"))
+            plot_depth_usage(result.depth_rows, artifacts.path(DEPTH_PLOT))
     from maw_reranker.utils.io import write_json
 
     write_json(artifacts.path(RERANK_INFO), {**outcome.info, "precision": options.precision,

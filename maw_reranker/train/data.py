@@ -25,8 +25,8 @@ class Group:
 
 
 def rank_candidates(hits: Mapping[str, float]) -> list[str]:
-    """Docids best first (score descending, docid as a deterministic tie-break)."""
-    return [d for d, _ in sorted(hits.items(), key=lambda kv: (-kv[1], kv[0]))]
+    """Docids best first by score; ties keep the file's order (MS MARCO's train top-1000 has no scores at all)."""
+    return [d for d, _ in sorted(hits.items(), key=lambda kv: -kv[1])]
 
 
 def positives_of(judged: Mapping[str, int], threshold: int) -> list[str]:

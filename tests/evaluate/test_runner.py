@@ -101,6 +101,11 @@ def test_no_qrels_still_writes_the_run(collection, model_dir, tmp_path):
     assert not (out.run_dir / "metrics.json").exists()
     assert read_run(out_run) == read_run(out.run_dir / "run.trec")
     assert len(read_run(out_run)) == 6
+    # a forced redo must not leave an earlier run's metrics behind
+    run_eval(options(collection, model_dir, tmp_path / "exp2", maw=None, variant="x"))
+    assert (tmp_path / "exp2/tiny/x/seed_0/metrics.json").is_file()
+    run_eval(options(collection, model_dir, tmp_path / "exp2", maw=None, variant="x", qrels=None, force=True))
+    assert not (tmp_path / "exp2/tiny/x/seed_0/metrics.json").exists()
 
 
 def test_missing_documents_error_or_logged_skip(tmp_path, model_dir, caplog):

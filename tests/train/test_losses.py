@@ -46,4 +46,4 @@ def test_loss_decreases_on_tiny_task(tmp_path, loss):
     result = train(options(tmp_path, task, model, loss=loss, max_steps=15, lr=3e-3, scheduler="constant"))
     losses = [row["loss/rank"] for row in result.history]
     first, last = sum(losses[:3]) / 3, sum(losses[-3:]) / 3
-    assert last < 0.8 * first, f"{loss}: {losses}"
+    assert last < 0.9 * first, f"{loss}: {losses}"
