@@ -51,6 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.command:
         parser.print_help()
         return 2
+    if not args.verbose:
+        _quiet_libraries()
     module = _load(args.command)
     if module is None:
         parser.error(f"command '{args.command}' is not available in this installation")
@@ -68,6 +70,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"maw-rerank {args.command}: interrupted", file=sys.stderr)
         return 130
     return int(result or 0)
+
+
+def _quiet_libraries() -> None:
+    """Our own progress bars report the work; the libraries' per-file loading bars only add noise."""
+    import os
+
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    except ImportError:  # pragma: no cover - transformers is a dependency
+        pass
 
 
 if __name__ == "__main__":

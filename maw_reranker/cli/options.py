@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import types
 import typing
 from pathlib import Path
@@ -72,18 +71,18 @@ def _convert(name: str, value: Any, field: dataclasses.Field, source: str) -> An
                 raise ValueError(value)
             value = tp(value)
         elif origin in (list, tuple) or tp in (list, tuple):
-            if isinstance(value, str):
-                value = json.loads(value) if value.strip().startswith("[") else [v for v in value.split(",") if v]
+            if isinstance(value, str):  # YAML/JSON flow list, or comma-separated
+                value = yaml.safe_load(value) if value.strip().startswith("[") else [v for v in value.split(",") if v]
             inner = get_args(tp)
             if inner and inner[0] in (int, float, str):
                 value = [inner[0](v) for v in value]
             value = list(value)
         elif origin is dict or tp is dict:
             if isinstance(value, str):
-                value = json.loads(value)
+                value = yaml.safe_load(value) or {}
             if not isinstance(value, dict):
                 raise ValueError(value)
-    except (TypeError, ValueError, json.JSONDecodeError) as exc:
+    except (TypeError, ValueError, yaml.YAMLError) as exc:
         raise ConfigError(f"{source}: option '{name}' expects {getattr(tp, '__name__', tp)}, got {value!r}") from exc
     if allowed is not None:
         items = value if isinstance(value, list) else [value]

@@ -23,7 +23,8 @@ class TrainOptions:
     # -- model -----------------------------------------------------------------------------------------------
     model: str = _f("", "cross-encoder to fine-tune: hub id or directory (a saved MAW model keeps its MAW)")
     maw: Optional[dict] = _f(None, "MAW variant as a mapping of MAWConfig fields (YAML `maw: {gating_mode: learned}`, "
-                                   "or JSON on the command line); null = no MAW; 'auto' keys are not allowed")
+                                   "or JSON on the command line); null = the model as saved (no MAW for a plain "
+                                   "checkpoint; a directory written with MAW keeps its MAW)")
     max_length: Optional[int] = _f(None, "max tokens per (query, document) pair; None = the model's (at most 512)")
     trainable: Literal["full", "maw_only", "lora"] = _f(
         "full", "full = every parameter; maw_only = backbone frozen, MAW parameters + classification head; "

@@ -273,7 +273,8 @@ class Trainer:
                 window = []
             for callback in self.callbacks:
                 callback(state.step, row)
-            if opts.checkpoint_every and state.step % opts.checkpoint_every == 0:
+            # The last step's checkpoint is written after the final dev evaluation (below), once.
+            if opts.checkpoint_every and state.step % opts.checkpoint_every == 0 and state.step < self.steps:
                 save_checkpoint(acc, state, self.out, opts.keep_checkpoints)
                 saved_at = state.step
             if opts.dev_every and state.step % opts.dev_every == 0 and state.step < self.steps:
@@ -281,7 +282,7 @@ class Trainer:
         bar.close()
         if self.data.dev is not None:
             self._evaluate()
-        if saved_at != state.step or self.data.dev is not None or not complete_checkpoints(self.out):
+        if saved_at != state.step or not complete_checkpoints(self.out):
             save_checkpoint(acc, state, self.out, opts.keep_checkpoints)
         final = self.out / "final"
         if acc.is_main_process:
