@@ -81,23 +81,37 @@ def time_op(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-def _maxrss_bytes() -> int:
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+def _proc_status(key: str) -> int:
+    with open("/proc/self/status") as handle:
+        for line in handle:
+            if line.startswith(key):
+                return int(line.split()[1]) * 1024
+    raise KeyError(key)
 
 
 def child_memory(kind: str, depth: int, batch: int, length: int) -> None:
+    """Peak RSS growth of one call, in a fresh process: set up, release freed memory, reset the kernel's peak
+    counter (VmHWM, via /proc/self/clear_refs), run, read the new peak."""
+    import ctypes
+    import gc
+
     fn = run_op(kind, depth, batch, length)
     with torch.inference_mode():
-        before = _maxrss_bytes()
+        fn()  # warm-up (lazy initialisation is not the layer's memory)
+        gc.collect()
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+        before = _proc_status("VmRSS")
         fn()
-        print(json.dumps({"extra": max(0, _maxrss_bytes() - before)}))
+        print(json.dumps({"extra": max(0, _proc_status("VmHWM") - before)}))
 
 
 def measure_memory(kind: str, depth: int, batch: int, length: int) -> float:
     out = subprocess.run([sys.executable, __file__, "--child", kind, str(depth), str(batch), str(length)],
-                         capture_output=True, text=True, check=True, env={**os.environ, "OMP_NUM_THREADS": "2"})
+                         capture_output=True, text=True, check=True,
+                         # A fixed mmap threshold: big blocks go back to the OS when freed, so RSS tracks live memory.
+                         env={**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"})
     return json.loads(out.stdout.strip().splitlines()[-1])["extra"]
 
 
