@@ -24,6 +24,8 @@ if [[ -n "${MAW_RERANK:-}" ]]; then
   read -r -a cli <<<"$MAW_RERANK"
 elif command -v maw-rerank >/dev/null 2>&1; then
   cli=(maw-rerank)
+elif [[ -x "$(dirname "$0")/.venv/bin/maw-rerank" ]]; then
+  cli=("$(dirname "$0")/.venv/bin/maw-rerank")
 else
   cli=(python -m maw_reranker.cli.main)
 fi

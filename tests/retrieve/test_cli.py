@@ -1,4 +1,6 @@
+import os
 import subprocess
+import sys
 from pathlib import Path
 
 from maw_reranker.cli.main import main
@@ -32,14 +34,16 @@ def test_build_pools_errors(tmp_path, capsys):
 
 
 def test_shell_wrapper(tmp_path):
-    help_out = subprocess.run(["bash", str(REPO / "build_bm25.sh"), "--help"], capture_output=True, text=True)
+    # The wrapper must run the package of the interpreter running these tests, whatever is on PATH.
+    env = {**os.environ, "MAW_RERANK": f"{sys.executable} -m maw_reranker.cli.main"}
+    help_out = subprocess.run(["bash", str(REPO / "build_bm25.sh"), "--help"], capture_output=True, text=True, env=env)
     assert help_out.returncode == 0 and "Usage: ./build_bm25.sh" in help_out.stdout and "--k1" in help_out.stdout
     folder = write_beir(tmp_path / "toy")
     done = subprocess.run(["bash", str(REPO / "build_bm25.sh"), str(folder), "--engine", "bm25s", "--k", "2",
-                           "--out-dir", str(tmp_path / "p")], capture_output=True, text=True)
+                           "--out-dir", str(tmp_path / "p")], capture_output=True, text=True, env=env)
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "p" / "toy-test" / "bm25-bm25s-k2.run").is_file()
-    bad = subprocess.run(["bash", str(REPO / "build_bm25.sh"), "unknown-set"], capture_output=True, text=True)
+    bad = subprocess.run(["bash", str(REPO / "build_bm25.sh"), "unknown-set"], capture_output=True, text=True, env=env)
     assert bad.returncode == 1 and "known datasets" in bad.stderr
 
 
