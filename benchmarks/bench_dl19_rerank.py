@@ -116,16 +116,27 @@ def throughput(pair_set, model_dir, batch_size, max_length, rounds):
 def quality(pair_set, qrels, baseline_scores, model_dir, batch_size, max_length):
     pairs = pair_set.pairs
     runs = {BASELINE: to_run(pairs, baseline_scores)}
-    speeds = {}
+    speeds, changes = {}, {}
     for name, cfg in VARIANTS.items():
         model = CrossEncoderWithMAW.from_pretrained(model_dir, maw=cfg, max_length=max_length, device="cpu")
         start = time.perf_counter()
         scores = score_pairs(model, [(p.query, p.doc) for p in pairs], batch_size=batch_size)
         speeds[name] = len(pairs) / (time.perf_counter() - start)
         runs[name] = to_run(pairs, scores)
+        changes[name] = score_changes(runs[BASELINE], runs[name], baseline_scores, scores)
         logging.info("%s: %.1f pairs/s", name, speeds[name])
     results = {name: {0: evaluate_run(run, qrels, MEASURES)} for name, run in runs.items()}
-    return summarize(results, BASELINE, MEASURES, dataset="dl19-rankllm-bm25"), speeds
+    return summarize(results, BASELINE, MEASURES, dataset="dl19-rankllm-bm25"), speeds, changes
+
+
+def top10(ranking: dict) -> list:
+    return sorted(ranking, key=lambda d: (-ranking[d], d))[:10]
+
+
+def score_changes(base_run, run, base_scores, scores) -> dict:
+    """How much a variant moved the scores, and in how many queries the top-10 order changed at all."""
+    return {"max_abs_score_diff": float(np.abs(np.asarray(scores) - np.asarray(base_scores)).max()),
+            "top10_changed": sum(top10(base_run[q]) != top10(run[q]) for q in base_run)}
 
 
 def fmt_p(p, holm) -> str:
@@ -134,11 +145,11 @@ def fmt_p(p, holm) -> str:
     return f"{one(p)} / {one(holm)}"
 
 
-def quality_table(summary, speeds) -> str:
+def quality_table(summary, speeds, changes) -> str:
     head = ["variant"]
     for m in MEASURES:
         head += [m, f"Δ {m} [95% CI]", "d_z", "t-test p / Holm", "Wilcoxon p / Holm"]
-    head.append("pairs/s fp32")
+    head += ["max abs Δ score", "queries with top-10 changed", "pairs/s fp32"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for variant, info in summary["variants"].items():
         row = [variant]
@@ -150,6 +161,8 @@ def quality_table(summary, speeds) -> str:
             else:
                 row += [f"{c['mean_diff']:+.4f} [{c['ci_low']:+.4f}, {c['ci_high']:+.4f}]", f"{c['cohens_dz']:.3f}",
                         fmt_p(c["ttest_p"], c["ttest_p_holm"]), fmt_p(c["wilcoxon_p"], c["wilcoxon_p_holm"])]
+        c = changes.get(variant)
+        row += [f"{c['max_abs_score_diff']:.4f}", str(c["top10_changed"])] if c else ["—", "—"]
         row.append(f"{speeds[variant]:.1f}" if variant in speeds else "(see throughput)")
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
@@ -173,6 +186,7 @@ def main(argv=None) -> int:
         print(f"DL19 data not found at {args.data}", file=sys.stderr)
         return 2
 
+    load_start = os.getloadavg()  # other processes on the machine distort absolute timings (ratios less so)
     pair_set, qrels = load_pairs(args.data, args.queries)
     n = len(pair_set.pairs)
     print(f"DL19 BM25 top-100: {len(pair_set.qids)} queries, {n} pairs; model {args.model}; batch {args.batch_size}, "
@@ -184,14 +198,14 @@ def main(argv=None) -> int:
     diff = float(np.abs(fp32.scores - st.scores).max())
     bf16_diff = float(np.abs(bf16.scores - fp32.scores).max())
 
-    summary, speeds = (None, {}) if args.skip_variants else quality(
+    summary, speeds, changes = (None, {}, {}) if args.skip_variants else quality(
         pair_set, qrels, fp32.scores, args.model, args.batch_size, args.max_length)
     if summary is None:
         summary = summarize({BASELINE: {0: evaluate_run(to_run(pair_set.pairs, fp32.scores), qrels, MEASURES)}},
                             BASELINE, MEASURES)
 
     print("\n### Quality (fp32; paired tests against the unpatched model, Holm over all rows x measures)\n")
-    print(quality_table(summary, speeds))
+    print(quality_table(summary, speeds, changes))
     base = summary["variants"][BASELINE]["metrics"]
     checks = []
     if args.queries is None:
@@ -220,13 +234,16 @@ def main(argv=None) -> int:
         ratios = np.array(st.rounds) / np.array(s.rounds)
         print(f"\n{s.name} / sentence-transformers speed ratio per round: median {np.median(ratios):.3f}, "
               f"min {ratios.min():.3f}, max {ratios.max():.3f} ({len(ratios)} rounds)")
+    print(f"\nload average (1/5/15 min) at start {load_start[0]:.2f}/{load_start[1]:.2f}/{load_start[2]:.2f}, at end "
+          + "/".join(f"{x:.2f}" for x in os.getloadavg()) + f" on {os.cpu_count()} CPUs")
     print("\n### Checks\n")
     for text, ok in checks:
         print(f"- {'PASS' if ok else 'FAIL'}: {text}")
     if args.json:
         args.json.write_text(json.dumps({"pairs": n, "queries": len(pair_set.qids), "speed": speed,
                                          "ndcg": ndcg, "max_abs_diff_fp32": diff, "max_abs_diff_bf16": bf16_diff,
-                                         "variant_speed": speeds, "summary": summary,
+                                         "variant_speed": speeds, "variant_changes": changes, "summary": summary,
+                                         "load_average": {"start": load_start, "end": os.getloadavg()},
                                          "round_seconds": {s.name: s.rounds for s in scorers},
                                          "checks": [{"check": t, "ok": ok} for t, ok in checks]}, indent=2,
                                         default=str))

@@ -195,6 +195,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--max-length", type=int, default=512)
     parser.add_argument("--no-memory", action="store_true")
+    parser.add_argument("--model-only", action="store_true", help="only part 2 (whole-model throughput)")
     parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -202,9 +203,11 @@ def main() -> None:
         child_memory(kind, int(depth), int(batch), int(length))
         return
     lengths, depths = ([128, 256], [1, 8]) if args.quick else ([128, 256, 512], [1, 4, 8, 16])
+    if args.model_only:
+        lengths = []
     print(f"# MAW layer cost, batch {args.batch}, {HEADS} heads x {HIDDEN // HEADS}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads")
-    rows = layer_table(lengths, depths, args.batch, repeats=3 if args.quick else 5,
+    rows = [] if not lengths else layer_table(lengths, depths, args.batch, repeats=3 if args.quick else 5,
                        with_memory=not (args.quick or args.no_memory), ref_max_len=512)
     print("\n".join(rows))
     if Path(args.model).is_dir():

@@ -58,6 +58,11 @@ def build_accelerator(opts: TrainOptions):
                              "'maw-reranker[wandb]')") from None
     # Router/grpo steps and frozen regimes can leave parameters without gradient in a step.
     ddp = DistributedDataParallelKwargs(find_unused_parameters=opts.maw is not None or opts.trainable != "full")
+    # Accelerate keeps one process-wide state; a second training in the same process (the demo, a notebook,
+    # the tests) may ask for another precision. The distributed part (PartialState) is kept.
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state()
     try:
         return Accelerator(mixed_precision=opts.mixed_precision, gradient_accumulation_steps=opts.grad_accum,
                            log_with=trackers or None, kwargs_handlers=[ddp],
@@ -303,4 +308,18 @@ class Trainer:
 
 def train(opts: TrainOptions, callbacks: Optional[list[Callable]] = None) -> TrainResult:
     """Fine-tune as configured by ``opts``; see docs/training.md."""
-    return Trainer(opts, callbacks).run()
+    try:
+        return Trainer(opts, callbacks).run()
+    finally:
+        release_accelerator_state()
+
+
+def release_accelerator_state() -> None:
+    """Accelerate keeps its settings (mixed precision, accumulation) in process-wide singletons; clear them after a
+    single-process run so that a later ``train()`` in the same Python process may use other settings."""
+    from accelerate.state import AcceleratorState, GradientState, PartialState
+
+    if PartialState._shared_state and PartialState().num_processes > 1:
+        return
+    AcceleratorState._reset_state()
+    GradientState._reset_state()

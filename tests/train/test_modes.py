@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from maw_reranker.maw.patcher import maw_named_parameters
+from maw_reranker.train.data import DataPosition, iter_batches
 from maw_reranker.train.trainer import Trainer
 from tests.train.helpers import options, tiny_model_dir, write_task
 
@@ -58,3 +59,19 @@ def test_maw_only_freezes_backbone(task_and_model):
     assert all(torch.equal(v, now[n]) for n, v in backbone.items())
     assert not torch.equal(head, trainer.encoder.model.classifier.weight)
     assert not torch.equal(theta[0], next(p for _, p in maw_named_parameters(trainer.encoder.model)))
+
+
+def test_bf16_autocast_keeps_fp32_logits_and_losses(task_and_model):
+    tmp, task, model = task_and_model
+    trainer = Trainer(options(tmp / "bf16", task, model, maw={"gating_mode": "router", "depth_dim": 4},
+                              router_oracle_weight=1.0, mixed_precision="bf16", grad_accum=2, max_steps=2))
+    trainer.setup()
+    batch = next(iter_batches(trainer.data.source, trainer.global_batch, DataPosition()))
+    features = trainer._features(batch)
+    with trainer.accelerator.autocast():
+        loss, logs = trainer.objective(trainer.model, trainer.encoder, features, 0)
+        inner = trainer.encoder.model(**features).logits
+    assert inner.dtype == torch.bfloat16  # autocast is really on inside the model ...
+    assert loss.dtype == torch.float32 and all(v.dtype == torch.float32 for v in logs.values())  # ... not outside
+    result = trainer.run()
+    assert len(result.history) == 2 and all(torch.isfinite(torch.tensor(r["loss"])) for r in result.history)

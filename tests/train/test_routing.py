@@ -61,3 +61,28 @@ def test_oracle_depth_is_the_best_forced_depth(tmp_path):
             g.forced_depth = None
     assert torch.equal(oracle, torch.stack(manual, 1).argmin(1))
     assert all(g.forced_depth is None for g in gates)
+
+
+def test_grpo_step_wires_rewards_log_probs_and_advantages():
+    from types import SimpleNamespace
+
+    from maw_reranker.train.losses import listwise_softmax_ce
+    from maw_reranker.train.routing import grpo_step
+
+    gate = SimpleNamespace(policy_mode=None, last_log_prob=None, last_logits=None)
+
+    def model(input_ids):  # G=2 samples x 1 group x (1 positive + 1 negative), sample-major
+        assert input_ids.shape[0] == 4
+        gate.last_log_prob = torch.tensor([-0.1, -0.2, -0.5, -0.7])
+        gate.last_logits = torch.zeros(4, 3)
+        return torch.tensor([2.0, 0.0, 0.0, 1.0])
+
+    out = grpo_step(model, {"input_ids": torch.zeros(2, 5, dtype=torch.long)}, groups=1, group_size=2,
+                    loss_fn=listwise_softmax_ce, samples=2, beta=0.0, eta=0.0, eps=1e-6, gates=[gate])
+    losses = [math.log(1 + math.exp(-2.0)), math.log(1 + math.exp(1.0))]
+    assert gate.policy_mode == "sample"
+    assert math.isclose(out["rank"].item(), sum(losses) / 2, rel_tol=1e-6)
+    assert math.isclose(out["reward"].item(), -sum(losses) / 2, rel_tol=1e-6)
+    std = abs(losses[0] - losses[1]) / 2
+    adv = std / (std + 1e-6)  # +adv for the better sample, -adv for the worse
+    assert math.isclose(out["policy"].item(), -(adv * -0.3 + -adv * -1.2) / 2, rel_tol=1e-5)
