@@ -60,11 +60,16 @@ def run_op(kind: str, depth: int, batch: int, length: int):
     if kind in ("reference", "fast"):
         from maw_reranker.maw.reference import reference_maw, reference_stat_weights
 
+        from maw_reranker.maw.functional import explicit_maw
+
         layer = make_layer(depth, "stat")
         bound = layer.adapter.bind((hidden,), {"attention_mask": mask})
-        if kind == "fast":  # O_maw alone: the same work as the reference (sections 2-5)
-            return lambda: layer.maw_output(bound)
+        # Both start from the same projected depth inputs and do sections 2-5 (scores, statistics, weights,
+        # combination, values); the Q/K/V projections they share are in the whole-layer columns.
         inp, _ = layer.depth_inputs(bound)
+        if kind == "fast":
+            gating = layer.gating
+            return lambda: explicit_maw(inp, lambda rows, stats: gating.decide(stats.shape[0], stats, None).weights)
         return lambda: reference_maw(inp, lambda b, s: reference_stat_weights(s, 2.5))
     layer = make_layer(depth, kind)
     return lambda: layer(hidden, attention_mask=mask)
@@ -127,7 +132,7 @@ def layer_table(lengths, depths, batch: int, repeats: int, with_memory: bool, re
             t_stat = time_op(run_op("stat", depth, batch, length), repeats)
             t_uni = time_op(run_op("uniform", depth, batch, length), repeats)
             t_fast = time_op(run_op("fast", depth, batch, length), repeats)
-            t_ref = time_op(run_op("reference", depth, batch, length), 1) if length <= ref_max_len else float("nan")
+            t_ref = time_op(run_op("reference", depth, batch, length), 3) if length <= ref_max_len else float("nan")
             if with_memory:
                 m_back = measure_memory("backbone", depth, batch, length)
                 m_stat = (measure_memory("stat", depth, batch, length) - m_back) / attn_map

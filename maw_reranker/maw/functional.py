@@ -1,8 +1,10 @@
-"""The fast MAW computation (docs/MAW.md sections 2-6), streamed over depths.
+"""The fast MAW computation (docs/MAW.md sections 2-6).
 
-Nothing here allocates the ``B x H x L x L x D`` tensor. Depth weights that need no statistics go straight to
-fused ``scaled_dot_product_attention`` calls, one per depth, accumulated into one output. Statistics are computed
-one depth at a time over chunks of the batch, so the peak extra memory stays about one attention map.
+Nothing here allocates the ``B x H x L x L x D`` tensor. Inference (``explicit_maw``) works one chunk of the batch
+at a time (one example, cut into head groups, at realistic sizes): each group's D score maps come from one batched
+matmul, are turned into probabilities and reduced to row statistics while still in cache, and the chunk's maps are
+combined with its depth weights and applied to V. Training (``combine_depths``) uses one fused attention call per
+depth, so autograd never stores a map either.
 """
 
 from __future__ import annotations
@@ -98,19 +100,66 @@ def _stacked(tensors: list[torch.Tensor], rows, n: int, scales: Optional[list[fl
 
 
 def chunk_size(inp: DepthInputs, requested: int = 0) -> int:
-    """Examples per chunk: keeps the chunk's D score maps (and their temporaries) to about half an ordinary
-    attention map of the whole batch, so the peak extra memory stays within one map."""
+    """Examples per chunk. Automatic: as many as keep the chunk's D score maps within ``_CHUNK_ELEMENTS`` (at least
+    one example; one example's maps are then further cut by heads), so the work stays cache-sized."""
     batch, heads, length, _ = inp.v.shape
     if requested > 0:
         return min(requested, batch)
-    return max(1, min(batch, batch // (6 * inp.depth)))
+    return max(1, min(batch, _CHUNK_ELEMENTS // (heads * inp.depth * length * length)))
+
+
+# Score elements per chunk or head group (4 MiB in float32): small enough to stay in cache while the softmax and the
+# statistics passes read them (measured best of 2^18..2^22 on the benchmark), large enough to keep op counts low.
+_CHUNK_ELEMENTS = 1 << 20
+
+
+def _buffer(buffers: dict, name: str, shape: tuple, like: torch.Tensor) -> torch.Tensor:
+    """A view of a flat scratch buffer kept across chunks (chunks differ in length after trimming): fresh
+    allocations of this size come straight from the OS, and their first touch costs a page fault per 4 KiB."""
+    numel = 1
+    for size in shape:
+        numel *= size
+    flat = buffers.get(name)
+    if flat is None or flat.numel() < numel:
+        flat = buffers[name] = like.new_empty(numel)
+    return flat[:numel].view(shape)
+
+
+def _row_statistics(scores: torch.Tensor, probs: torch.Tensor, out: torch.Tensor) -> None:
+    """Fill ``out[0..3]`` with each row's max p, log-sum-exp, sum_k p s and ||p||, one pass each (``scores`` is
+    overwritten).
+
+    log-sum-exp comes from the first key, lse = s_0 - log p_0 (exact for any key with p > 0), which saves a pass
+    over the scores; rows where p_0 underflows (or key 0 is masked) take it from the maximum instead."""
+    torch.amax(probs, dim=-1, out=out[0])
+    p0 = probs[..., 0]
+    if bool((p0 < 1e-30).any()):
+        torch.sub(scores.amax(-1), torch.log(out[0]), out=out[1])
+    else:
+        torch.sub(scores[..., 0], torch.log(p0), out=out[1])
+    torch.linalg.vector_norm(probs, dim=-1, out=out[3])
+    torch.sum(scores.mul_(probs), dim=-1, out=out[2])  # in place: the scores are not needed any more
+
+
+def _example_statistics(rowstats: torch.Tensor, query_valid: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """``[b, D, 4]`` (variance, max, entropy, HHI) averaged over heads and valid query rows. Entropy (lse - sum p s)
+    and variance (HHI / n - 1 / n^2 over n valid keys) are linear in the row statistics, so only means are needed."""
+    rowstats[3].square_()
+    heads = rowstats.shape[2]
+    weights = query_valid.to(rowstats.dtype)
+    means = torch.einsum("sbhdq,bq->bds", rowstats, weights)
+    means = means / (weights.sum(-1) * heads).clamp_min(1).view(-1, 1, 1)
+    max_p, lse, p_dot_s, hhi = means.unbind(-1)
+    nk = lengths.clamp_min(1).to(means.dtype).view(-1, 1)
+    return torch.stack((hhi / nk - 1.0 / (nk * nk), max_p, lse - p_dot_s, hhi), dim=-1).float()
 
 
 @torch.no_grad()
 def explicit_maw(inp: DepthInputs, decide: Callable, want_output: bool = True, want_map: bool = False,
                  need_stats: bool = True, chunk: int = 0):
-    """Inference path: per chunk of examples, every depth's attention map is computed once (one batched matmul),
-    its statistics reduced, the weights decided, the maps combined and applied to V.
+    """Inference path: per chunk of examples, every depth's attention map is computed once (one batched matmul per
+    group of heads), its statistics reduced while it is still in cache, the weights decided, and the maps combined
+    and applied to V.
 
     ``decide(rows, stats_rows)`` returns the chunk's weights ``[b, D]``/``[b, H, D]`` (``stats_rows`` is None
     when ``need_stats`` is False). Returns ``(O_maw or None, A_sel or None, stats or None)``.
@@ -123,48 +172,53 @@ def explicit_maw(inp: DepthInputs, decide: Callable, want_output: bool = True, w
     out = torch.zeros_like(inp.v) if want_output else None
     a_map = inp.v.new_zeros(batch, heads, length, length) if want_map else None
     stats = torch.zeros(batch, depth, 4, dtype=torch.float32, device=inp.v.device) if need_stats else None
+    keep_probs = want_output or want_map
     buffers: dict = {}
     for start in range(0, batch, step):
         rows = slice(start, min(start + step, batch))
         n = max(int(lengths[rows].max()) if trim else length, 1)
-        q = _stacked(inp.q, rows, n, inp.scale)  # scale folded into the queries
+        q = _stacked(inp.q, rows, n, inp.scale)  # [b, H, D, n, w], scale folded into the queries
         k = _stacked(inp.k, rows, n)
-        shape = (q.shape[0], heads, depth, n, n)
-        if buffers.get("shape") != shape:  # reused across chunks: fresh allocations cost page faults
-            buffers = {"shape": shape, "scores": q.new_empty(shape), "probs": q.new_empty(shape)}
-        scores = torch.matmul(q, k.transpose(-1, -2), out=buffers["scores"])  # [b, H, D, n, n]
-        if inp.bias is not None:
-            for d in range(depth):
-                extra = inp.bias(d, rows)
-                if extra is not None:
-                    scores[:, :, d] += extra[..., :n, :n]
+        b = q.shape[0]
+        # Head groups only when one example is bigger than a chunk (then the group's probs are contiguous).
+        group = heads if b > 1 else max(1, min(heads, _CHUNK_ELEMENTS // (depth * n * n)))
+        shape = (b, heads, depth, n, n)
+        scores_buf = _buffer(buffers, "scores", (b, group, depth, n, n), q)
+        probs_buf = _buffer(buffers, "probs", shape if keep_probs else (b, group, depth, n, n), q)
         allowed = None if inp.allowed is None else inp.allowed[rows][..., :n, :n]
-        if allowed is not None and not bool(allowed.all()):
-            scores.masked_fill_(~allowed.unsqueeze(2), torch.finfo(scores.dtype).min)
-        probs = torch.softmax(scores, dim=-1, out=buffers["probs"])
-        stats_rows = None
+        if allowed is not None and bool(allowed.all()):
+            allowed = None
         if need_stats:
-            qv = inp.key_valid[rows, :n].to(probs.dtype)  # valid query rows
-            nk = lengths[rows].clamp_min(1).to(probs.dtype).view(-1, 1, 1, 1)
-            row_max, where = probs.max(-1)
-            # max p = exp(max s - lse), and the max of p sits where the max of s does
-            lse = scores.gather(-1, where.unsqueeze(-1)).squeeze(-1) - torch.log(row_max)
-            # Row-wise dot products as batched matmuls: no elementwise temporaries of map size.
-            entropy = lse - torch.matmul(probs.unsqueeze(-2), scores.unsqueeze(-1)).view_as(lse)
-            hhi = torch.linalg.vector_norm(probs, dim=-1).square_()
-            variance = hhi / nk - 1.0 / (nk * nk)
-            per_row = torch.stack((variance, row_max, entropy, hhi), dim=-1)  # [b, H, D, n, 4]
-            denom = (qv.sum(-1) * heads).clamp_min(1).view(-1, 1, 1)
-            stats_rows = (torch.einsum("bhdqs,bq->bds", per_row, qv) / denom).float()  # [b, D, 4]
+            # Per valid query row: max p, log-sum-exp, sum_k p s, ||p||; everything else is linear in these.
+            rowstats = _buffer(buffers, "rowstats", (4, b, heads, depth, n), q)
+        for h0 in range(0, heads, group):
+            hs = slice(h0, min(h0 + group, heads))
+            g = hs.stop - hs.start
+            scores = torch.matmul(q[:, hs], k[:, hs].transpose(-1, -2), out=scores_buf[:, :g])
+            if inp.bias is not None:
+                for d in range(depth):
+                    extra = inp.bias(d, rows)
+                    if extra is not None:
+                        scores[:, :, d] += extra[:, hs, :n, :n] if extra.shape[1] > 1 else extra[..., :n, :n]
+            if allowed is not None:
+                mask = allowed[:, hs] if allowed.shape[1] > 1 else allowed
+                scores.masked_fill_(~mask.unsqueeze(2), torch.finfo(scores.dtype).min)
+            probs = torch.softmax(scores, dim=-1, out=probs_buf[:, hs] if keep_probs else probs_buf[:, :g])
+            if need_stats:
+                _row_statistics(scores, probs, rowstats[:, :, hs])
+        if need_stats:
+            stats_rows = _example_statistics(rowstats, inp.key_valid[rows, :n], lengths[rows])
             stats[rows] = stats_rows
-        if not (want_output or want_map):
-            continue
-        weights = decide(rows, stats_rows).to(probs.dtype)
-        flat = probs.view(*shape[:3], n * n)
-        if weights.dim() == 2:  # [b, D] -> one [1 x D] @ [D x n*n] product per example and head
-            combined = torch.matmul(weights.view(-1, 1, 1, depth), flat).view(shape[0], heads, n, n)
         else:
-            combined = torch.matmul(weights.unsqueeze(-2), flat).view(shape[0], heads, n, n)
+            stats_rows = None
+        if not keep_probs:
+            continue
+        weights = decide(rows, stats_rows).to(q.dtype)
+        flat = probs_buf.view(*shape[:3], n * n)
+        if weights.dim() == 2:  # [b, D] -> one [1 x D] @ [D x n*n] product per example and head
+            combined = torch.matmul(weights.view(-1, 1, 1, depth), flat).view(b, heads, n, n)
+        else:
+            combined = torch.matmul(weights.unsqueeze(-2), flat).view(b, heads, n, n)
         if want_output:
             out[rows, :, :n] = torch.matmul(combined, inp.v[rows, :, :n])
         if want_map:

@@ -153,3 +153,21 @@ def test_fused_inference_path_with_per_head_weights_and_left_padding():
     ref_out, _, _ = reference_maw(inp, lambda b, s: weights[b])
     valid = inp.key_valid[:, None, :, None]
     assert torch.allclose((out * valid).double(), ref_out, atol=1e-5)
+
+
+@pytest.mark.parametrize("chunk_elements", [1 << 20, 200])  # 200: one example per chunk, cut into head groups
+@pytest.mark.parametrize("sharp", [False, True])  # sharp: p at key 0 underflows, so lse falls back to the max
+def test_statistics_match_reference_with_head_groups_and_underflow(monkeypatch, chunk_elements, sharp):
+    from maw_reranker.maw import functional
+    from maw_reranker.maw.reference import reference_attention_5d, reference_statistics
+
+    monkeypatch.setattr(functional, "_CHUNK_ELEMENTS", chunk_elements)
+    inp = make_inputs(3, heads=4)
+    if sharp:
+        inp.q = [q * 40 for q in inp.q]
+        probs = torch.softmax(torch.matmul(inp.q[0], inp.k[0].transpose(-1, -2)) * inp.scale[0], -1)
+        assert (probs[..., 0] < 1e-30).any()  # the case this test is about
+    fast = depth_statistics(inp)
+    for b in range(inp.v.shape[0]):
+        a5, _ = reference_attention_5d(inp, b)
+        assert torch.allclose(fast[b].double(), reference_statistics(a5), atol=1e-4, rtol=1e-4)
