@@ -10,7 +10,7 @@ HELP = ("Run the whole pipeline offline on the built-in demo collection: BM25 po
 class Options:
     out_dir: str = field(default="demo_output", metadata={"help": "where the collection, pools, models and runs go"})
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2], metadata={"help": "training/evaluation seeds"})
-    train_steps: int = field(default=150, metadata={"help": "optimizer steps per trained model"})
+    train_steps: int = field(default=300, metadata={"help": "optimizer steps per trained model"})
     batch_size: int = field(default=64, metadata={"help": "pairs per scoring batch"})
 
 

@@ -2,7 +2,7 @@
 
 Not real data. It exists so that the whole pipeline (pools, reranking, training, statistics) runs offline in
 minutes. Each topic has its own vocabulary and a few facets; a query names a topic and a facet. Documents about
-the topic and the facet are relevant (grade 2), documents about the topic only are partially relevant (grade 1),
+the topic and the facet are relevant (grade 2), other documents about the topic are partially relevant (grade 1),
 and distractors from other topics repeat the facet words, so that term matching alone (BM25) is misled and a
 reranker that learns word interactions can do better.
 """
@@ -30,7 +30,7 @@ def _word(rng: random.Random, used: set) -> str:
 
 
 def generate(out_dir: str | Path, n_topics: int = 24, facets: int = 3, docs_per_facet: int = 4,
-             topic_only_docs: int = 4, distractors: int = 4, train_fraction: float = 0.5, seed: int = 13) -> Path:
+             topic_only_docs: int = 4, distractors: int = 4, queries_per_need: int = 8, seed: int = 13) -> Path:
     """Write ``corpus.jsonl``, ``queries.jsonl`` and ``qrels/{train,test}.tsv`` under ``out_dir``."""
     rng = random.Random(seed)
     used: set = set(COMMON)
@@ -44,6 +44,7 @@ def generate(out_dir: str | Path, n_topics: int = 24, facets: int = 3, docs_per_
     docs: list[dict] = []
     queries: list[dict] = []
     qrels: dict[str, dict[str, int]] = {}
+    splits: dict[str, list[int]] = {"train": [], "test": []}
 
     def sentence(words: list[str], n: int) -> str:
         return " ".join(rng.choice(words) if rng.random() < 0.55 else rng.choice(COMMON) for _ in range(n))
@@ -66,16 +67,19 @@ def generate(out_dir: str | Path, n_topics: int = 24, facets: int = 3, docs_per_
             for _ in range(distractors):
                 other = topics[(t + rng.randint(1, n_topics - 1)) % n_topics][0]
                 add_doc(other + fw, other + fw * 4)
-            qid = f"q{len(queries):03d}"
-            queries.append({"_id": qid, "text": f"{rng.choice(topic_words)} {rng.choice(topic_words)} {fw[0]} {fw[1]}"})
-            judged = {d: 2 for d in facet_docs[(t, f)]}
-            judged.update({d: 1 for d in topic_docs[t]})
-            qrels[qid] = judged
+            # Everything about the topic is partially relevant; the documents on the query's facet are relevant.
+            judged = {d: 1 for d in topic_docs[t]}
+            judged.update({d: 1 for g in range(facets) for d in facet_docs[(t, g)]})
+            judged.update({d: 2 for d in facet_docs[(t, f)]})
+            # Several differently worded queries per need: the first is a test query, the rest train queries.
+            combos = [(a, b) for a in range(len(topic_words)) for b in range(a + 1, len(topic_words))]
+            for i, (a, b) in enumerate(rng.sample(combos, queries_per_need)):
+                qid = f"q{len(queries):04d}"
+                words = [topic_words[a], topic_words[b]] + rng.sample(fw, 2)
+                queries.append({"_id": qid, "text": " ".join(words)})
+                qrels[qid] = judged
+                splits["test" if i == 0 else "train"].append(len(queries) - 1)
 
-    order = list(range(len(queries)))
-    rng.shuffle(order)
-    cut = int(len(order) * train_fraction)
-    splits = {"train": sorted(order[:cut]), "test": sorted(order[cut:])}
     with atomic_write(out_dir / "corpus.jsonl") as handle:
         for doc in docs:
             handle.write(json.dumps(doc) + "\n")

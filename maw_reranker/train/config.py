@@ -53,7 +53,10 @@ class TrainOptions:
     neg_rank_max: int = _f(100, "lowest pool rank a negative may come from")
     neg_sampling: Literal["random", "top"] = _f("random", "random = uniform from the rank window (fresh every epoch); "
                                                            "top = the best-ranked non-relevant candidates")
-    relevance_threshold: int = _f(1, "a qrels grade >= this is a positive; any judged grade > 0 is never a negative")
+    relevance_threshold: int = _f(1, "a qrels grade >= this is a positive")
+    max_negative_grade: int = _f(0, "pool documents judged at most this grade may be negatives (0 = judged-relevant "
+                                    "documents never are; with graded qrels, e.g. threshold 2 and 1 here, the model "
+                                    "learns to put grade 2 above grade 1); must be < relevance_threshold")
     allow_missing_positives: bool = _f(True, "skip (with a warning) queries without a positive; false = error")
     streaming: bool = _f(False, "stream groups (run file / docpairs read lazily, bounded shuffle buffer) instead of "
                                 "holding the pool in memory: for MS MARCO-size data; needs max_steps")
@@ -155,6 +158,9 @@ class TrainOptions:
                      "max_grad_norm", "weight_decay", "router_oracle_weight", "grpo_beta", "grpo_eta", "grpo_weight"):
             if getattr(self, name) < 0:
                 raise ValueError(f"option '{name}' must be >= 0, got {getattr(self, name)}")
+        if not 0 <= self.max_negative_grade < self.relevance_threshold:
+            raise ValueError(f"option 'max_negative_grade' must be >= 0 and < relevance_threshold "
+                             f"({self.relevance_threshold}), got {self.max_negative_grade}")
         if self.grpo_eps <= 0:
             raise ValueError(f"option 'grpo_eps' must be > 0, got {self.grpo_eps}")
         if self.max_queries is not None and self.max_queries < 1:

@@ -33,9 +33,11 @@ def positives_of(judged: Mapping[str, int], threshold: int) -> list[str]:
     return sorted(d for d, g in judged.items() if g >= threshold)
 
 
-def negative_window(ranked: Sequence[str], judged: Mapping[str, int], rank_min: int, rank_max: int) -> list[str]:
-    """Candidates at 1-based ranks ``[rank_min, rank_max]`` of the pool, minus every judged-relevant doc (grade > 0)."""
-    return [d for d in ranked[rank_min - 1:rank_max] if judged.get(d, 0) <= 0]
+def negative_window(ranked: Sequence[str], judged: Mapping[str, int], rank_min: int, rank_max: int,
+                    max_grade: int = 0) -> list[str]:
+    """Candidates at 1-based ranks ``[rank_min, rank_max]`` of the pool whose grade is at most ``max_grade``
+    (default 0: every judged-relevant doc is excluded; graded training lets lower grades be negatives)."""
+    return [d for d in ranked[rank_min - 1:rank_max] if judged.get(d, 0) <= max_grade]
 
 
 def sample_negatives(window: Sequence[str], n: int, how: str, rng: np.random.Generator) -> tuple[str, ...]:
@@ -135,8 +137,9 @@ class StreamingPoolGroups:
 
     def __init__(self, rows: Callable[[], Iterable[tuple[str, str, float]]], qrels: Mapping[str, Mapping[str, int]],
                  n_negatives: int, rank_min: int, rank_max: int, threshold: int, sampling: str = "random",
-                 seed: int = 0, buffer: int = 10000, include: Optional[set] = None):
+                 seed: int = 0, buffer: int = 10000, include: Optional[set] = None, max_negative_grade: int = 0):
         self.rows, self.qrels, self.n_negatives = rows, qrels, n_negatives
+        self.max_negative_grade = max_negative_grade
         self.rank_min, self.rank_max, self.threshold = rank_min, rank_max, threshold
         self.sampling, self.seed, self.buffer, self.include = sampling, seed, buffer, include
 
@@ -152,7 +155,8 @@ class StreamingPoolGroups:
                     continue
                 judged = self.qrels.get(qid, {})
                 positives = positives_of(judged, self.threshold)
-                window = negative_window(rank_candidates(hits), judged, self.rank_min, self.rank_max)
+                window = negative_window(rank_candidates(hits), judged, self.rank_min, self.rank_max,
+                                         self.max_negative_grade)
                 if not positives or not window:
                     continue
                 for pos in positives:

@@ -148,14 +148,16 @@ def load_training_data(opts, main_first=None) -> TrainingData:
         return TrainingData(source, queries, docs, description, _dev_set(opts, main_first))
     run, rows, where = _negatives_run(opts, ds, main_first)
     description.update(negatives=where, rank_window=[opts.neg_rank_min, opts.neg_rank_max],
-                       sampling=opts.neg_sampling, n_negatives=opts.n_negatives)
+                       sampling=opts.neg_sampling, n_negatives=opts.n_negatives,
+                       max_negative_grade=opts.max_negative_grade)
     if rows is not None:
         source = StreamingPoolGroups(rows, qrels, opts.n_negatives, opts.neg_rank_min, opts.neg_rank_max,
                                      opts.relevance_threshold, opts.neg_sampling, opts.seed, opts.shuffle_buffer,
-                                     include=train_qids)
+                                     include=train_qids, max_negative_grade=opts.max_negative_grade)
         return TrainingData(source, queries, docs, description, _dev_set(opts, main_first))
     ranked = {q: rank_candidates(run.get(q, {})) for q in train_qids | set(holdout)}
-    windows = {q: negative_window(ranked[q], qrels[q], opts.neg_rank_min, opts.neg_rank_max) for q in train_qids}
+    windows = {q: negative_window(ranked[q], qrels[q], opts.neg_rank_min, opts.neg_rank_max, opts.max_negative_grade)
+               for q in train_qids}
     no_neg = sorted(q for q in train_qids if not windows[q])
     if len(no_neg) == len(train_qids):
         raise TrainingDataError(f"{label}: no query has a non-relevant candidate at ranks {opts.neg_rank_min}-"

@@ -6,6 +6,7 @@ architecture and code paths are the real ones.
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Iterable
 
@@ -59,7 +60,13 @@ def write_word_tokenizer(directory: str | Path, words: Iterable[str], max_length
             vocab.append(word)
     vocab_file = directory / "vocab.txt"
     vocab_file.write_text("\n".join(vocab) + "\n", encoding="utf-8")
-    tokenizer = BertTokenizerFast(vocab_file=str(vocab_file), do_lower_case=True, model_max_length=max_length)
+    if "vocab" in inspect.signature(BertTokenizerFast.__init__).parameters:  # transformers 5.x
+        tokenizer = BertTokenizerFast(vocab={word: i for i, word in enumerate(vocab)}, do_lower_case=True,
+                                      model_max_length=max_length)
+    else:  # transformers 4.x (5.x silently ignores vocab_file and keeps only the special tokens)
+        tokenizer = BertTokenizerFast(vocab_file=str(vocab_file), do_lower_case=True, model_max_length=max_length)
+    if len(tokenizer) != len(vocab):
+        raise RuntimeError(f"word tokenizer has {len(tokenizer)} tokens, expected {len(vocab)}")
     tokenizer.save_pretrained(directory)
     return tokenizer
 

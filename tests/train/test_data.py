@@ -19,6 +19,11 @@ def test_negative_window_excludes_judged_relevant_and_respects_ranks():
     assert negative_window(RANKED, JUDGED, 4, 5) == ["n2", "n3"]
 
 
+def test_graded_negatives_admit_lower_grades_only():
+    assert negative_window(RANKED, JUDGED, 1, 100, max_grade=1) == ["r1", "n1", "n2", "n3", "n4", "n5"]
+    assert "p" not in negative_window(RANKED, JUDGED, 1, 100, max_grade=1)
+
+
 def test_sampling_modes():
     rng = np.random.default_rng(0)
     assert sample_negatives(["a", "b", "c"], 2, "top", rng) == ("a", "b")

@@ -36,6 +36,12 @@ def test_graded_threshold_and_queries_without_positives(tmp_path):
         train(options(tmp_path, task, NO_MODEL, relevance_threshold=2, allow_missing_positives=False))
 
 
+def test_max_negative_grade_must_stay_below_the_threshold():
+    with pytest.raises(ValueError, match="'max_negative_grade' must be >= 0 and < relevance_threshold"):
+        TrainOptions(model="m", dataset="d", relevance_threshold=2, max_negative_grade=2).validate()
+    TrainOptions(model="m", dataset="d", relevance_threshold=2, max_negative_grade=1).validate()
+
+
 def test_negatives_missing_from_corpus(tmp_path):
     task = write_task(tmp_path / "t", missing_doc="ghost-doc")
     with pytest.raises(TrainingDataError, match="1 negative candidates of .* missing from the corpus: ghost-doc"):
