@@ -133,7 +133,7 @@ def _row_statistics(scores: torch.Tensor, probs: torch.Tensor, out: torch.Tensor
     over the scores; rows where p_0 underflows (or key 0 is masked) take it from the maximum instead."""
     torch.amax(probs, dim=-1, out=out[0])
     p0 = probs[..., 0]
-    if bool((p0 < 1e-30).any()):
+    if float(p0.min()) < max(1e-30, torch.finfo(p0.dtype).tiny):  # fp16's smallest normal is 6e-5
         torch.sub(scores.amax(-1), torch.log(out[0]), out=out[1])
     else:
         torch.sub(scores[..., 0], torch.log(p0), out=out[1])
@@ -169,6 +169,7 @@ def explicit_maw(inp: DepthInputs, decide: Callable, want_output: bool = True, w
     step = chunk_size(inp, chunk)
     trim = _right_padded(inp.key_valid)
     lengths = inp.key_valid.sum(-1)
+    length_list = lengths.tolist()
     out = torch.zeros_like(inp.v) if want_output else None
     a_map = inp.v.new_zeros(batch, heads, length, length) if want_map else None
     stats = torch.zeros(batch, depth, 4, dtype=torch.float32, device=inp.v.device) if need_stats else None
@@ -176,7 +177,7 @@ def explicit_maw(inp: DepthInputs, decide: Callable, want_output: bool = True, w
     buffers: dict = {}
     for start in range(0, batch, step):
         rows = slice(start, min(start + step, batch))
-        n = max(int(lengths[rows].max()) if trim else length, 1)
+        n = max(max(length_list[rows]) if trim else length, 1)
         q = _stacked(inp.q, rows, n, inp.scale)  # [b, H, D, n, w], scale folded into the queries
         k = _stacked(inp.k, rows, n)
         b = q.shape[0]
