@@ -175,6 +175,9 @@ def explicit_maw(inp: DepthInputs, decide: Callable, want_output: bool = True, w
     stats = torch.zeros(batch, depth, 4, dtype=torch.float32, device=inp.v.device) if need_stats else None
     keep_probs = want_output or want_map
     buffers: dict = {}
+    if keep_probs:  # one allocation at the largest chunk's size, not one per new maximum length
+        n_max = max(max(length_list) if trim else length, 1)
+        _buffer(buffers, "probs", (min(step, batch), heads, depth, n_max, n_max), inp.v)
     for start in range(0, batch, step):
         rows = slice(start, min(start + step, batch))
         n = max(max(length_list[rows]) if trim else length, 1)
@@ -216,10 +219,10 @@ def explicit_maw(inp: DepthInputs, decide: Callable, want_output: bool = True, w
             continue
         weights = decide(rows, stats_rows).to(q.dtype)
         flat = probs_buf.view(*shape[:3], n * n)
-        if weights.dim() == 2:  # [b, D] -> one [1 x D] @ [D x n*n] product per example and head
-            combined = torch.matmul(weights.view(-1, 1, 1, depth), flat).view(b, heads, n, n)
-        else:
-            combined = torch.matmul(weights.unsqueeze(-2), flat).view(b, heads, n, n)
+        # [b, D] or [b, H, D] weights -> one [1 x D] @ [D x n*n] product per example and head, into a reused buffer
+        w = weights.view(-1, 1, 1, depth) if weights.dim() == 2 else weights.unsqueeze(-2)
+        combined = torch.matmul(w, flat, out=_buffer(buffers, "combined", (b, heads, 1, n * n), flat))
+        combined = combined.view(b, heads, n, n)
         if want_output:
             out[rows, :, :n] = torch.matmul(combined, inp.v[rows, :, :n])
         if want_map:
