@@ -59,9 +59,8 @@ def run_op(kind: str, depth: int, batch: int, length: int):
     """Return a zero-argument callable for one benchmark cell."""
     hidden, mask = make_inputs(batch, length)
     if kind in ("reference", "fast"):
-        from maw_reranker.maw.reference import reference_maw, reference_stat_weights
-
         from maw_reranker.maw.functional import explicit_maw
+        from maw_reranker.maw.reference import reference_maw, reference_stat_weights
 
         layer = make_layer(depth, "stat")
         bound = layer.adapter.bind((hidden,), {"attention_mask": mask})

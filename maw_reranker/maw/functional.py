@@ -9,6 +9,7 @@ depth, so autograd never stores a map either.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -116,9 +117,7 @@ _CHUNK_ELEMENTS = 1 << 20
 def _buffer(buffers: dict, name: str, shape: tuple, like: torch.Tensor) -> torch.Tensor:
     """A view of a flat scratch buffer kept across chunks (chunks differ in length after trimming): fresh
     allocations of this size come straight from the OS, and their first touch costs a page fault per 4 KiB."""
-    numel = 1
-    for size in shape:
-        numel *= size
+    numel = math.prod(shape)
     flat = buffers.get(name)
     if flat is None or flat.numel() < numel:
         flat = buffers[name] = like.new_empty(numel)
