@@ -57,7 +57,7 @@ def train_options(args, out: Path, seed: int, maw, **overrides):
                 pool_engine="bm25s", pool_k=100, pools_dir=str(Path(args.work_dir) / "pools"),
                 n_negatives=args.negatives, neg_rank_max=100, loss="listwise", trainable="full", lr=args.lr,
                 maw_lr=args.maw_lr, batch_size=args.batch_groups, max_steps=args.steps, warmup_ratio=0.1,
-                scheduler="linear", mixed_precision="no", seed=seed, output_dir=str(out), checkpoint_every=0,
+                scheduler="linear", precision="fp32", seed=seed, output_dir=str(out), checkpoint_every=0,
                 report_to=[], progress_bar=False, overwrite=True, log_every=10)
     base.update(overrides)
     return TrainOptions(**base)

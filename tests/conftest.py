@@ -1,7 +1,9 @@
-"""Shared test fixtures: the offline ../shared/data folder and skipping tests whose extras are absent."""
+"""Shared test fixtures: a tiny cross-encoder for the fixture collection, the offline ../shared/data folder, and
+skipping tests whose extras are absent."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -16,6 +18,17 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"shared data not found at {SHARED_DATA}")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory) -> str:
+    """A tiny random-weight cross-encoder whose vocabulary covers the fixture collection (tests/data/fixtures.py)."""
+    from maw_reranker.utils.tiny_models import save_tiny_cross_encoder
+    from tests.data.fixtures import DOCS, QUERIES
+
+    texts = [f"{title} {text}" for title, text in DOCS.values()] + list(QUERIES.values())
+    words = sorted({w for t in texts for w in re.findall(r"\w+", t.lower())})
+    return str(save_tiny_cross_encoder(tmp_path_factory.mktemp("tiny"), words, initializer_range=0.3))
 
 
 def pytest_collection_modifyitems(config, items):

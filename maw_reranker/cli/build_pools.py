@@ -5,13 +5,15 @@ import sys
 from dataclasses import dataclass, field
 from typing import Literal
 
-from maw_reranker.data.options import DatasetOptions, dataset_from_options
+from maw_reranker.config.sections import DatasetOptions, dataset_from_options
 
 HELP = "Write BM25 top-k candidate pools (TREC run files) for a dataset; cached unless --force."
 
 
 @dataclass
 class Options(DatasetOptions):
+    CONFIG_KINDS = ("datasets",)
+
     engine: Literal["auto", "pyserini", "bm25s"] = field(default="auto", metadata={
         "help": "pyserini = Lucene via Pyserini (pip install 'maw-reranker[pyserini]'); bm25s = embedded, no Java; "
                 "auto = pyserini when installed, else bm25s"})
@@ -25,19 +27,24 @@ class Options(DatasetOptions):
                                                            "datasets when it can be downloaded"})
     evaluate: bool = field(default=True, metadata={"help": "print the pool's scores when the dataset has qrels"})
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.k < 1:
+            raise ValueError(f"option 'k' must be >= 1, got {self.k}")
+        if self.threads < 0:
+            raise ValueError(f"option 'threads' must be >= 0, got {self.threads}")
+        if self.run:
+            raise ValueError("option 'run' is a dataset's own candidates; build-pools builds BM25 pools and has no "
+                             "use for it (leave it out)")
+
 
 def pool_scores(ds, path, k: int) -> dict[str, float]:
     """The dataset's measures, plus recall at the pool depth, of the run at ``path``."""
-    import ir_measures
-
     from maw_reranker.data.trec import read_run
+    from maw_reranker.evaluate.metrics import evaluate_run, measure_names
 
-    measures = list(ds.measures)
-    if not any(m.startswith("R") and m.endswith(f"@{k}") for m in measures):
-        measures.append(f"R@{k}")
-    parsed = [ir_measures.parse_measure(m) for m in measures]
-    scores = ir_measures.calc_aggregate(parsed, ds.qrels(), read_run(path))
-    return {m: float(scores[p]) for m, p in zip(measures, parsed)}
+    measures = measure_names(list(ds.measures) + [f"R@{k}"])
+    return {m: float(v) for m, v in evaluate_run(read_run(path), ds.qrels(), measures).aggregate.items()}
 
 
 def run(options: Options) -> int:

@@ -1,7 +1,7 @@
 """`maw-rerank eval`: rerank a candidate pool with a cross-encoder (plain, MAW variant, or saved) and evaluate it."""
 
 # No `from __future__ import annotations`: the options parser reads the field types at runtime.
-from maw_reranker.evaluate.runner import EvalOptions, run_eval
+from maw_reranker.experiments.eval_run import EvalOptions, run_eval
 
 HELP = ("Rerank a dataset's candidate pool (its candidates file, a TREC run, or its BM25 pool) to a depth with a "
         "cross-encoder, then write the run, metrics and artifacts under <out_dir>/<dataset>/<variant>/seed_<n>/. "
@@ -9,7 +9,7 @@ HELP = ("Rerank a dataset's candidate pool (its candidates file, a TREC run, or 
 
 
 class Options(EvalOptions):
-    """All options of one evaluation run (see maw_reranker.evaluate.runner.EvalOptions)."""
+    """All options of one evaluation run (see maw_reranker.experiments.eval_run.EvalOptions)."""
 
 
 def _fmt(value) -> str:

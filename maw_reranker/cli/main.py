@@ -7,7 +7,7 @@ import importlib
 import logging
 import sys
 
-from maw_reranker.cli.options import ConfigError, build_parser, parse_options
+from maw_reranker.config import ConfigError, build_parser, parse_options
 
 # command name -> module; modules are imported lazily so `maw-rerank --help` stays fast.
 COMMANDS = {

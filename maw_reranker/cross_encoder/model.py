@@ -47,7 +47,7 @@ class CrossEncoderWithMAW(nn.Module):
         # predict() tokenizes once (to sort by length) and pads per batch; that is intended, not a slow path.
         if hasattr(tokenizer, "deprecation_warnings"):
             tokenizer.deprecation_warnings["Asking-to-pad-a-fast-tokenizer"] = True
-        if maw is not None and not maw_layers(model):
+        if maw is not None and maw.use_maw and not maw_layers(model):
             patch_model(model, maw)
 
     # -- construction -----------------------------------------------------------------------------------------
@@ -71,6 +71,8 @@ class CrossEncoderWithMAW(nn.Module):
             maw = saved_cfg
         elif maw is not None and not isinstance(maw, MAWConfig):
             raise TypeError(f"maw must be a MAWConfig, None or 'auto', got {type(maw).__name__}")
+        if maw is not None and not maw.use_maw:
+            maw = None  # MAWConfig(use_maw=False) is the unpatched baseline, as maw=None
         kwargs = dict(hf_kwargs)
         if torch_dtype is not None:
             kwargs["dtype"] = torch_dtype
@@ -114,7 +116,7 @@ class CrossEncoderWithMAW(nn.Module):
             self.model.save_pretrained(tmp)
         finally:
             if config is not None:
-                repatch(self.model, removed, config)
+                repatch(self.model, removed)
         self.tokenizer.save_pretrained(tmp)
         (tmp / SETTINGS_NAME).write_text(json.dumps({"max_length": self.max_length}, indent=2) + "\n")
         if config is not None:

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import contextlib
-import re
 from functools import cached_property
 from typing import Iterable, Iterator, Mapping
 
-import ir_measures
+from maw_reranker.data.measures import check_measures
+from maw_reranker.utils.text import slugify as _slugify
 
 Run = dict[str, dict[str, float]]
 
@@ -28,20 +28,7 @@ def query_text(query) -> str:
 
 
 def slugify(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "dataset"
-
-
-def check_measures(measures: Iterable[str], option: str = "measures") -> list[str]:
-    """Validate ir_measures strings now rather than after an hour of reranking."""
-    measures = [str(m) for m in measures]
-    if not measures:
-        raise ValueError(f"option '{option}' is empty; give at least one ir_measures string such as nDCG@10")
-    for m in measures:
-        try:
-            ir_measures.parse_measure(m)
-        except (ValueError, NameError, SyntaxError, TypeError) as exc:
-            raise ValueError(f"option '{option}': {m!r} is not an ir_measures measure ({exc})") from None
-    return measures
+    return _slugify(name, empty="dataset")
 
 
 class DatasetDownloadError(FileNotFoundError):

@@ -10,6 +10,7 @@ import ir_datasets
 from maw_reranker.data import local
 from maw_reranker.data.dataset import Dataset, slugify
 from maw_reranker.data.registry import find_spec, get_spec
+from maw_reranker.data.trec import QRELS_DUPLICATES
 
 LOCAL_MEASURES = ("nDCG@10", "R@100")
 _PATH_SUFFIXES = {".json", ".jsonl", ".tsv", ".txt", ".tab"}
@@ -21,19 +22,24 @@ def _looks_like_path(source: str) -> bool:
 
 def load_dataset(source: str | Path, split: str | None = None, *, queries: str | Path | None = None,
                  qrels: str | Path | None = None, run: str | Path | None = None, name: str | None = None,
-                 measures: Iterable[str] | None = None) -> Dataset:
+                 measures: Iterable[str] | None = None, qrels_duplicates: str = "error") -> Dataset:
     """Load a registered dataset by name (via ir_datasets) or a local one by path.
 
     Local sources: a BEIR folder; a docs ``.tsv``/``.jsonl`` file with ``queries=`` (and optionally ``qrels=``,
     ``run=`` for a TREC run of candidates); a RankLLM candidates ``.json`` (optionally ``qrels=``).
     ``name`` renames a local dataset (it names its pool folder); ``measures`` overrides the metrics.
+    ``qrels_duplicates``: a local qrels file judging a (query, document) pair twice is an error (``"error"``), or
+    the last judgment wins with a warning (``"last"``).
     """
+    if qrels_duplicates not in QRELS_DUPLICATES:
+        raise ValueError(f"option 'qrels_duplicates' must be one of {', '.join(map(repr, QRELS_DUPLICATES))}, "
+                         f"got {qrels_duplicates!r}")
     text = str(source).strip()
     if not text:
         raise ValueError("option 'dataset' is empty; give a dataset name (see `maw-rerank datasets`) or a path")
     path = Path(text).expanduser()
     if path.exists():
-        return _load_local(path, split, queries, qrels, run, name, measures)
+        return _load_local(path, split, queries, qrels, run, name, measures, qrels_duplicates)
     if find_spec(text) is None and _looks_like_path(text):
         raise FileNotFoundError(f"dataset path not found: {path}")
     if queries or qrels or run:
@@ -49,19 +55,19 @@ def load_dataset(source: str | Path, split: str | None = None, *, queries: str |
                    remove_query=spec.remove_query, pyserini_index=spec.pyserini_index)
 
 
-def _load_local(path: Path, split, queries, qrels, run, name, measures) -> Dataset:
+def _load_local(path: Path, split, queries, qrels, run, name, measures, qrels_duplicates) -> Dataset:
     if path.is_dir():
         if queries or run:
             raise ValueError(f"options 'queries' and 'run' do not apply to a BEIR folder ({path})")
         if qrels:
             raise ValueError(f"option 'qrels' does not apply to a BEIR folder ({path}); choose qrels/<split>.tsv with 'split'")
-        layout = local.beir_folder(path, split)
+        layout = local.beir_folder(path, split, qrels_duplicates)
     elif path.suffix.lower() == ".json":
         if queries or run:
             raise ValueError(f"options 'queries' and 'run' do not apply to a candidates JSON ({path}): it carries both")
-        layout = local.candidates_json(path, qrels)
+        layout = local.candidates_json(path, qrels, qrels_duplicates)
     else:
-        layout = local.docs_files(path, queries, qrels, run)
+        layout = local.docs_files(path, queries, qrels, run, qrels_duplicates)
     if split and layout.kind != "beir":
         raise ValueError(f"option 'split' applies to registry datasets and BEIR folders, not to {path}")
     name = name or layout.name

@@ -25,8 +25,8 @@ from ir_datasets.formats import (
     TrecQrel,
 )
 
-from maw_reranker.data.readers import iter_records, read_queries, read_rankllm_candidates, require_file
-from maw_reranker.data.trec import DataFormatError, read_qrels, read_run
+from maw_reranker.data.readers import DataFormatError, iter_records, read_queries, read_rankllm_candidates, require_file
+from maw_reranker.data.trec import read_qrels, read_run
 
 NAMESPACE = "maw-local"
 _GENERIC_STEMS = {"docs", "corpus", "collection", "passages", "documents"}
@@ -168,7 +168,18 @@ class LocalLayout:
         self.kind, self.has_candidates, self.remove_query = kind, has_candidates, remove_query
 
 
-def beir_folder(folder: Path, split: str | None) -> LocalLayout:
+def _once(load: Callable):
+    """``load`` run on first call only (a BEIR split's qrels are needed by both its qrels and its queries)."""
+    holder: list = []
+
+    def get():
+        if not holder:
+            holder.append(load())
+        return holder[0]
+    return get
+
+
+def beir_folder(folder: Path, split: str | None, qrels_duplicates: str = "error") -> LocalLayout:
     corpus = folder / "corpus.jsonl"
     queries = folder / "queries.jsonl"
     for required in (corpus, queries):
@@ -183,15 +194,14 @@ def beir_folder(folder: Path, split: str | None) -> LocalLayout:
     if qrels_path is not None and not qrels_path.is_file():
         raise FileNotFoundError(f"qrels file not found: {qrels_path} (splits here: {', '.join(available) or 'none'})")
 
-    def load_qrels():
-        return read_qrels(qrels_path) if qrels_path else {}
+    load_qrels = _once(lambda: read_qrels(qrels_path, duplicates=qrels_duplicates) if qrels_path else {})
 
     def load_queries():
         # Like BEIR's loader, a split's queries are those its qrels judge.
         allq = read_queries(queries)
         if qrels_path is None:
             return allq
-        judged = read_qrels(qrels_path)
+        judged = load_qrels()
         missing = sorted(set(judged) - set(allq))
         if missing:
             raise DataFormatError(f"{qrels_path}: query id {missing[0]!r} is not in {queries} ({len(missing)} missing)")
@@ -201,7 +211,8 @@ def beir_folder(folder: Path, split: str | None) -> LocalLayout:
     return LocalLayout(irds, folder.resolve().name, split, str(folder.resolve()), "beir", False, remove_query=True)
 
 
-def docs_files(docs: Path, queries: str | Path | None, qrels: str | Path | None, run: str | Path | None) -> LocalLayout:
+def docs_files(docs: Path, queries: str | Path | None, qrels: str | Path | None, run: str | Path | None,
+               qrels_duplicates: str = "error") -> LocalLayout:
     if queries is None:
         raise ValueError(f"option 'queries' is required with a docs file ({docs}): give a queries .tsv or .jsonl")
     queries_path = require_file(queries, "queries")
@@ -219,12 +230,12 @@ def docs_files(docs: Path, queries: str | Path | None, qrels: str | Path | None,
         return candidates
 
     irds = IrdsDataset(docs_comp, LocalQueries(lambda: read_queries(queries_path)),
-                       LocalQrels(lambda: read_qrels(qrels_path)) if qrels_path else None,
+                       LocalQrels(lambda: read_qrels(qrels_path, duplicates=qrels_duplicates)) if qrels_path else None,
                        LocalScoredDocs(load_run) if run_path else None)
     return LocalLayout(irds, local_name(docs), None, str(docs.resolve()), "tsv", run_path is not None)
 
 
-def candidates_json(path: Path, qrels: str | Path | None) -> LocalLayout:
+def candidates_json(path: Path, qrels: str | Path | None, qrels_duplicates: str = "error") -> LocalLayout:
     qrels_path = require_file(qrels, "qrels") if qrels else None
     holder: dict = {}
 
@@ -237,6 +248,6 @@ def candidates_json(path: Path, qrels: str | Path | None) -> LocalLayout:
         return (GenericDoc(docid, text) for docid, text in data().docs.items())
 
     irds = IrdsDataset(LocalDocs(iter_docs, GenericDoc), LocalQueries(lambda: data().queries),
-                       LocalQrels(lambda: read_qrels(qrels_path)) if qrels_path else None,
+                       LocalQrels(lambda: read_qrels(qrels_path, duplicates=qrels_duplicates)) if qrels_path else None,
                        LocalScoredDocs(lambda: data().run))
     return LocalLayout(irds, local_name(path), None, str(path.resolve()), "candidates", True)

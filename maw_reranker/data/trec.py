@@ -2,67 +2,118 @@
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
 from pathlib import Path
-from typing import Mapping
+from typing import Iterator, Mapping
 
+from maw_reranker.data.readers import DataFormatError, iter_lines
 from maw_reranker.utils.io import atomic_write
 
+__all__ = ["DataFormatError", "QRELS_DUPLICATES", "Qrels", "Run", "iter_run_rows", "read_qrels", "read_run", "write_qrels", "write_run"]
+
+log = logging.getLogger(__name__)
 Run = dict  # qid -> {docid: score}
 Qrels = dict  # qid -> {docid: grade}
+QRELS_DUPLICATES = ("error", "last")  # what read_qrels does with a second judgment of a (query, document) pair
 
 
-class DataFormatError(ValueError):
-    """Malformed input data; the message names the file and line."""
+def _iter_fields(path: Path, what: str) -> Iterator[tuple[int, list[str]]]:
+    """The one line loop of run and qrels files: ``(lineno, whitespace-separated fields)`` per non-blank line.
+
+    The file must exist; a byte-order mark is dropped and bytes that are not UTF-8 are reported with file and line
+    (:func:`~maw_reranker.data.readers.iter_lines`).
+    """
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} file not found: {path}")
+    for lineno, line in iter_lines(path):
+        fields = line.split()
+        if fields:
+            yield lineno, fields
+
+
+def _first_line(path: Path, qid: str, docid: str, doc_column: int) -> int:
+    """The line where (qid, docid) first occurs: rescanned only to report a duplicate, so reading keeps no line map."""
+    for lineno, parts in _iter_fields(path, "input"):
+        if len(parts) >= 3 and parts[0] == qid and parts[doc_column] == docid:
+            return lineno
+    raise DataFormatError(f"{path}: the file changed while it was read")
 
 
 def read_run(path: str | Path) -> Run:
     """Read a TREC run (``qid Q0 docid rank score tag``). Duplicate (qid, docid) pairs are an error."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"run file not found: {path}")
     run: dict = defaultdict(dict)
-    with path.open(encoding="utf-8") as handle:
-        for lineno, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            parts = line.split()
-            if len(parts) != 6:
-                raise DataFormatError(f"{path}:{lineno}: expected 6 columns 'qid Q0 docid rank score tag', got {len(parts)}")
-            qid, _, docid, _rank, score, _tag = parts
-            try:
-                value = float(score)
-            except ValueError:
-                raise DataFormatError(f"{path}:{lineno}: score is not a number: {score!r}") from None
-            if docid in run[qid]:
-                raise DataFormatError(f"{path}:{lineno}: duplicate document {docid!r} for query {qid!r}")
-            run[qid][docid] = value
+    for lineno, parts in _iter_fields(path, "run"):
+        if len(parts) != 6:
+            raise DataFormatError(f"{path}:{lineno}: expected 6 columns 'qid Q0 docid rank score tag', got {len(parts)}")
+        qid, _, docid, _rank, score, _tag = parts
+        try:
+            value = float(score)
+        except ValueError:
+            raise DataFormatError(f"{path}:{lineno}: score is not a number: {score!r}") from None
+        if docid in run[qid]:
+            raise DataFormatError(f"{path}:{lineno}: duplicate document {docid!r} for query {qid!r} "
+                                  f"(first at {path}:{_first_line(path, qid, docid, 2)})")
+        run[qid][docid] = value
     return dict(run)
 
 
-def read_qrels(path: str | Path) -> Qrels:
-    """Read TREC qrels (``qid iter docid grade``) or BEIR qrels TSV (``query-id corpus-id score``, header allowed)."""
+def iter_run_rows(path: str | Path) -> Iterator[tuple[str, str, float]]:
+    """Stream a TREC run as ``(qid, docid, score)`` rows without loading it (MS MARCO-size training pools)."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"qrels file not found: {path}")
+    for lineno, parts in _iter_fields(path, "run"):
+        if len(parts) != 6:
+            raise DataFormatError(f"{path}:{lineno}: expected 6 columns 'qid Q0 docid rank score tag', got {len(parts)}")
+        try:
+            yield parts[0], parts[2], float(parts[4])
+        except ValueError:
+            raise DataFormatError(f"{path}:{lineno}: score is not a number: {parts[4]!r}") from None
+
+
+def read_qrels(path: str | Path, *, duplicates: str = "error") -> Qrels:
+    """Read TREC qrels (``qid iter docid grade``) or BEIR qrels TSV (``query-id corpus-id score``, header allowed).
+
+    A second judgment of the same (query, document) pair is an error naming both lines, unless ``duplicates="last"``:
+    then the last one wins and a warning says how many were overridden. A file without judgments is an error.
+    """
+    if duplicates not in QRELS_DUPLICATES:
+        raise ValueError(f"option 'duplicates' must be one of {', '.join(map(repr, QRELS_DUPLICATES))}, "
+                         f"got {duplicates!r}")
     qrels: dict = defaultdict(dict)
-    with path.open(encoding="utf-8") as handle:
-        for lineno, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            parts = line.split()
-            if lineno == 1 and parts and parts[0].lower() in {"query-id", "qid", "query_id"}:
-                continue
-            if len(parts) == 4:
-                qid, _, docid, grade = parts
-            elif len(parts) == 3:
-                qid, docid, grade = parts
-            else:
-                raise DataFormatError(f"{path}:{lineno}: expected 'qid 0 docid grade' or 'qid docid grade', got {len(parts)} columns")
-            try:
-                qrels[qid][docid] = int(float(grade))
-            except ValueError:
-                raise DataFormatError(f"{path}:{lineno}: relevance grade is not a number: {grade!r}") from None
+    overridden: list[tuple[str, str, int]] = []  # (qid, docid, later line)
+    header_possible = True
+    path = Path(path)
+    for lineno, parts in _iter_fields(path, "qrels"):
+        if header_possible and parts[0].lower() in {"query-id", "qid", "query_id"}:
+            header_possible = False
+            continue
+        header_possible = False
+        if len(parts) == 4:
+            qid, _, docid, grade = parts
+        elif len(parts) == 3:
+            qid, docid, grade = parts
+        else:
+            raise DataFormatError(f"{path}:{lineno}: expected 'qid 0 docid grade' or 'qid docid grade', got {len(parts)} columns")
+        try:
+            value = int(float(grade))
+        except ValueError:
+            raise DataFormatError(f"{path}:{lineno}: relevance grade is not a number: {grade!r}") from None
+        if docid in qrels[qid]:
+            if duplicates == "error":
+                earlier = _first_line(path, qid, docid, -2)
+                raise DataFormatError(
+                    f"{path}:{lineno}: duplicate judgment of document {docid!r} for query {qid!r}: grade {value} here, "
+                    f"grade {qrels[qid][docid]} at {path}:{earlier}; keep one of the two lines")
+            overridden.append((qid, docid, lineno))
+        qrels[qid][docid] = value
+    if not qrels:
+        raise DataFormatError(f"{path}: no relevance judgments (the qrels file is empty)")
+    if overridden:
+        qid, docid, later = overridden[0]
+        earlier = _first_line(path, qid, docid, -2)
+        log.warning("%s: %d duplicate (query, document) judgments, the last one wins (the first: line %d "
+                    "overridden by line %d)", path, len(overridden), earlier, later)
     return dict(qrels)
 
 

@@ -41,7 +41,7 @@ def _train(model_dir: Path, collection: Path, out: Path, maw: dict | None, seed:
     if (final / "config.json").is_file():
         return final  # idempotent: a finished training is reused
     opts = TrainOptions(model=str(model_dir), maw=maw, dataset=str(collection), split="train", dataset_name="demo",
-                        pools_dir=str(out.parent.parent / "pools"), pool_k=100, n_negatives=7, batch_size=8,
+                        pools_dir=str(out.parent.parent / "pools"), pool_engine="bm25s", pool_k=100, n_negatives=7, batch_size=8,
                         # graded: grade-2 positives against grade-1 (same topic, other facet) and unjudged negatives
                         relevance_threshold=2, max_negative_grade=1,
                         max_steps=steps, lr=2e-3, maw_lr=1e-2, warmup_ratio=0.1, seed=seed, output_dir=str(out),
@@ -55,7 +55,8 @@ def run_demo(out_dir: str | Path = "demo_output", seeds: tuple[int, ...] = (0, 1
     from maw_reranker.data import load_dataset, read_run
     from maw_reranker.demo.collection import generate, vocabulary
     from maw_reranker.evaluate.metrics import evaluate_run
-    from maw_reranker.evaluate.runner import EvalOptions, run_suite
+    from maw_reranker.experiments.eval_run import EvalOptions
+    from maw_reranker.experiments.suite import run_suite
     from maw_reranker.evaluate.summary import render_markdown
     from maw_reranker.retrieve import build_pool
     from maw_reranker.utils.tiny_models import save_tiny_cross_encoder
@@ -129,8 +130,8 @@ def report(result: DemoResult) -> str:
         "",
         "Real data: see README 'Reproducing the study', e.g.",
         "  maw-rerank build-pools --dataset scifact            # BM25 pools (Pyserini or bm25s)",
-        "  maw-rerank suite --config configs/suites/main.yaml  # non_maw vs maw_default with significance tests",
-        "  maw-rerank train --config configs/training/scifact_finetune.yaml",
+        "  maw-rerank suite --config main                     # non_maw vs maw_default with significance tests",
+        "  maw-rerank train --config scifact_finetune --model <dir or hub id>",
         "",
     ]
     return "\n".join(lines)

@@ -19,14 +19,16 @@ from typing import Iterable, Literal, Mapping
 
 import ir_measures
 
+from maw_reranker.utils.text import preview
+from maw_reranker.data.measures import MetricError, check_measures, measure_names, parse_measures
+
+__all__ = ["EvalResult", "MetricError", "check_measures", "evaluate_run", "measure_names", "parse_measures",
+           "standard_measures"]
+
 logger = logging.getLogger(__name__)
 
 STANDARD_CUTOFFS = (1, 5, 10, 100, 1000)
 MissingPolicy = Literal["skip", "zero"]
-
-
-class MetricError(ValueError):
-    """Bad measure name or unusable run/qrels; the message says what is wrong."""
 
 
 @dataclass
@@ -67,48 +69,9 @@ class EvalResult:
         )
 
 
-def _parse_one(name) -> "ir_measures.Measure":
-    if not isinstance(name, str):  # already an ir_measures measure object
-        return name
-    try:
-        return ir_measures.parse_measure(name.strip())
-    except Exception as exc:  # ir_measures raises NameError/ValueError/etc. with terse messages
-        # trec_eval spellings (ndcg_cut_10) are accepted as a convenience.
-        try:
-            parsed = ir_measures.parse_trec_measure(name.strip())
-            if len(parsed) == 1:
-                return parsed[0]
-        except Exception:
-            pass
-        raise MetricError(
-            f"unknown or malformed measure {name!r} ({exc}); use ir_measures names such as "
-            f"'nDCG@10', 'RR@10', 'Success@1', 'AP', 'R@1000', 'P(rel=2)@5'"
-        ) from None
-
-
-def parse_measures(names: Iterable) -> list:
-    """Parse measure names into ir_measures objects, dropping duplicates (order kept); errors name the bad one."""
-    if isinstance(names, str):
-        names = [names]
-    out, seen = [], set()
-    for name in names:
-        measure = _parse_one(name)
-        if str(measure) not in seen:
-            seen.add(str(measure))
-            out.append(measure)
-    if not out:
-        raise MetricError("no measures given")
-    return out
-
-
 def standard_measures() -> list[str]:
     """The original study's extra set: Success (hit rate), RR and nDCG at k in {1, 5, 10, 100, 1000}."""
     return [f"{name}@{k}" for name in ("Success", "RR", "nDCG") for k in STANDARD_CUTOFFS]
-
-
-def measure_names(names: Iterable) -> list[str]:
-    """Canonical names as they appear as keys of :class:`EvalResult`."""
-    return [str(m) for m in parse_measures(names)]
 
 
 def _clean_run(run: Mapping) -> dict[str, dict[str, float]]:
@@ -123,11 +86,6 @@ def _clean_run(run: Mapping) -> dict[str, dict[str, float]]:
             ranking[str(docid)] = value
         clean[str(qid)] = ranking
     return clean
-
-
-def _ids_preview(ids: list[str], limit: int = 10) -> str:
-    shown = ", ".join(ids[:limit])
-    return shown + (f", ... (+{len(ids) - limit} more)" if len(ids) > limit else "")
 
 
 def evaluate_run(
@@ -149,26 +107,26 @@ def evaluate_run(
 
     unjudged = sorted(q for q in run if q not in qrels)
     if unjudged:
-        logger.warning("skipping %d run queries without qrels: %s", len(unjudged), _ids_preview(unjudged))
+        logger.warning("skipping %d run queries without qrels: %s", len(unjudged), preview(unjudged))
     missing = sorted(q for q in qrels if q not in run)
     if missing:
         if missing_queries == "zero":
-            logger.warning("%d qrels queries are absent from the run and count as 0: %s", len(missing), _ids_preview(missing))
+            logger.warning("%d qrels queries are absent from the run and count as 0: %s", len(missing), preview(missing))
         else:
             logger.warning(
                 "%d qrels queries are absent from the run and are left out (evaluating over the %d judged run queries; "
                 "pass missing_queries='zero' to count them as 0): %s",
-                len(missing), len(run) - len(unjudged), _ids_preview(missing),
+                len(missing), len(run) - len(unjudged), preview(missing),
             )
     common = sorted(q for q in run if q in qrels)
     if not common:
         raise MetricError(
-            f"no query of the run has qrels (run queries e.g. {_ids_preview(sorted(run), 5)}; "
-            f"qrels queries e.g. {_ids_preview(sorted(qrels), 5)}): mismatched ids?"
+            f"no query of the run has qrels (run queries e.g. {preview(sorted(run), 5)}; "
+            f"qrels queries e.g. {preview(sorted(qrels), 5)}): mismatched ids?"
         )
     empty = [q for q in common if not run[q]]
     if empty:
-        logger.warning("%d judged queries have an empty ranking and score 0: %s", len(empty), _ids_preview(empty))
+        logger.warning("%d judged queries have an empty ranking and score 0: %s", len(empty), preview(empty))
 
     sub_run = {q: run[q] for q in common if run[q]}
     sub_qrels = {q: qrels[q] for q in common}
@@ -189,7 +147,7 @@ def evaluate_run(
         values = per_query[str(measure)]
         if set(values) != expected:
             lacking = sorted(expected - set(values))
-            logger.warning("ir_measures returned no %s value for %d queries: %s", measure, len(lacking), _ids_preview(lacking))
+            logger.warning("ir_measures returned no %s value for %d queries: %s", measure, len(lacking), preview(lacking))
         agg = measure.aggregator()  # the measure's own aggregation (mean for most, sum for NumRet etc.)
         for value in values.values():
             agg.add(value)

@@ -19,6 +19,9 @@ from typing import Any, Iterable, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
+from maw_reranker.utils.progress import progress_bar
+from maw_reranker.utils.text import preview
+
 logger = logging.getLogger(__name__)
 
 # Pairs per predict() call = batch_size * this: small enough for a lively progress bar, and since the pairs are
@@ -75,11 +78,6 @@ class RerankResult:
                 "n_skipped_docs": sum(len(v) for v in self.skipped_docs.values())}
 
 
-def _preview(items: Sequence, limit: int = 10) -> str:
-    shown = ", ".join(map(str, items[:limit]))
-    return shown + (f", ... (+{len(items) - limit} more)" if len(items) > limit else "")
-
-
 def _fetch_texts(docs: Mapping[str, str], docids: Iterable[str]) -> dict[str, str]:
     """Texts of the docids found in ``docs``; one batched docstore pass when the mapping offers ``get_many``."""
     docids = list(dict.fromkeys(docids))
@@ -123,8 +121,8 @@ def build_pairs(pool: Mapping[str, Mapping[str, float]], queries: Mapping[str, s
         if on_missing == "error":
             raise RerankError(
                 f"{len(unknown_q)} of {len(qids)} pool queries have no query text in the dataset: "
-                f"{_preview(unknown_q)} (mismatched ids? pass on_missing=skip to skip them)")
-        logger.warning("skipping %d pool queries without query text: %s", len(unknown_q), _preview(unknown_q))
+                f"{preview(unknown_q)} (mismatched ids? pass on_missing=skip to skip them)")
+        logger.warning("skipping %d pool queries without query text: %s", len(unknown_q), preview(unknown_q))
         qids = [q for q in qids if q in queries]
         if not qids:
             raise RerankError("no pool query has a query text in the dataset: mismatched ids?")
@@ -140,28 +138,21 @@ def build_pairs(pool: Mapping[str, Mapping[str, float]], queries: Mapping[str, s
         if on_missing == "error":
             raise RerankError(
                 f"{n} pool documents (in {len(missing)} queries) are missing from the corpus, as query/doc: "
-                f"{_preview(examples)} (wrong docs file or mismatched ids? pass on_missing=skip to skip them)")
+                f"{preview(examples)} (wrong docs file or mismatched ids? pass on_missing=skip to skip them)")
         # Not refilled from beyond the depth: the skipped documents are simply absent from the reranked run.
         logger.warning("skipping %d pool documents missing from the corpus (in %d queries): %s",
-                       n, len(missing), _preview(examples))
+                       n, len(missing), preview(examples))
 
     pairs = [Pair(q, d, queries[q], texts[d], rank, score)
              for q in qids for rank, (d, score) in enumerate(head[q], 1) if d in texts]
     empty = [q for q in qids if not any(d in texts for d, _ in head[q])]
     if empty:
-        logger.warning("%d queries have no candidate left to rerank: %s", len(empty), _preview(empty))
+        logger.warning("%d queries have no candidate left to rerank: %s", len(empty), preview(empty))
     if not pairs:
         raise RerankError("no (query, document) pair left to rerank after skipping missing documents")
     tail = {q: r[depth:] for q, r in ranked.items()} if depth is not None else {}
     return PairSet(pairs, qids, {q: t for q, t in tail.items() if t}, unknown_q if on_missing == "skip" else [],
                    missing)
-
-
-def _progress(total: int, enabled: bool, desc: str):
-    from tqdm.auto import tqdm
-
-    # unit="pair": tqdm's rate column reads "pair/s".
-    return tqdm(total=total, disable=not enabled, unit="pair", desc=desc, smoothing=0.1, dynamic_ncols=True)
 
 
 def score_pairs(model, pairs: Sequence[tuple[str, str]], batch_size: int = 32, precision: str = "fp32",
@@ -178,7 +169,7 @@ def score_pairs(model, pairs: Sequence[tuple[str, str]], batch_size: int = 32, p
     depth: dict[int, dict[str, np.ndarray]] = {}
     order = np.argsort([-(len(q) + len(d)) for q, d in pairs], kind="stable")
     chunk = batch_size * BATCHES_PER_CHUNK
-    progress = _progress(n, show_progress, desc)
+    progress = progress_bar(n, show_progress, desc)
     try:
         for start in range(0, n, chunk):
             idx = order[start:start + chunk]

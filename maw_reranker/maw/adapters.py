@@ -72,21 +72,28 @@ class AttentionAdapter:
             allowed = mask > 0
         return allowed.expand(batch, allowed.shape[1], length, length)
 
-    def wants_attentions(self, bound: dict) -> bool:
-        return bool(bound.get("output_attentions", False))
+    def wants_attentions(self, base: nn.Module, bound: dict) -> bool:
+        """Whether the model asked for attention maps: the keyword when the caller passed one, else the model
+        config's ``output_attentions`` (transformers 5 records maps by hooks and passes no keyword then)."""
+        asked = bound.get("output_attentions")
+        if asked is None:
+            asked = getattr(getattr(base, "config", None), "output_attentions", False)
+        return bool(asked)
 
     def call_original(self, base: nn.Module, args: tuple, kwargs: dict, bound: dict, qkv: tuple):
         """``O_orig`` and the original attention map (or None), through the model's own attention function.
 
-        BERT-style modules compute ``interface(q, k, v, mask)``; we hand that same interface the projections
-        already made for MAW instead of making them twice. Anything unusual (a KV cache, cross-attention inputs)
-        goes through the module's own forward."""
+        BERT-style modules compute ``interface(q, k, v, mask, **kwargs)``; we hand that same interface the
+        projections already made for MAW instead of making them twice. A MAW layer is an encoder self-attention:
+        a KV cache (decoder use) would make MAW's keys differ from the original's, so it is refused."""
+        if bound.get("cache") is not None:
+            raise ValueError("MAW layers are encoder self-attention and do not support a KV cache (cache=...)")
         interface = self._interface(base)
-        if interface is None or bound.get("past_key_values") is not None or bound.get("encoder_hidden_states") is not None:
+        if interface is None:
             return self._call_forward(base, args, kwargs)
         q, k, v = qkv
-        extra = {key: value for key, value in bound.items()
-                 if key not in ("self", "hidden_states", "attention_mask", "past_key_values", "encoder_hidden_states")}
+        extra = {key: value for key, value in bound.items() if key not in ("self", "hidden_states", "attention_mask",
+                                                                           "cache")}
         out, weights = interface(base, q, k, v, bound.get("attention_mask"),
                                  dropout=0.0 if not base.training else base.dropout.p, scaling=base.scaling, **extra)
         return out.reshape(*out.shape[:2], -1).contiguous(), weights

@@ -19,8 +19,10 @@ CONFIG_NAME = "maw_config.json"
 
 @dataclass
 class MAWConfig:
-    """Settings of a Multi-Attention-Weight variant. ``MAWConfig()`` is the study's default variant."""
+    """Settings of a Multi-Attention-Weight variant. ``MAWConfig()`` is the study's default variant;
+    ``MAWConfig(use_maw=False)`` is the unpatched baseline (patching it changes nothing)."""
 
+    use_maw: bool = True
     depth_dim: int = 8
     depth_source: Literal["split", "project"] = "split"
     depth_rank: int = 8
@@ -37,6 +39,8 @@ class MAWConfig:
     stat_chunk: int = 0  # examples per chunk when computing statistics; 0 = automatic (bounded peak memory)
 
     def __post_init__(self) -> None:
+        if not isinstance(self.use_maw, bool):
+            raise ValueError(f"MAWConfig.use_maw must be True or False, got {self.use_maw!r}")
         if self.gating_mode not in GATING_MODES:
             raise ValueError(f"MAWConfig.gating_mode={self.gating_mode!r}; allowed: {', '.join(GATING_MODES)}")
         if self.depth_source not in DEPTH_SOURCES:

@@ -43,106 +43,123 @@ class GateDecision:
 class DepthGating(nn.Module):
     """Turns per-depth statistics and/or the layer input into depth weights.
 
-    Control attributes set by the trainer (plain attributes, not saved):
-      ``forced_depth``: LongTensor ``[B]`` or None: use this depth for every example (oracle search, GRPO replay).
-      ``policy_mode``: ``"sample"`` or ``"greedy"`` for ``grpo`` in training mode (default ``"sample"``).
+    ``config`` is shared with the MAW layer and the patched model (one home for the settings): the gating reads its
+    mode, sharpness and temperature from it at every call. Parameters are created on ``device`` in ``dtype`` (those
+    of the wrapped layer), so a gating module never mixes devices or dtypes with the model it sits in.
+
+    Control attribute set by the trainer (a plain attribute, not saved): ``forced_depth``, a LongTensor ``[B]`` or
+    None: use this depth for every example (oracle search, GRPO replay).
     """
 
-    def __init__(self, config: MAWConfig, hidden_size: int, num_heads: int, layer_index: int = 0):
+    def __init__(self, config: MAWConfig, hidden_size: int, num_heads: int, layer_index: int = 0,
+                 device: Optional[torch.device] = None, dtype: Optional[torch.dtype] = None):
         super().__init__()
-        self.mode = config.gating_mode
-        self.depth = int(config.depth_dim)
+        self.config = config
         self.num_heads = num_heads
-        self.sharpness = float(config.stat_sharpness)
-        self.router_tau = float(config.router_tau)
-        self.per_head = bool(config.per_head)
+        device = torch.device("cpu") if device is None else device  # explicit, never the global default device
+        factory = {"device": device, "dtype": dtype}
         out_dim = self.depth * (num_heads if self.per_head else 1)
         if self.mode == "random":
             gen = torch.Generator().manual_seed(int(config.maw_random_seed) * 1000 + layer_index)
-            raw = torch.rand(self.depth, generator=gen)
+            raw = torch.rand(self.depth, generator=gen, device="cpu")  # on the generator's device, then moved
             # A fixed draw per layer, so scores do not depend on batch composition or order.
-            self.register_buffer("random_weights", raw / raw.sum())
+            self.register_buffer("random_weights", (raw / raw.sum()).to(device))
         elif self.mode == "learned":
-            self.theta = nn.Parameter(torch.zeros(out_dim))
+            self.theta = nn.Parameter(torch.zeros(out_dim, **factory))
         elif self.mode == "gate":
-            self.gate = nn.Sequential(nn.Linear(hidden_size, config.gate_hidden), nn.Tanh(),
-                                      nn.Linear(config.gate_hidden, out_dim))
+            self.gate = nn.Sequential(nn.Linear(hidden_size, config.gate_hidden, **factory), nn.Tanh(),
+                                      nn.Linear(config.gate_hidden, out_dim, **factory))
             nn.init.zeros_(self.gate[2].weight)  # starts uniform, like `learned`
             nn.init.zeros_(self.gate[2].bias)
         elif self.mode in ("router", "grpo"):
             # Logits = stat score (the zero-shot prior) + a learned residual that starts at zero: an untrained
             # router behaves as `argmax`, and training moves it from there.
-            self.router = nn.Sequential(nn.Linear(len(STAT_NAMES) * self.depth, config.gate_hidden), nn.GELU(),
-                                        nn.Linear(config.gate_hidden, self.depth))
+            self.router = nn.Sequential(nn.Linear(len(STAT_NAMES) * self.depth, config.gate_hidden, **factory),
+                                        nn.GELU(), nn.Linear(config.gate_hidden, self.depth, **factory))
             nn.init.zeros_(self.router[2].weight)
             nn.init.zeros_(self.router[2].bias)
         self.forced_depth: Optional[torch.Tensor] = None
-        self.policy_mode = "sample"
         self.reset_records()
+
+    # Settings read from the shared config (structural ones, depth and per_head, must not change after patching).
+    @property
+    def mode(self) -> str:
+        return self.config.gating_mode
+
+    @property
+    def depth(self) -> int:
+        return int(self.config.depth_dim)
+
+    @property
+    def per_head(self) -> bool:
+        return bool(self.config.per_head)
+
+    @property
+    def needs_stats(self) -> bool:
+        return self.config.needs_stats
 
     def reset_records(self) -> None:
         self.last_weights: Optional[torch.Tensor] = None
         self.last_logits: Optional[torch.Tensor] = None
         self.last_actions: Optional[torch.Tensor] = None
         self.last_log_prob: Optional[torch.Tensor] = None
-        self.last_hard = False
-
-    @property
-    def needs_stats(self) -> bool:
-        return self.mode in ("stat", "argmax", "router", "grpo")
 
     def policy_logits(self, stats: torch.Tensor) -> torch.Tensor:
-        """Router/policy logits ``[B, D]`` from raw statistics ``[B, D, 4]``."""
-        prior = self.sharpness * stat_scores(stats)
+        """Router/policy logits ``[B, D]`` (float32) from raw statistics ``[B, D, 4]``."""
+        prior = float(self.config.stat_sharpness) * stat_scores(stats)
         features = normalize_stats(stats).flatten(1).to(self.router[0].weight.dtype)
         return prior + self.router(features).float()
 
-    def decide(self, batch: int, stats: Optional[torch.Tensor], pooled: Optional[torch.Tensor]) -> GateDecision:
-        """Weights ``[B, D]`` (or ``[B, H, D]`` with ``per_head``), non-negative and summing to 1 over D.
+    def decide(self, batch: int, stats: Optional[torch.Tensor], pooled: Optional[torch.Tensor],
+               device: Optional[torch.device] = None) -> GateDecision:
+        """Weights ``[B, D]`` (or ``[B, H, D]`` with ``per_head``), float32, non-negative and summing to 1 over D,
+        on ``device`` (default: that of ``stats`` or ``pooled``; the layer passes its inputs' device).
 
         Pure: records nothing, so the layer may call it once per chunk of the batch."""
-        device = stats.device if stats is not None else (pooled.device if pooled is not None else None)
+        if device is None:
+            device = stats.device if stats is not None else (pooled.device if pooled is not None else self._device())
+        mode, depth = self.mode, self.depth
         logits = actions = log_prob = None
         hard = False
         if self.forced_depth is not None:
-            forced = self.forced_depth.to(device)
-            weights = F.one_hot(forced, self.depth).float()
+            weights = F.one_hot(self.forced_depth.to(device), depth).float()
             hard = True
-            if self.mode in ("router", "grpo") and stats is not None:
+            if mode in ("router", "grpo") and stats is not None:
                 logits = self.policy_logits(stats)
-        elif self.mode == "uniform":
-            weights = torch.full((batch, self.depth), 1.0 / self.depth, device=device)
-        elif self.mode == "random":
-            weights = self.random_weights.to(device).expand(batch, -1)
-        elif self.mode == "stat":
-            weights = torch.softmax(self.sharpness * stat_scores(stats), dim=-1)
-        elif self.mode == "argmax":
-            weights = F.one_hot(stat_scores(stats).argmax(-1), self.depth).float()
+        elif mode == "uniform":
+            weights = torch.full((batch, depth), 1.0 / depth, device=device)
+        elif mode == "random":
+            w = self.random_weights.to(device=device, dtype=torch.float32)
+            weights = (w / w.sum()).expand(batch, -1)  # renormalized: model.to(bf16) also casts this buffer
+        elif mode == "stat":
+            weights = torch.softmax(float(self.config.stat_sharpness) * stat_scores(stats), dim=-1)
+        elif mode == "argmax":
+            weights = F.one_hot(stat_scores(stats).argmax(-1), depth).float()
             hard = True
-        elif self.mode == "learned":
+        elif mode == "learned":
             weights = self._softmax(self.theta.float().expand(batch, -1))
-        elif self.mode == "gate":
-            weights = self._softmax(self.gate(pooled).float())
-        elif self.mode == "router":
+        elif mode == "gate":
+            weights = self._softmax(self.gate(pooled.to(self.gate[0].weight.dtype)).float())
+        elif mode == "router":
             logits = self.policy_logits(stats)
             if self.training:
                 # Straight-through Gumbel-softmax: one-hot forward, soft gradient.
-                weights = F.gumbel_softmax(logits, tau=self.router_tau, hard=True)
+                weights = F.gumbel_softmax(logits, tau=float(self.config.router_tau), hard=True)
             else:
-                weights = F.one_hot(logits.argmax(-1), self.depth).float()
+                weights = F.one_hot(logits.argmax(-1), depth).float()
                 hard = True
-        elif self.mode == "grpo":
+        elif mode == "grpo":
             logits = self.policy_logits(stats)
-            if self.training and self.policy_mode == "sample":
+            if self.training:  # the policy samples; GRPO's objective uses these actions and log-probabilities
                 dist = torch.distributions.Categorical(logits=logits)
                 actions = dist.sample()
                 log_prob = dist.log_prob(actions)
             else:
                 actions = logits.argmax(-1)
-            weights = F.one_hot(actions, self.depth).float()
+            weights = F.one_hot(actions, depth).float()
             hard = True
         else:  # pragma: no cover - MAWConfig validates the mode
-            raise ValueError(self.mode)
+            raise ValueError(mode)
         return GateDecision(weights, hard, logits, actions, log_prob)
 
     def record(self, decision: GateDecision) -> None:
@@ -150,20 +167,20 @@ class DepthGating(nn.Module):
         self.last_logits = decision.logits
         self.last_actions = decision.actions
         self.last_log_prob = decision.log_prob
-        self.last_hard = decision.hard
 
-    def forward(self, batch: int, stats: Optional[torch.Tensor], pooled: Optional[torch.Tensor]) -> torch.Tensor:
-        decision = self.decide(batch, stats, pooled)
+    def forward(self, batch: int, stats: Optional[torch.Tensor], pooled: Optional[torch.Tensor],
+                device: Optional[torch.device] = None) -> torch.Tensor:
+        decision = self.decide(batch, stats, pooled, device)
         self.record(decision)
         return decision.weights
+
+    def _device(self) -> torch.device:
+        tensor = next(iter(self.parameters()), None)
+        if tensor is None:
+            tensor = next(iter(self.buffers()), None)
+        return tensor.device if tensor is not None else torch.device("cpu")
 
     def _softmax(self, logits: torch.Tensor) -> torch.Tensor:
         if self.per_head:
             return torch.softmax(logits.view(logits.shape[0], self.num_heads, self.depth), dim=-1)
         return torch.softmax(logits, dim=-1)
-
-    def log_prob(self, actions: torch.Tensor) -> torch.Tensor:
-        """``log pi(a)`` of given actions under the last policy logits (GRPO)."""
-        if self.last_logits is None:
-            raise RuntimeError("log_prob() needs a forward pass of a router/grpo layer first")
-        return torch.log_softmax(self.last_logits, dim=-1).gather(-1, actions.view(-1, 1)).squeeze(-1)

@@ -28,28 +28,35 @@ class DepthwiseMAWSelfAttention(nn.Module):
     def __init__(self, base_layer: nn.Module, config: MAWConfig, layer_index: int = 0):
         nn.Module.__init__(self)
         self.base_layer = base_layer
+        # Shared, not copied: the patched model, every MAW layer and its gating read this one object, so a
+        # setting changed there (set_maw_strength) is changed everywhere at once.
         self.maw_config = config
         self.layer_index = layer_index
         self.adapter: AttentionAdapter = adapter_for(base_layer)
         heads, width = self.adapter.num_heads, self.adapter.head_dim
-        self.depth = int(config.depth_dim)
-        self.maw_strength = float(config.maw_strength)
+        # Everything MAW creates lives where the wrapped layer's weights live, never on torch's default device.
+        ref = base_layer.get_submodule(self.adapter.q_name).weight
+        factory = {"device": ref.device, "dtype": ref.dtype}
         if config.depth_source == "split":
             self.feature_slices = depth_slices(width, self.depth)
         else:
             self.feature_slices = [(0, width)] * self.depth
             hidden, rank, out = self.adapter.hidden_size, config.depth_rank, heads * width
-            # LoRA-style init: random down-projection, zero up-projection -> every depth starts at W_Q / W_K.
-            down = torch.empty(2, self.depth, hidden, rank)
-            nn.init.kaiming_uniform_(down.view(-1, rank), a=math.sqrt(5))
-            ref = base_layer.get_submodule(self.adapter.q_name).weight
-            self.maw_down = nn.Parameter(down.to(dtype=ref.dtype, device=ref.device))
-            self.maw_up = nn.Parameter(torch.zeros(2, self.depth, rank, out, dtype=ref.dtype, device=ref.device))
-        self.gating = DepthGating(config, self.adapter.hidden_size, heads, layer_index)
-        ref = next(base_layer.parameters())
-        self.gating.to(device=ref.device)
+            self.maw_down = nn.Parameter(lora_down_init(torch.empty(2, self.depth, hidden, rank, **factory)))
+            # Zero up-projection: every depth starts exactly at W_Q / W_K (LoRA's init).
+            self.maw_up = nn.Parameter(torch.zeros(2, self.depth, rank, out, **factory))
+        self.gating = DepthGating(config, self.adapter.hidden_size, heads, layer_index, **factory)
         self.last_depth_weights: Optional[torch.Tensor] = None
         self.last_selected_depth: Optional[torch.Tensor] = None
+
+    @property
+    def depth(self) -> int:
+        return int(self.maw_config.depth_dim)
+
+    @property
+    def maw_strength(self) -> float:
+        """alpha, read from the shared config (change it with :func:`maw_reranker.maw.patcher.set_maw_strength`)."""
+        return float(self.maw_config.maw_strength)
 
     # -- building blocks --------------------------------------------------------------------------------------
     def depth_inputs(self, bound: dict, qkv: Optional[tuple] = None) -> tuple[DepthInputs, torch.Tensor]:
@@ -94,36 +101,48 @@ class DepthwiseMAWSelfAttention(nn.Module):
         self.last_depth_weights = w
         self.last_selected_depth = w.argmax(-1)
 
+    def attention_dropout(self) -> float:
+        """The wrapped layer's attention-dropout probability in training mode, 0 in eval mode."""
+        return float(getattr(getattr(self.base_layer, "dropout", None), "p", 0.0)) if self.training else 0.0
+
     def maw_output(self, bound: dict, want_map: bool = False, qkv: Optional[tuple] = None):
-        """``(O_maw [B, L, H*Dh], A_sel or None)`` for the bound forward arguments."""
+        """``(O_maw [B, L, H*Dh], A_sel or None)`` for the bound forward arguments.
+
+        Padded query rows of both are zero, in every path (as in the reference)."""
         inp, x_q = self.depth_inputs(bound, qkv)
         pooled = self._pooled(inp, x_q)
-        batch = inp.v.shape[0]
+        batch, device = inp.v.shape[0], inp.v.device
         needs_grad = torch.is_grad_enabled() and (inp.v.requires_grad or any(p.requires_grad for p in self.maw_parameters()))
         forced = self.gating.forced_depth is not None
-        if not needs_grad and not forced:
+        dropout_p = self.attention_dropout()
+        query_valid = inp.key_valid[:, None, :, None]
+        if not needs_grad and not forced and dropout_p == 0.0:
             # Inference: each depth's map computed once per chunk, statistics and combination fused.
             parts = []
 
             def decide(rows, stats_rows):
-                part = self.gating.decide(stats_rows.shape[0] if stats_rows is not None else rows.stop - rows.start,
-                                          stats_rows, None if pooled is None else pooled[rows])
+                part = self.gating.decide(rows.stop - rows.start, stats_rows,
+                                          None if pooled is None else pooled[rows], device)
                 parts.append(part)
                 return part.weights
 
             o, a_sel, _ = explicit_maw(inp, decide, want_map=want_map, need_stats=self.gating.needs_stats,
                                        chunk=self.maw_config.stat_chunk)
             self._record(GateDecision.concat(parts))
-            return self.adapter.merge_heads(o), a_sel
-        # Training (or forced depths): statistics without autograd, then one fused attention call per depth.
-        stats = depth_statistics(inp, self.maw_config.stat_chunk) if self.gating.needs_stats else None
-        decision = self.gating.decide(batch, stats, pooled)
-        self._record(decision)
-        weights = decision.weights
-        hard = decision.hard and not weights.requires_grad
-        dropout_p = float(getattr(getattr(self.base_layer, "dropout", None), "p", 0.0)) if self.training else 0.0
-        o = combine_depths(inp, weights, dropout_p=dropout_p, hard=hard)
-        a_sel = selected_attention(inp, weights) if want_map else None
+        else:
+            # Training, forced depths, or train mode with dropout (with or without autograd, so that dropout does
+            # not depend on whether gradients are on): statistics without autograd, then one fused attention
+            # call per depth.
+            stats = depth_statistics(inp, self.maw_config.stat_chunk) if self.gating.needs_stats else None
+            decision = self.gating.decide(batch, stats, pooled, device)
+            self._record(decision)
+            weights = decision.weights
+            hard = decision.hard and not weights.requires_grad
+            o = combine_depths(inp, weights, dropout_p=dropout_p, hard=hard)
+            a_sel = selected_attention(inp, weights) if want_map else None
+        o = o * query_valid.to(o.dtype)
+        if a_sel is not None:
+            a_sel = a_sel * query_valid.to(a_sel.dtype)
         return self.adapter.merge_heads(o), a_sel
 
     # -- nn.Module --------------------------------------------------------------------------------------------
@@ -131,7 +150,7 @@ class DepthwiseMAWSelfAttention(nn.Module):
         bound = self.adapter.bind(args, kwargs)
         qkv = self.adapter.project(self.base_layer, bound)
         out_orig, attn_orig = self.adapter.call_original(self.base_layer, args, kwargs, bound, qkv)
-        want_map = attn_orig is not None and self.adapter.wants_attentions(bound)
+        want_map = attn_orig is not None and self.adapter.wants_attentions(self.base_layer, bound)
         out_maw, a_sel = self.maw_output(bound, want_map, qkv)
         alpha = self.maw_strength
         out = (1.0 - alpha) * out_orig + alpha * out_maw.to(out_orig.dtype)
@@ -148,6 +167,16 @@ class DepthwiseMAWSelfAttention(nn.Module):
         c = self.maw_config
         return (f"layer={self.layer_index}, depth={c.depth_dim}, source={c.depth_source}, gating={c.gating_mode}, "
                 f"strength={c.maw_strength}")
+
+
+def lora_down_init(down: torch.Tensor) -> torch.Tensor:
+    """LoRA's init for each ``[hidden, rank]`` down-projection in ``down [..., hidden, rank]``: Kaiming-uniform
+    (a = sqrt 5) of the ``[rank, hidden]`` weight of ``nn.Linear(hidden, rank)``, so fan-in is the hidden size and
+    values are uniform in +-1/sqrt(hidden) (fan-in = rank, as a flat view would give, is ~sqrt(hidden/rank) too wide)."""
+    with torch.no_grad():
+        for matrix in down.view(-1, *down.shape[-2:]):
+            nn.init.kaiming_uniform_(matrix.T, a=math.sqrt(5))
+    return down
 
 
 _WRAPPER_CLASSES: dict[type, type] = {}

@@ -48,10 +48,16 @@ def patch_model(model: nn.Module, config: MAWConfig | None = None) -> nn.Module:
     """Replace the self-attention of the configured layers with MAW (in place; returns ``model``).
 
     Layers are ``config.layers`` (explicit indices, negative allowed) or the last ``config.inject_last_k``.
+    ``MAWConfig(use_maw=False)`` leaves the model unpatched. The model keeps its own copy of ``config`` as
+    ``model.maw_config``; every MAW layer and gating module reads that one object.
     """
     config = config or MAWConfig()
     if maw_layers(model):
         raise ValueError("model is already patched with MAW; call unpatch_model() first")
+    if not config.use_maw:
+        return model
+    # One copy per model: the caller's object (maybe reused for another model) is never changed by this one.
+    config = config.replace()
     targets = find_attention_modules(model)
     num_layers = max(targets) + 1
     for index in resolve_layers(config, num_layers):
@@ -81,12 +87,14 @@ def unpatch_model(model: nn.Module) -> "OrderedDict[str, DepthwiseMAWSelfAttenti
     return removed
 
 
-def repatch(model: nn.Module, layers: "OrderedDict[str, DepthwiseMAWSelfAttention]", config: MAWConfig) -> None:
+def repatch(model: nn.Module, layers: "OrderedDict[str, DepthwiseMAWSelfAttention]") -> None:
+    """Re-insert layers removed by :func:`unpatch_model`; ``model.maw_config`` is again the config they share."""
     for name, layer in layers.items():
         layer._forward_hooks.update(layer.base_layer._forward_hooks)
         layer.base_layer._forward_hooks.clear()
         _set_module(model, name, layer)
-    model.maw_config = config
+    if layers:
+        model.maw_config = next(iter(layers.values())).maw_config
 
 
 def maw_named_parameters(model: nn.Module) -> Iterator[tuple[str, nn.Parameter]]:
@@ -120,9 +128,10 @@ def load_maw_state_dict(model: nn.Module, state: dict[str, torch.Tensor]) -> Non
 
 
 def set_maw_strength(model: nn.Module, strength: float) -> None:
+    """Set alpha for every MAW layer of ``model``: one change to the config they all read."""
     if not 0.0 <= strength <= 1.0:
         raise ValueError(f"maw_strength must be in [0, 1], got {strength}")
-    for layer in maw_layers(model).values():
-        layer.maw_strength = float(strength)
-    if hasattr(model, "maw_config"):
-        model.maw_config = model.maw_config.replace(maw_strength=float(strength))
+    config = getattr(model, "maw_config", None)
+    if config is None:
+        raise ValueError("set_maw_strength: the model is not patched with MAW")
+    config.maw_strength = float(strength)

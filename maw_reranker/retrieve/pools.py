@@ -5,6 +5,10 @@ Layout under ``out_dir``::
     <dataset slug>/bm25-<engine>-k<k>[-k1_<k1>-b_<b>].run   the pool (TREC run)
     <dataset slug>/bm25-<engine>-k<k>...run.json             how it was made (engine, params, timings, source)
     _indexes/<corpus slug>/<index key>/                       engine indexes, shared by a corpus' splits
+
+A pool and its metadata are one unit: the metadata is removed before a pool is (re)written and written after it,
+recording the pool's size, so a ``.run`` whose metadata is missing, unreadable, or about other inputs, parameters
+or another file is rebuilt, never reused.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from pathlib import Path
 from maw_reranker.data.dataset import Dataset
 from maw_reranker.data.trec import write_run
 from maw_reranker.retrieve.engines import Engine, get_engine, resolve_engine_name
-from maw_reranker.utils.io import write_json
+from maw_reranker.utils.io import remove_stale_temps, write_json
 
 log = logging.getLogger(__name__)
 DEFAULT_K1, DEFAULT_B = 0.9, 0.4
@@ -47,9 +51,27 @@ def _source_stamp(ds: Dataset) -> dict:
 
 def _read_json(path: Path) -> dict | None:
     try:
-        return json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
+    return data if isinstance(data, dict) else None
+
+
+def _pool_params(ds: Dataset, engine: str, k: int, k1: float, b: float) -> dict:
+    """What a pool's metadata must record for the pool to be reused: its inputs and retrieval parameters."""
+    return {"stamp": _source_stamp(ds), "engine": engine, "k": k, "k1": k1, "b": b}
+
+
+def _stale_reason(path: Path, meta: dict | None, expected: dict) -> str | None:
+    """Why the pool at ``path`` cannot be reused (None: it can)."""
+    if meta is None:
+        return "it has no valid metadata (a build interrupted before its .run.json was written?)"
+    for key, value in expected.items():
+        if meta.get(key) != value:
+            return f"its metadata records {key}={meta.get(key)!r}, not {value!r} (other inputs or parameters)"
+    if "run_bytes" in meta and meta["run_bytes"] != path.stat().st_size:
+        return f"it is {path.stat().st_size} bytes, its metadata says {meta['run_bytes']} (the file changed)"
+    return None
 
 
 def _ensure_index(engine: Engine, ds: Dataset, out_dir: Path, force: bool, prebuilt: bool) -> str:
@@ -63,6 +85,7 @@ def _ensure_index(engine: Engine, ds: Dataset, out_dir: Path, force: bool, prebu
         engine.open_index(index_dir)
         return f"cached:{index_dir}"
     index_dir.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(index_dir.parent, index_dir.name)  # temporaries of builds that were killed
     # Build beside the target and rename, so an interrupted build never leaves a half index that looks done.
     tmp = Path(tempfile.mkdtemp(prefix=f".{index_dir.name}.", suffix=".tmp", dir=index_dir.parent))
     try:
@@ -96,13 +119,13 @@ def build_pool(ds: Dataset, engine: str = "auto", k: int = 1000, k1: float = DEF
     out_dir = Path(out_dir)
     path = pool_path(ds, name, k, k1, b, out_dir)
     meta_path = path.with_name(path.name + ".json")
-    stamp = _source_stamp(ds)
+    expected = _pool_params(ds, name, k, k1, b)
     if path.is_file() and not force:
-        meta = _read_json(meta_path)
-        if meta is None or meta.get("stamp") == stamp:
+        reason = _stale_reason(path, _read_json(meta_path), expected)
+        if reason is None:
             log.info("pool exists, not rebuilding (use force to rebuild): %s", path)
             return path
-        log.warning("%s was built from %s; its inputs changed, rebuilding", path, meta.get("stamp"))
+        log.warning("rebuilding %s: %s", path, reason)
     eng = get_engine(name, k1=k1, b=b, threads=threads)
     start = time.perf_counter()
     how = _ensure_index(eng, ds, out_dir, force, prebuilt)
@@ -116,9 +139,10 @@ def build_pool(ds: Dataset, engine: str = "auto", k: int = 1000, k1: float = DEF
     if ds.remove_query:
         run = {qid: {d: s for d, s in hits.items() if d != qid} for qid, hits in run.items()}
     search_s = time.perf_counter() - start
+    meta_path.unlink(missing_ok=True)  # from here until the new metadata is written, the pool is not reusable
     write_run(path, run, tag=f"bm25-{name}", depth=k)
     write_json(meta_path, {
-        "dataset": ds.name, "split": ds.split, "stamp": stamp, "engine": name, "k": k, "k1": k1, "b": b,
+        "dataset": ds.name, "split": ds.split, **expected, "run_bytes": path.stat().st_size,
         "index": how, "index_s": round(index_s, 3), "search_s": round(search_s, 3), "queries": len(queries),
         "empty_queries": sorted(q for q, hits in run.items() if not hits)[:20],
         "versions": eng.versions(), "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),

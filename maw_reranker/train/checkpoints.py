@@ -4,6 +4,10 @@ A checkpoint holds the model, optimizer, scheduler, every process's RNG states a
 (optimizer step, data position, best dev score). It is written into a hidden temp folder and renamed into place
 once complete, and ``trainer_state.json`` is written last, so a run killed while saving leaves the previous
 checkpoint as the newest complete one.
+
+``metrics.jsonl`` (one JSON row per dev evaluation, appended) is read back on resume with :func:`read_metrics`:
+a torn last line (a run killed or a power loss mid-append) is dropped with a warning, any other bad line is an error
+naming the file and line.
 """
 
 from __future__ import annotations
@@ -15,12 +19,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from maw_reranker.data.readers import DataFormatError
 from maw_reranker.train.data import DataPosition
-from maw_reranker.utils.io import write_json
+from maw_reranker.utils.io import atomic_write, write_json
 
 log = logging.getLogger(__name__)
 STATE_FILE = "trainer_state.json"
 PREFIX = "step_"
+TMP_PREFIX = ".tmp-"  # a checkpoint being saved: checkpoints/.tmp-step_<n>/, renamed to step_<n>/ once complete
 
 
 @dataclass
@@ -69,13 +75,28 @@ def resolve_resume(resume: str, output_dir: str | Path) -> Path:
     return path
 
 
+def remove_stale_checkpoint_temps(output_dir: str | Path) -> list[Path]:
+    """Remove the hidden folders of checkpoint saves that were killed (``checkpoints/.tmp-step_*``); return them.
+
+    Only for the main process of the one run writing ``output_dir``, before it saves (a save in progress would go).
+    """
+    root = checkpoint_root(output_dir)
+    if not root.is_dir():
+        return []
+    stale = sorted(p for p in root.iterdir() if p.name.startswith(TMP_PREFIX + PREFIX) and p.is_dir())
+    for path in stale:
+        shutil.rmtree(path, ignore_errors=True)
+        log.info("removed the folder of an interrupted checkpoint save: %s", path)
+    return stale
+
+
 def save_checkpoint(accelerator, state: TrainerState, output_dir: str | Path, keep: int) -> Path:
     """Save on every process (RNG states are per process); the main process renames and prunes."""
     root = checkpoint_root(output_dir)
     final = root / f"{PREFIX}{state.step:07d}"
-    tmp = root / f".tmp-{final.name}"
+    tmp = root / f"{TMP_PREFIX}{final.name}"
     if accelerator.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
+        remove_stale_checkpoint_temps(output_dir)  # this step's and those of saves killed at other steps
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp), safe_serialization=True)
@@ -95,3 +116,52 @@ def save_checkpoint(accelerator, state: TrainerState, output_dir: str | Path, ke
 def load_checkpoint(accelerator, path: Path) -> dict:
     accelerator.load_state(str(path))
     return json.loads((path / STATE_FILE).read_text())
+
+
+def read_metrics(path: str | Path) -> list[dict]:
+    """The rows of a ``metrics.jsonl`` (none if the file is missing).
+
+    The last line, if it is not a JSON object, was torn by an interrupted append: it is dropped with a warning naming
+    the file. Such a line anywhere else means the file is corrupt: :class:`DataFormatError` naming file and line.
+    """
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return []
+    # Blank lines (and the NUL padding a power loss can leave at the end of a file) carry nothing.
+    lines = [(n, raw) for n, raw in enumerate(data.split(b"\n"), 1) if raw.strip(b" \t\r\x00")]
+    rows = []
+    for i, (lineno, raw) in enumerate(lines):
+        try:
+            row = json.loads(raw.decode("utf-8"))
+            problem = None if isinstance(row, dict) else f"expected a JSON object, got {type(row).__name__}"
+        except (UnicodeDecodeError, ValueError) as exc:
+            problem = f"invalid JSON ({exc})"
+        if problem is None:
+            rows.append(row)
+        elif i == len(lines) - 1:
+            log.warning("%s:%d: dropping a torn last line (an interrupted write): %s", path, lineno, problem)
+        else:
+            raise DataFormatError(f"{path}:{lineno}: {problem}; only the last line of a metrics file may be torn")
+    return rows
+
+
+def truncate_metrics(path: str | Path, step: int) -> list[dict]:
+    """Keep the rows of ``metrics.jsonl`` up to ``step`` (those past a resumed checkpoint are recomputed); the file is
+    rewritten atomically, without a torn last line. Returns the rows kept."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    rows = []
+    for row in read_metrics(path):
+        try:
+            row_step = int(row.get("step", 0))
+        except (TypeError, ValueError):
+            raise DataFormatError(f"{path}: a row has a non-integer step {row.get('step')!r}") from None
+        if row_step <= step:
+            rows.append(row)
+    with atomic_write(path) as handle:
+        for row in rows:
+            handle.write(json.dumps(row) + "\n")
+    return rows

@@ -6,114 +6,108 @@ config fails before a model is loaded.
 """
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal, Optional
 
+from maw_reranker.config.maw_spec import AUTO, effective_maw, parse_maw
+from maw_reranker.config.sections import (DatasetOptions, ModelOptions, PoolOptions, Precision, opt,
+                                          resolve_model_path)
 from maw_reranker.maw.config import MAWConfig
-
-
-def _f(default, help_text, **extra):
-    if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: type(default)(default), metadata={"help": help_text, **extra})
-    return field(default=default, metadata={"help": help_text, **extra})
+from maw_reranker.train.losses import Loss
 
 
 @dataclass
-class TrainOptions:
-    # -- model -----------------------------------------------------------------------------------------------
-    model: str = _f("", "cross-encoder to fine-tune: hub id or directory (a saved MAW model keeps its MAW)")
-    maw: Optional[dict] = _f(None, "MAW variant as a mapping of MAWConfig fields (YAML `maw: {gating_mode: learned}`, "
-                                   "or JSON on the command line); null = the model as saved (no MAW for a plain "
-                                   "checkpoint; a directory written with MAW keeps its MAW)")
-    max_length: Optional[int] = _f(None, "max tokens per (query, document) pair; None = the model's (at most 512)")
-    trainable: Literal["full", "maw_only", "lora"] = _f(
+class TrainOptions(PoolOptions, ModelOptions, DatasetOptions):
+    CONFIG_KINDS = ("training",)
+    RENAMED = {"negatives_run": "use 'candidates' (the TREC run to sample negatives from)",
+               "mixed_precision": "use 'precision' with fp32 (was: no), bf16 or fp16"}
+
+    # -- model (also: model, maw, max_length from ModelOptions) --------------------------------------------------
+    trainable: Literal["full", "maw_only", "lora"] = opt(
         "full", "full = every parameter; maw_only = backbone frozen, MAW parameters + classification head; "
                 "lora = peft LoRA adapters on the backbone + MAW parameters + head (merged before saving)")
-    lora_r: int = _f(8, "LoRA rank")
-    lora_alpha: int = _f(16, "LoRA alpha (scale = alpha / r)")
-    lora_dropout: float = _f(0.0, "LoRA dropout")
-    lora_target_modules: Optional[list[str]] = _f(None, "module names to adapt; None = peft's default for the architecture")
-    # -- training data ---------------------------------------------------------------------------------------
-    dataset: str = _f("", "training data: dataset name (see `maw-rerank datasets`) or a path (BEIR folder, docs "
-                          ".tsv/.jsonl with --queries/--qrels, RankLLM candidates .json)")
-    split: Optional[str] = _f(None, "split of a named dataset or BEIR folder (e.g. train)")
-    queries: Optional[str] = _f(None, "queries file of a local docs file dataset")
-    qrels: Optional[str] = _f(None, "TREC qrels of a local dataset")
-    dataset_name: Optional[str] = _f(None, "name for a local dataset (names its pool folder)")
-    source: Literal["pool", "triples"] = _f(
+    lora_r: int = opt(8, "LoRA rank")
+    lora_alpha: int = opt(16, "LoRA alpha (scale = alpha / r)")
+    lora_dropout: float = opt(0.0, "LoRA dropout")
+    lora_target_modules: Optional[list[str]] = opt(None, "module names to adapt; None = peft's default for the architecture")
+    # -- training data (also: the DatasetOptions and PoolOptions sections) -----------------------------------------
+    source: Literal["pool", "triples"] = opt(
         "pool", "pool = positives from qrels, hard negatives sampled from a candidate pool; triples = stream the "
                 "dataset's official (query, positive, negative) docpairs (MS MARCO triples-small)")
-    negatives_run: Optional[str] = _f(None, "TREC run to sample negatives from; None = the dataset's own candidates, "
-                                            "else a BM25 pool built (cached) with build-pools")
-    pool_engine: Literal["auto", "pyserini", "bm25s"] = _f("bm25s", "engine for the BM25 negatives pool")
-    pool_k: int = _f(100, "depth of the BM25 negatives pool")
-    pools_dir: str = _f("pools", "pools folder (shared with build-pools)")
-    n_negatives: int = _f(7, "negatives per group (group = 1 positive + n negatives)")
-    neg_rank_min: int = _f(1, "highest pool rank (1-based) a negative may come from")
-    neg_rank_max: int = _f(100, "lowest pool rank a negative may come from")
-    neg_sampling: Literal["random", "top"] = _f("random", "random = uniform from the rank window (fresh every epoch); "
+    n_negatives: int = opt(7, "negatives per group (group = 1 positive + n negatives)")
+    neg_rank_min: int = opt(1, "highest pool rank (1-based) a negative may come from")
+    neg_rank_max: int = opt(100, "lowest pool rank a negative may come from")
+    neg_sampling: Literal["random", "top"] = opt("random", "random = uniform from the rank window (fresh every epoch); "
                                                            "top = the best-ranked non-relevant candidates")
-    relevance_threshold: int = _f(1, "a qrels grade >= this is a positive")
-    max_negative_grade: int = _f(0, "pool documents judged at most this grade may be negatives (0 = judged-relevant "
+    relevance_threshold: int = opt(1, "a qrels grade >= this is a positive")
+    max_negative_grade: int = opt(0, "pool documents judged at most this grade may be negatives (0 = judged-relevant "
                                     "documents never are; with graded qrels, e.g. threshold 2 and 1 here, the model "
                                     "learns to put grade 2 above grade 1); must be < relevance_threshold")
-    allow_missing_positives: bool = _f(True, "skip (with a warning) queries without a positive; false = error")
-    streaming: bool = _f(False, "stream groups (run file / docpairs read lazily, bounded shuffle buffer) instead of "
+    allow_missing_positives: bool = opt(True, "skip (with a warning) queries without a positive; false = error")
+    streaming: bool = opt(False, "stream groups (run file / docpairs read lazily, bounded shuffle buffer) instead of "
                                 "holding the pool in memory: for MS MARCO-size data; needs max_steps")
-    shuffle_buffer: int = _f(10000, "streaming: groups held for shuffling")
-    max_queries: Optional[int] = _f(None, "use only this many training queries (deterministic subset by seed)")
-    holdout_queries: int = _f(0, "hold this many training queries out of training as the dev set")
+    shuffle_buffer: int = opt(10000, "streaming: groups held for shuffling")
+    max_queries: Optional[int] = opt(None, "use only this many training queries (deterministic subset by seed)")
+    holdout_queries: int = opt(0, "hold this many training queries out of training as the dev set")
     # -- objective --------------------------------------------------------------------------------------------
-    loss: Literal["listwise", "bce", "ranknet", "margin"] = _f("listwise", "ranking loss over each group")
-    margin: float = _f(1.0, "margin of the margin loss")
-    temperature: float = _f(1.0, "listwise softmax temperature")
-    router_oracle_weight: float = _f(0.0, "router: weight of the cross-entropy towards the oracle depth (0 = off)")
-    oracle_every: int = _f(1, "router: compute the oracle depth every N steps (it costs depth_dim extra forwards)")
-    grpo_group_size: int = _f(4, "grpo: depth choices G sampled per training group")
-    grpo_beta: float = _f(0.01, "grpo: weight of KL(pi || uniform)")
-    grpo_eta: float = _f(0.01, "grpo: weight of the entropy bonus")
-    grpo_weight: float = _f(1.0, "grpo: weight of the policy loss added to the ranking loss")
-    grpo_eps: float = _f(1e-6, "grpo: eps in (reward - mean) / (std + eps)")
+    loss: Loss = opt("listwise", "ranking loss over each group")
+    margin: float = opt(1.0, "margin of the margin loss")
+    temperature: float = opt(1.0, "listwise softmax temperature")
+    router_oracle_weight: float = opt(0.0, "router: weight of the cross-entropy towards the oracle depth (0 = off)")
+    oracle_every: int = opt(1, "router: compute the oracle depth every N steps (it costs depth_dim extra forwards)")
+    grpo_group_size: int = opt(4, "grpo: depth choices G sampled per training group")
+    grpo_beta: float = opt(0.01, "grpo: weight of KL(pi || uniform)")
+    grpo_eta: float = opt(0.01, "grpo: weight of the entropy bonus")
+    grpo_weight: float = opt(1.0, "grpo: weight of the policy loss added to the ranking loss")
+    grpo_eps: float = opt(1e-6, "grpo: eps in (reward - mean) / (std + eps)")
     # -- optimisation -----------------------------------------------------------------------------------------
-    lr: float = _f(2e-5, "learning rate of the backbone and head")
-    maw_lr: Optional[float] = _f(1e-3, "learning rate of MAW parameters (gates, routers, depth projections); "
+    lr: float = opt(2e-5, "learning rate of the backbone and head")
+    maw_lr: Optional[float] = opt(1e-3, "learning rate of MAW parameters (gates, routers, depth projections); "
                                        "None = lr")
-    weight_decay: float = _f(0.01, "AdamW weight decay (not on biases, norms and MAW gate logits)")
-    batch_size: int = _f(8, "groups per device per micro-step (pairs = batch_size * (1 + n_negatives))")
-    grad_accum: int = _f(1, "gradient accumulation micro-steps per optimizer step")
-    epochs: float = _f(1.0, "passes over the training groups (ignored when max_steps is set)")
-    max_steps: Optional[int] = _f(None, "optimizer steps to run (overrides epochs)")
-    scheduler: Literal["linear", "cosine", "constant"] = _f("linear", "decay after warmup")
-    warmup_ratio: float = _f(0.1, "fraction of steps for linear warmup (ignored when warmup_steps > 0)")
-    warmup_steps: int = _f(0, "warmup steps")
-    max_grad_norm: float = _f(1.0, "gradient clipping norm (0 = off)")
-    mixed_precision: Literal["no", "fp16", "bf16"] = _f("no", "autocast precision; logits and losses stay fp32")
-    seed: int = _f(42, "seed of initialisation, data order, negatives, dropout and depth sampling")
+    weight_decay: float = opt(0.01, "AdamW weight decay (not on biases, norms and MAW gate logits)")
+    batch_size: int = opt(8, "groups per device per micro-step (pairs = batch_size * (1 + n_negatives))")
+    grad_accum: int = opt(1, "gradient accumulation micro-steps per optimizer step")
+    epochs: float = opt(1.0, "passes over the training groups (ignored when max_steps is set)")
+    max_steps: Optional[int] = opt(None, "optimizer steps to run (overrides epochs)")
+    scheduler: Literal["linear", "cosine", "constant"] = opt("linear", "decay after warmup")
+    warmup_ratio: float = opt(0.1, "fraction of steps for linear warmup (ignored when warmup_steps > 0)")
+    warmup_steps: int = opt(0, "warmup steps")
+    max_grad_norm: float = opt(1.0, "gradient clipping norm (0 = off)")
+    precision: Precision = opt("fp32", "fp32, or autocast to bf16/fp16 (Accelerate's mixed precision); logits and "
+                                      "losses stay fp32")
+    seed: int = opt(42, "seed of initialisation, data order, negatives, dropout and depth sampling")
     # -- output, checkpoints, logging -------------------------------------------------------------------------
-    output_dir: str = _f("runs/train", "where checkpoints/, final/, best/, logs/ and metrics.jsonl go")
-    checkpoint_every: int = _f(500, "save a resumable checkpoint every N optimizer steps (0 = only at the end)")
-    keep_checkpoints: int = _f(2, "keep the newest N checkpoints (0 = all)")
-    resume: Optional[str] = _f(None, "continue from a checkpoint: 'latest' (newest in output_dir) or its path")
-    overwrite: bool = _f(False, "allow starting fresh in an output_dir that already has checkpoints")
-    log_every: int = _f(10, "log averaged losses every N optimizer steps")
-    report_to: list[str] = _f(["tensorboard"], "trackers: tensorboard and/or wandb (empty = none)",
+    output_dir: str = opt("runs/train", "where checkpoints/, final/, best/, logs/ and metrics.jsonl go")
+    checkpoint_every: int = opt(500, "save a resumable checkpoint every N optimizer steps (0 = only at the end)")
+    keep_checkpoints: int = opt(2, "keep the newest N checkpoints (0 = all)")
+    resume: Optional[str] = opt(None, "continue from a checkpoint: 'latest' (newest in output_dir) or its path")
+    overwrite: bool = opt(False, "allow starting fresh in an output_dir that already has checkpoints")
+    log_every: int = opt(10, "log averaged losses every N optimizer steps")
+    report_to: list[str] = opt(["tensorboard"], "trackers: tensorboard and/or wandb (empty = none)",
                               choices=["tensorboard", "wandb"])
-    progress_bar: bool = _f(True, "show a progress bar (loss, learning rate, pairs/s)")
+    progress_bar: bool = opt(True, "show a progress bar (loss, learning rate, pairs/s)")
     # -- dev evaluation ---------------------------------------------------------------------------------------
-    dev_dataset: Optional[str] = _f(None, "dev set for periodic evaluation (name or path); with holdout_queries "
+    dev_dataset: Optional[str] = opt(None, "dev set for periodic evaluation (name or path); with holdout_queries "
                                           "the held-out training queries are used instead")
-    dev_split: Optional[str] = _f(None, "split of the dev dataset")
-    dev_run: Optional[str] = _f(None, "TREC run of dev candidates; None = the dev set's own or a BM25 pool")
-    dev_depth: int = _f(100, "candidates reranked per dev query")
-    dev_max_queries: Optional[int] = _f(None, "evaluate on this many dev queries (first by id)")
-    dev_every: int = _f(0, "evaluate every N optimizer steps (0 = only at the end)")
-    dev_measure: str = _f("nDCG@10", "ir_measures measure that selects the best checkpoint")
-    dev_batch_size: int = _f(64, "pairs per scoring batch in dev evaluation")
+    dev_split: Optional[str] = opt(None, "split of the dev dataset")
+    dev_run: Optional[str] = opt(None, "TREC run of dev candidates; None = the dev set's own or a BM25 pool")
+    dev_depth: int = opt(100, "candidates reranked per dev query")
+    dev_max_queries: Optional[int] = opt(None, "evaluate on this many dev queries (first by id)")
+    dev_every: int = opt(0, "evaluate every N optimizer steps (0 = only at the end)")
+    dev_measure: str = opt("nDCG@10", "ir_measures measure that selects the best checkpoint")
+    dev_batch_size: int = opt(64, "pairs per scoring batch in dev evaluation")
 
     # -- derived -----------------------------------------------------------------------------------------------
     @property
     def maw_config(self) -> Optional[MAWConfig]:
-        return None if self.maw is None else MAWConfig.from_dict(dict(self.maw))
+        """The MAW settings training starts from (``auto`` resolved against the model directory when it exists)."""
+        spec = parse_maw(self.maw)
+        if spec != AUTO:
+            return spec
+        try:
+            return effective_maw(spec, resolve_model_path(self.model))
+        except (ValueError, FileNotFoundError):  # reported when the model is loaded, after the data checks
+            return None
 
     @property
     def group_size(self) -> int:
@@ -125,12 +119,7 @@ class TrainOptions:
             raise ValueError("option 'model' is empty; give a cross-encoder hub id or directory")
         if not str(self.dataset).strip():
             raise ValueError("option 'dataset' is empty; give the training dataset (name or path)")
-        if self.maw is not None and not isinstance(self.maw, dict):
-            raise ValueError(f"option 'maw' must be a mapping of MAWConfig fields or null, got {self.maw!r}")
-        try:
-            maw = self.maw_config
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"option 'maw': {exc}") from None
+        maw = self.maw_config
         positive = {"n_negatives": self.n_negatives, "batch_size": self.batch_size, "grad_accum": self.grad_accum,
                     "pool_k": self.pool_k, "neg_rank_min": self.neg_rank_min, "grpo_group_size": self.grpo_group_size,
                     "oracle_every": self.oracle_every, "shuffle_buffer": self.shuffle_buffer,
@@ -180,10 +169,15 @@ class TrainOptions:
             raise ValueError("give either 'dev_dataset' or 'holdout_queries' as the dev set, not both")
         if self.resume is not None and self.overwrite:
             raise ValueError("options 'resume' and 'overwrite' contradict each other")
-        from maw_reranker.data.dataset import check_measures
+        from maw_reranker.data.measures import check_measures
 
         check_measures([self.dev_measure], "dev_measure")
         return self
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    @property
+    def accelerate_precision(self) -> str:
+        """Accelerate's name of ``precision`` ("no" for fp32)."""
+        return "no" if self.precision == "fp32" else self.precision

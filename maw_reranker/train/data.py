@@ -114,18 +114,6 @@ def consecutive_runs(rows: Iterable[tuple[str, str, float]]) -> Iterator[tuple[s
         yield current, hits
 
 
-def trec_run_rows(path) -> Iterator[tuple[str, str, float]]:
-    """Stream ``qid Q0 docid rank score tag`` lines without loading the file."""
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            parts = line.split()
-            if not parts:
-                continue
-            if len(parts) < 5:
-                raise ValueError(f"{path}:{number}: not a TREC run line (qid Q0 docid rank score tag): {line.strip()!r}")
-            yield parts[0], parts[2], float(parts[4])
-
-
 class StreamingPoolGroups:
     """Streaming source over a candidate stream grouped by query (a TREC run or ir_datasets scoreddocs).
 

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Mapping, Optional
 
 import numpy as np
 
+from maw_reranker.config.sections import candidates_from_options, dataset_from_options
 from maw_reranker.train.data import (PoolGroups, StreamingPoolGroups, TripleGroups, negative_window, positives_of,
-                                     rank_candidates, trec_run_rows)
+                                     rank_candidates)
+from maw_reranker.utils.text import preview
 
 log = logging.getLogger(__name__)
 SUBSET_SEED = 20240601  # fixed: max_queries/holdout subsets are a data choice, identical for every training seed
@@ -44,65 +45,25 @@ class TrainingData:
     dev: Optional[DevSet] = None
 
 
-def _preview(ids, limit: int = 5) -> str:
-    ids = sorted(ids)
-    return ", ".join(map(str, ids[:limit])) + (f" ... ({len(ids)} in all)" if len(ids) > limit else "")
-
-
 def _subset(qids, size: int) -> list[str]:
     qids = sorted(qids)
     order = np.random.default_rng(SUBSET_SEED).permutation(len(qids))
     return [qids[i] for i in order[:size]]
 
 
-def _negatives_run(opts, ds, main_first) -> tuple[Optional[dict], Optional[object], str]:
-    """(in-memory run, streaming row factory, description) for the configured negatives source."""
-    if opts.negatives_run:
-        path = Path(opts.negatives_run)
-        if not path.is_file():
-            raise TrainingDataError(f"option 'negatives_run': file not found: {path}")
-        if opts.streaming:
-            return None, lambda: trec_run_rows(path), str(path)
-        from maw_reranker.data.trec import read_run
-
-        return read_run(path), None, str(path)
-    candidates = ds.candidates()
-    if candidates is not None:
-        return candidates, None, f"candidates of {ds.source}"
-    if ds.irds.has_scoreddocs():  # e.g. MS MARCO train: the official BM25 top-1000 (streamed)
-        rows = lambda: ((s.query_id, s.doc_id, float(s.score)) for s in ds.irds.scoreddocs_iter())  # noqa: E731
-        if opts.streaming:
-            return None, rows, f"{ds.irds_id} scoreddocs"
-        run: dict = {}
-        for qid, did, score in rows():
-            run.setdefault(qid, {})[did] = score
-        return run, None, f"{ds.irds_id} scoreddocs"
-    from maw_reranker.retrieve import build_pool
-
-    with main_first():
-        path = build_pool(ds, engine=opts.pool_engine, k=opts.pool_k, out_dir=opts.pools_dir)
-    if opts.streaming:
-        return None, lambda: trec_run_rows(path), str(path)
-    from maw_reranker.data.trec import read_run
-
-    return read_run(path), None, str(path)
-
-
 def _check_docs(docs, docids: set, what: str) -> None:
     found = docs.get_many(docids) if hasattr(docs, "get_many") else {d: None for d in docids if d in docs}
     missing = set(docids) - set(found)
     if missing:
-        raise TrainingDataError(f"{len(missing)} {what} missing from the corpus: {_preview(missing)}")
+        raise TrainingDataError(f"{len(missing)} {what} missing from the corpus: {preview(missing)}")
 
 
 def load_training_data(opts, main_first=None) -> TrainingData:
     """Build and check the training groups (and the dev set) described by ``opts`` (a TrainOptions)."""
     import contextlib
 
-    from maw_reranker.data import load_dataset
-
     main_first = main_first or contextlib.nullcontext
-    ds = load_dataset(opts.dataset, opts.split, queries=opts.queries, qrels=opts.qrels, name=opts.dataset_name)
+    ds = dataset_from_options(opts)
     label = f"training set {ds.name}" + (f" (split {ds.split})" if ds.split else "")
     qrels = ds.qrels()
     if not qrels:
@@ -119,15 +80,15 @@ def load_training_data(opts, main_first=None) -> TrainingData:
     without = sorted(set(queries) - set(positives))
     if without and not opts.allow_missing_positives:
         raise TrainingDataError(f"{label}: {len(without)} queries have no positive (grade >= "
-                                f"{opts.relevance_threshold}): {_preview(without)}; set allow_missing_positives: true "
+                                f"{opts.relevance_threshold}): {preview(without)}; set allow_missing_positives: true "
                                 "to skip them")
     no_text = sorted(set(positives) - set(queries))
     if no_text:
-        raise TrainingDataError(f"{label}: {len(no_text)} judged queries have no query text: {_preview(no_text)}")
+        raise TrainingDataError(f"{label}: {len(no_text)} judged queries have no query text: {preview(no_text)}")
     description = {"dataset": ds.name, "split": ds.split, "source": opts.source,
                    "queries_with_positive": len(positives), "queries_without_positive": len(without)}
     if without:
-        log.warning("%s: %d queries without a positive are skipped (e.g. %s)", label, len(without), _preview(without))
+        log.warning("%s: %d queries without a positive are skipped (e.g. %s)", label, len(without), preview(without))
     train_qids = set(positives)
     if opts.max_queries is not None:
         train_qids = set(_subset(train_qids, opts.max_queries))
@@ -146,7 +107,8 @@ def load_training_data(opts, main_first=None) -> TrainingData:
         source = TripleGroups(pairs, qrels, seed=opts.seed, buffer=opts.shuffle_buffer)
         description["negatives"] = f"{ds.irds_id} docpairs"
         return TrainingData(source, queries, docs, description, _dev_set(opts, main_first))
-    run, rows, where = _negatives_run(opts, ds, main_first)
+    candidates = candidates_from_options(opts, ds, streaming=opts.streaming, guard=main_first)
+    run, rows, where = candidates.run, candidates.rows, candidates.description
     description.update(negatives=where, rank_window=[opts.neg_rank_min, opts.neg_rank_max],
                        sampling=opts.neg_sampling, n_negatives=opts.n_negatives,
                        max_negative_grade=opts.max_negative_grade)
@@ -164,7 +126,7 @@ def load_training_data(opts, main_first=None) -> TrainingData:
                                 f"{opts.neg_rank_max} of {where}: nothing to sample negatives from")
     if no_neg:
         log.warning("%s: %d queries have no negative candidate in ranks %d-%d and are skipped (e.g. %s)", label,
-                    len(no_neg), opts.neg_rank_min, opts.neg_rank_max, _preview(no_neg))
+                    len(no_neg), opts.neg_rank_min, opts.neg_rank_max, preview(no_neg))
     short = sum(1 for q in train_qids if 0 < len(windows[q]) < opts.n_negatives)
     if short:
         log.warning("%d queries have fewer than %d negative candidates; their negatives repeat", short,
@@ -188,23 +150,14 @@ def _dev_set(opts, main_first) -> Optional[DevSet]:
     if not opts.dev_dataset:
         return None
     from maw_reranker.data import load_dataset
-    from maw_reranker.data.trec import read_run
+    from maw_reranker.retrieve.candidates import resolve_candidates
 
     ds = load_dataset(opts.dev_dataset, opts.dev_split)
     qrels = ds.qrels()
     if not qrels:
         raise TrainingDataError(f"dev set {ds.name} has no qrels: it cannot select a checkpoint")
-    if opts.dev_run:
-        run = read_run(opts.dev_run)
-    else:
-        run = ds.candidates()
-        if run is None:
-            from maw_reranker.retrieve import build_pool
-
-            with main_first():
-                path = build_pool(ds, engine=opts.pool_engine, k=max(opts.dev_depth, opts.pool_k),
-                                  out_dir=opts.pools_dir)
-            run = read_run(path)
+    run = resolve_candidates(ds, opts.dev_run, engine=opts.pool_engine, k=max(opts.dev_depth, opts.pool_k),
+                             pools_dir=opts.pools_dir, guard=main_first).run
     queries = ds.queries()
     qids = sorted(q for q in qrels if q in run and q in queries)
     if opts.dev_max_queries is not None:

@@ -26,10 +26,10 @@ from maw_reranker.train.data import GroupCollator, iter_batches
 from maw_reranker.train.dev import evaluate_dev
 from maw_reranker.train.objective import Objective
 from maw_reranker.train.params import make_optimizer, select_trainable
+from maw_reranker.config.sections import resolve_model_path
 from maw_reranker.train.sources import TrainingData, load_training_data
 
 log = logging.getLogger(__name__)
-PRECISION = {"no": "fp32", "bf16": "bf16", "fp16": "fp16"}
 SCHEDULERS = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}
 
 
@@ -57,26 +57,25 @@ def build_accelerator(opts: TrainOptions):
             raise ValueError("option 'report_to' includes wandb but it is not installed (pip install "
                              "'maw-reranker[wandb]')") from None
     # Router/grpo steps and frozen regimes can leave parameters without gradient in a step.
-    ddp = DistributedDataParallelKwargs(find_unused_parameters=opts.maw is not None or opts.trainable != "full")
+    ddp = DistributedDataParallelKwargs(find_unused_parameters=opts.maw_config is not None or opts.trainable != "full")
     # Accelerate keeps one process-wide state; a second training in the same process (the demo, a notebook,
     # the tests) may ask for another precision. The distributed part (PartialState) is kept.
     from accelerate.state import AcceleratorState
 
     AcceleratorState._reset_state()
     try:
-        return Accelerator(mixed_precision=opts.mixed_precision, gradient_accumulation_steps=opts.grad_accum,
+        return Accelerator(mixed_precision=opts.accelerate_precision, gradient_accumulation_steps=opts.grad_accum,
                            log_with=trackers or None, kwargs_handlers=[ddp],
                            project_config=ProjectConfiguration(project_dir=opts.output_dir,
                                                                logging_dir=str(Path(opts.output_dir) / "logs")))
     except (ValueError, RuntimeError) as exc:
-        raise ValueError(f"option 'mixed_precision: {opts.mixed_precision}': {exc}") from None
+        raise ValueError(f"option 'precision: {opts.precision}': {exc}") from None
 
 
 def load_encoder(opts: TrainOptions, device):
     from maw_reranker.cross_encoder.model import CrossEncoderWithMAW
 
-    maw = opts.maw_config
-    encoder = CrossEncoderWithMAW.from_pretrained(opts.model, maw=maw if maw is not None else "auto",
+    encoder = CrossEncoderWithMAW.from_pretrained(resolve_model_path(opts.model), maw=opts.maw_spec,
                                                   max_length=opts.max_length, device=device)
     if opts.trainable == "lora":
         from maw_reranker.train.lora import add_lora
@@ -163,7 +162,7 @@ class Trainer:
             acc.init_trackers("tensorboard", config=_flat_config(opts))
 
     def _write_run_info(self) -> None:
-        from maw_reranker.evaluate.artifacts import run_metadata
+        from maw_reranker.utils.provenance import run_metadata
         from maw_reranker.utils.io import write_json
 
         self.out.mkdir(parents=True, exist_ok=True)
@@ -222,7 +221,7 @@ class Trainer:
         value = None
         if acc.is_main_process:
             value, aggregate = evaluate_dev(self.encoder, dev, opts.dev_measure, opts.dev_batch_size,
-                                            PRECISION[opts.mixed_precision])
+                                            opts.precision)
             row = {"step": self.state.step, "dev": aggregate}
             improved = self.state.best_metric is None or value > self.state.best_metric
             if improved:

@@ -1,23 +1,117 @@
-"""Atomic file writing: readers never see a half-written file, and an interrupted write leaves the old one intact."""
+"""Atomic outputs: readers never see a half-written file or folder, and an interrupted write leaves the old one intact.
+
+Files (:func:`atomic_write`) and folders (:func:`atomic_directory`) are built in a hidden temporary sibling of the
+target and renamed into place once complete. The temporaries are named::
+
+    .<name>.<8 random characters>.tmp        a file or folder being built for <name>
+    .<name>.<8 random characters>.old.tmp    the previous <name> folder, moved aside for the instant of a swap
+
+A run killed with SIGKILL (or by power loss) leaves its temporary behind; the next write of the same output removes
+it (:func:`remove_stale_temps`). Outputs get the permissions the user's umask gives (typically 0644 for files and
+0755 for folders), not the 0600/0700 of :mod:`tempfile`.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
+import re
+import secrets
+import shutil
+import string
 import tempfile
 from pathlib import Path
 from typing import IO, Iterator
 
+log = logging.getLogger(__name__)
+
+_TEMP_NAME = re.compile(r"^\.(?P<name>.+)\.(?P<rand>[a-z0-9_]{8})(?P<old>\.old)?\.tmp$")
+_RAND_CHARS = string.ascii_lowercase + string.digits + "_"  # tempfile's alphabet, so one pattern covers both
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where Linux allows (``os.umask`` alone must set it to read it)."""
+    with contextlib.suppress(OSError, ValueError):
+        with open("/proc/self/status", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (best effort: not every filesystem lets a folder be opened for fsync)."""
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+def remove_stale_temps(folder: str | Path, name: str | None = None) -> list[Path]:
+    """Remove the temporaries that killed writers left in ``folder``; return the paths removed.
+
+    ``name`` limits this to the temporaries of one output (``folder/name``); ``None`` removes every temporary in
+    ``folder`` (not in its subfolders). A previous folder moved aside by an interrupted swap
+    (``.<name>.*.old.tmp``) is moved back to ``folder/name`` when that is missing, since it is the last complete
+    output; otherwise it is removed too.
+
+    Call it only from the process that writes that output: a concurrent writer's live temporary would be removed.
+    :func:`atomic_write` and :func:`atomic_directory` call it for their target before they start.
+    """
+    folder = Path(folder)
+    try:
+        entries = sorted(os.scandir(folder), key=lambda e: e.name)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    found: dict[str, list[tuple[Path, bool]]] = {}
+    for entry in entries:
+        match = _TEMP_NAME.match(entry.name)
+        if match and (name is None or match["name"] == name):
+            found.setdefault(match["name"], []).append((Path(entry.path), bool(match["old"])))
+    removed = []
+    for target_name, temps in found.items():
+        target = folder / target_name
+        backups = [p for p, old in temps if old and p.is_dir()]
+        if backups and not os.path.lexists(target):
+            newest = max(backups, key=lambda p: p.stat().st_mtime_ns)
+            os.rename(newest, target)
+            log.warning("%s: restored from %s, left by an interrupted swap", target, newest.name)
+            temps = [(p, old) for p, old in temps if p != newest]
+        for path, _ in temps:
+            _remove(path)
+            removed.append(path)
+            log.info("removed a stale temporary of an interrupted run: %s", path)
+    return removed
+
 
 @contextlib.contextmanager
 def atomic_write(path: str | Path, mode: str = "w", encoding: str | None = "utf-8") -> Iterator[IO]:
-    """Write to a temp file in the target folder, fsync, then rename over ``path``; on error the temp is removed."""
+    """Write to a temp file in the target folder, fsync, then rename over ``path``; on error the temp is removed.
+
+    The file gets the umask's permissions; stale temporaries of ``path`` left by killed runs are removed first.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(path.parent, path.name)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, mode, encoding=None if "b" in mode else encoding) as handle:
+            with contextlib.suppress(OSError):  # some network filesystems refuse chmod: keep their default
+                os.fchmod(handle.fileno(), 0o666 & ~current_umask())
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
@@ -26,6 +120,110 @@ def atomic_write(path: str | Path, mode: str = "w", encoding: str | None = "utf-
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+    _fsync_dir(path.parent)
+
+
+class AtomicDirectory:
+    """A folder built in a hidden temporary sibling and swapped in for ``path`` only once complete.
+
+    Use :func:`atomic_directory` as a context manager, or drive it by hand::
+
+        out = AtomicDirectory("runs/eval1")
+        tmp = out.begin()        # an empty hidden folder beside runs/eval1
+        ...                      # write the results under tmp
+        out.commit()             # runs/eval1 now holds exactly what was written under tmp
+        # on failure: out.abort() removes tmp and leaves runs/eval1 as it was
+    """
+
+    def __init__(self, path: str | Path, *, sync: bool = True):
+        self.path = Path(path)
+        self.sync = sync
+        self.tmp: Path | None = None
+
+    def begin(self) -> Path:
+        """Create the temporary folder (after removing stale ones of ``path``) and return it."""
+        if self.tmp is not None:
+            raise RuntimeError(f"{self.path}: begin() was already called")
+        if os.path.lexists(self.path) and not self.path.is_dir():
+            raise NotADirectoryError(f"{self.path} exists and is not a folder; remove it or choose another output")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(self.path.parent, self.path.name)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent))
+        with contextlib.suppress(OSError):  # mkdtemp's 0700 would hide the output from colleagues
+            os.chmod(tmp, 0o777 & ~current_umask())
+        self.tmp = tmp
+        return tmp
+
+    def _sync_tree(self) -> None:
+        for root, _dirs, files in os.walk(self.tmp):
+            for name in files:
+                with contextlib.suppress(OSError):
+                    fd = os.open(os.path.join(root, name), os.O_RDONLY)
+                    try:
+                        os.fsync(fd)
+                    finally:
+                        os.close(fd)
+            _fsync_dir(Path(root))
+
+    def commit(self) -> Path:
+        """Swap the temporary folder in for ``path`` (the previous ``path`` is removed) and return ``path``."""
+        tmp = self._require_tmp()
+        if self.sync:
+            self._sync_tree()
+        old = None
+        if os.path.lexists(self.path):
+            if not self.path.is_dir():
+                raise NotADirectoryError(f"{self.path} exists and is not a folder; remove it or choose another output")
+            rand = "".join(secrets.choice(_RAND_CHARS) for _ in range(8))
+            old = self.path.parent / f".{self.path.name}.{rand}.old.tmp"
+            os.rename(self.path, old)
+        try:
+            os.rename(tmp, self.path)
+        except BaseException:
+            if old is not None:
+                os.rename(old, self.path)
+            raise
+        self.tmp = None
+        _fsync_dir(self.path.parent)
+        if old is not None:
+            _remove(old)  # a symlinked output: only the link goes, not what it pointed to
+        return self.path
+
+    def abort(self) -> None:
+        """Remove the temporary folder; ``path`` is left as it was. Safe to call more than once."""
+        if self.tmp is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            self.tmp = None
+
+    def _require_tmp(self) -> Path:
+        if self.tmp is None or not self.tmp.is_dir():
+            raise RuntimeError(f"{self.path}: no temporary folder to commit (begin() not called, or already done)")
+        return self.tmp
+
+    def __enter__(self) -> Path:
+        return self.begin()
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc_type is None:
+            try:
+                self.commit()
+            except BaseException:
+                self.abort()
+                raise
+        else:
+            self.abort()
+        return False
+
+
+def atomic_directory(path: str | Path, *, sync: bool = True) -> AtomicDirectory:
+    """Build the folder ``path`` atomically: ``with atomic_directory(path) as tmp:`` yields an empty hidden sibling
+    folder; when the block ends normally it replaces ``path`` (any earlier ``path`` is removed), and when it raises
+    (``KeyboardInterrupt`` included) the temporary is removed and an earlier ``path`` is left intact.
+
+    ``sync`` fsyncs every file under the temporary folder before the swap, so the new folder survives a power loss
+    once it is in place. Stale temporaries of ``path`` from killed runs are removed when it starts.
+    """
+    return AtomicDirectory(path, sync=sync)
 
 
 def write_json(path: str | Path, data, indent: int = 2) -> None:

@@ -1,7 +1,6 @@
 """The reranking loop: pairs to a depth, scores in input order, depth log, bad input, sharding by query."""
 
 import logging
-import re
 
 import numpy as np
 import pytest
@@ -10,18 +9,11 @@ from maw_reranker import CrossEncoderWithMAW, MAWConfig
 from maw_reranker.evaluate import rerank as rerank_mod
 from maw_reranker.evaluate.rerank import RerankError, build_pairs, rerank, score_pairs, shard_qids
 from maw_reranker.maw.patcher import maw_layers
-from maw_reranker.utils.tiny_models import save_tiny_cross_encoder
 from tests.data.fixtures import DOCS, QUERIES
 
 TEXTS = {d: f"{title} {text}" for d, (title, text) in DOCS.items()}
-WORDS = sorted({w for t in list(TEXTS.values()) + list(QUERIES.values()) for w in re.findall(r"\w+", t.lower())})
 # Every query gets every document, with a first-stage score tie (d5, d6) to pin the tie order.
 POOL = {q: {"d1": 6.0, "d2": 5.0, "d3": 4.0, "d4": 3.0, "d5": 2.0, "d6": 2.0} for q in QUERIES}
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return save_tiny_cross_encoder(tmp_path_factory.mktemp("tiny"), WORDS, initializer_range=0.3)
 
 
 @pytest.fixture(scope="module")

@@ -85,11 +85,38 @@ def test_grpo_samples_actions_with_log_probs():
     assert torch.equal(w.argmax(-1), actions)
     expected = torch.log_softmax(gate.last_logits, -1).gather(-1, actions[:, None]).squeeze(-1)
     assert torch.allclose(gate.last_log_prob, expected)
-    assert torch.allclose(gate.log_prob(actions), expected)
     gate.last_log_prob.sum().backward()  # the policy is trainable through its log-probabilities
     assert gate.router[2].weight.grad is not None
     gate.eval()
     assert torch.equal(gate(5, s, None).argmax(-1), gate.last_logits.argmax(-1))
+    assert gate.last_log_prob is None  # nothing sampled at evaluation
+
+
+def test_grpo_on_a_real_model_uses_the_depths_it_records():
+    """The recorded actions are the depths the layer used (a replay with them forced gives the same scores), and
+    their recorded log-probabilities are log pi(a) under the recorded logits, differentiable into the policy."""
+    model = tiny_model("bert", initializer_range=0.3)
+    patch_model(model, MAWConfig(gating_mode="grpo", depth_dim=4, maw_strength=1.0))
+    gate = next(iter(maw_layers(model).values())).gating
+    with torch.no_grad():
+        gate.router[2].weight.normal_(0, 1.0)  # a policy that is not just the argmax prior
+    model.train()
+    inputs = batch(size=3)
+    draws = []
+    for seed in range(6):
+        torch.manual_seed(seed)
+        sampled = model(**inputs).logits
+        actions, log_prob, logits = gate.last_actions, gate.last_log_prob, gate.last_logits
+        draws.append(actions)
+        expected = torch.log_softmax(logits, -1).gather(-1, actions[:, None]).squeeze(-1)
+        assert torch.allclose(log_prob, expected)
+        gate.forced_depth = actions.clone()
+        replay = model(**inputs).logits
+        gate.forced_depth = None
+        assert torch.allclose(replay, sampled, atol=1e-6)
+    assert any(not torch.equal(d, draws[0]) for d in draws)  # it samples
+    log_prob.sum().backward()
+    assert gate.router[2].weight.grad.abs().sum() > 0
 
 
 def test_forced_depth_overrides_every_mode():

@@ -116,3 +116,86 @@ def test_auto_engine_resolves(monkeypatch):
 
     monkeypatch.setattr("maw_reranker.retrieve.pyserini_env.pyserini_available", lambda: (False, "absent"))
     assert resolve_engine_name("auto") == "bm25s"
+
+
+def _meta_path(path):
+    return path.with_name(path.name + ".json")
+
+
+def _break_pool(path):
+    """What an earlier, different pool looks like: one stale line (so a reused file is easy to spot)."""
+    path.write_text("q1 Q0 d6 1 99.000000 stale\n")
+
+
+def test_a_pool_without_metadata_is_rebuilt(toy, tmp_path):
+    # build-pools killed after writing the .run but before its .run.json
+    path = build_pool(toy, engine="bm25s", k=3, out_dir=tmp_path)
+    good = path.read_text()
+    _break_pool(path)
+    _meta_path(path).unlink()
+    assert build_pool(toy, engine="bm25s", k=3, out_dir=tmp_path) == path
+    assert path.read_text() == good
+    assert json.loads(_meta_path(path).read_text())["run_bytes"] == path.stat().st_size
+
+
+@pytest.mark.parametrize("meta", ['{"stamp": ', "[1, 2]", ""], ids=["torn", "not-an-object", "empty"])
+def test_a_pool_with_unreadable_metadata_is_rebuilt(toy, tmp_path, meta):
+    path = build_pool(toy, engine="bm25s", k=3, out_dir=tmp_path)
+    good = path.read_text()
+    _break_pool(path)
+    _meta_path(path).write_text(meta)
+    build_pool(toy, engine="bm25s", k=3, out_dir=tmp_path)
+    assert path.read_text() == good
+
+
+@pytest.mark.parametrize("key,value", [("k1", 1.5), ("b", 0.1), ("engine", "pyserini"), ("k", 7)])
+def test_a_pool_whose_metadata_records_other_parameters_is_rebuilt(toy, tmp_path, key, value):
+    path = build_pool(toy, engine="bm25s", k=3, out_dir=tmp_path)
+    good = path.read_text()
+    meta = json.loads(_meta_path(path).read_text())
+    meta[key] = value
+    _meta_path(path).write_text(json.dumps(meta))
+    _break_pool(path)
+    build_pool(toy, engine="bm25s", k=3, out_dir=tmp_path)
+    assert path.read_text() == good and json.loads(_meta_path(path).read_text())[key] != value
+
+
+def test_a_pool_that_is_not_the_one_its_metadata_describes_is_rebuilt(toy, tmp_path):
+    path = build_pool(toy, engine="bm25s", k=3, out_dir=tmp_path)
+    good = path.read_text()
+    path.write_text("".join(good.splitlines(keepends=True)[:-1]))  # e.g. a truncated copy
+    build_pool(toy, engine="bm25s", k=3, out_dir=tmp_path)
+    assert path.read_text() == good
+
+
+def test_a_rebuild_killed_before_its_metadata_leaves_no_reusable_pool(toy, tmp_path, monkeypatch):
+    import maw_reranker.retrieve.pools as pools
+
+    path = build_pool(toy, engine="bm25s", k=3, out_dir=tmp_path)
+    real_write_json = pools.write_json
+
+    def killed(target, data, *args, **kwargs):
+        if str(target).endswith(".run.json"):
+            raise KeyboardInterrupt  # after the new .run is in place
+        return real_write_json(target, data, *args, **kwargs)
+
+    monkeypatch.setattr(pools, "write_json", killed)
+    with pytest.raises(KeyboardInterrupt):
+        build_pool(toy, engine="bm25s", k=3, out_dir=tmp_path, force=True)
+    # The earlier metadata must not vouch for the new .run: the pair is not reusable until rebuilt.
+    assert path.is_file() and not _meta_path(path).exists()
+    monkeypatch.setattr(pools, "write_json", real_write_json)
+    _break_pool(path)
+    build_pool(toy, engine="bm25s", k=3, out_dir=tmp_path)
+    assert "stale" not in path.read_text() and _meta_path(path).is_file()
+
+
+def test_stale_temporaries_of_killed_builds_are_removed(toy, tmp_path):
+    path = build_pool(toy, engine="bm25s", k=3, out_dir=tmp_path)
+    index_parent = tmp_path / "_indexes" / "toy"
+    (key,) = [p.name for p in index_parent.iterdir()]
+    (index_parent / f".{key}.k1ll3d_1.tmp" / "index").mkdir(parents=True)  # an index build killed with SIGKILL
+    (path.parent / f".{path.name}.k1ll3d_2.tmp").write_text("q1 Q0 d1 1 1.0 half")  # a pool write killed
+    build_pool(toy, engine="bm25s", k=3, out_dir=tmp_path, force=True)
+    assert [p.name for p in index_parent.iterdir()] == [key]
+    assert sorted(p.name for p in path.parent.iterdir()) == [path.name, path.name + ".json"]

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from maw_reranker.cli.options import ConfigError, parse_options
+from maw_reranker.data.trec import DataFormatError
+
+from maw_reranker.config import ConfigError, parse_options
 from maw_reranker.train import train
 from maw_reranker.train.config import TrainOptions
 from maw_reranker.train.sources import TrainingDataError
@@ -15,8 +17,10 @@ NO_MODEL = "/nonexistent/model"  # data and config errors must come first, so th
 
 def test_empty_training_set(tmp_path):
     task = write_task(tmp_path / "t")
-    (task["dataset"] / "qrels" / "train.tsv").write_text("query-id\tcorpus-id\tscore\n")
-    with pytest.raises(TrainingDataError, match="has no qrels"):
+    qrels = task["dataset"] / "qrels" / "train.tsv"
+    qrels.write_text("query-id\tcorpus-id\tscore\n")
+    # An empty qrels file is an error naming the file (issue 11), before any model is loaded.
+    with pytest.raises(DataFormatError, match=f"{qrels}: no relevance judgments"):
         train(options(tmp_path, task, NO_MODEL))
 
 
@@ -56,8 +60,8 @@ def test_no_negative_in_window(tmp_path):
 
 def test_missing_run_file(tmp_path):
     task = write_task(tmp_path / "t")
-    with pytest.raises(TrainingDataError, match="negatives_run.*file not found"):
-        train(options(tmp_path, task, NO_MODEL, negatives_run=str(tmp_path / "nope.run")))
+    with pytest.raises(FileNotFoundError, match="candidates.*file not found"):
+        train(options(tmp_path, task, NO_MODEL, candidates=str(tmp_path / "nope.run")))
 
 
 def test_bad_config_key(tmp_path):

@@ -64,7 +64,7 @@ def test_maw_only_freezes_backbone(task_and_model):
 def test_bf16_autocast_keeps_fp32_logits_and_losses(task_and_model):
     tmp, task, model = task_and_model
     trainer = Trainer(options(tmp / "bf16", task, model, maw={"gating_mode": "router", "depth_dim": 4},
-                              router_oracle_weight=1.0, mixed_precision="bf16", grad_accum=2, max_steps=2))
+                              router_oracle_weight=1.0, precision="bf16", grad_accum=2, max_steps=2))
     trainer.setup()
     batch = next(iter_batches(trainer.data.source, trainer.global_batch, DataPosition()))
     features = trainer._features(batch)

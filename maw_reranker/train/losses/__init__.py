@@ -7,7 +7,7 @@ rewards. Pick one with :func:`get_loss`.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Literal, get_args
 
 import torch
 
@@ -16,7 +16,8 @@ from maw_reranker.train.losses.listwise import listwise_softmax_ce
 from maw_reranker.train.losses.pairwise import margin_loss, ranknet_loss
 
 GroupLoss = Callable[[torch.Tensor], torch.Tensor]
-LOSSES = ("listwise", "bce", "ranknet", "margin")
+Loss = Literal["listwise", "bce", "ranknet", "margin"]
+LOSSES = get_args(Loss)
 
 
 def get_loss(name: str, margin: float = 1.0, temperature: float = 1.0) -> GroupLoss:
@@ -37,4 +38,4 @@ def check_group_scores(scores: torch.Tensor) -> None:
         raise ValueError(f"group scores must be [groups, 1 + negatives] with at least one negative, got {tuple(scores.shape)}")
 
 
-__all__ = ["LOSSES", "GroupLoss", "get_loss", "listwise_softmax_ce", "margin_loss", "pointwise_bce", "ranknet_loss"]
+__all__ = ["LOSSES", "Loss", "GroupLoss", "get_loss", "listwise_softmax_ce", "margin_loss", "pointwise_bce", "ranknet_loss"]

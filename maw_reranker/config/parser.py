@@ -2,8 +2,10 @@
 
 Every command declares its options as one dataclass. This module turns it into an argparse parser whose
 ``--help`` lists every option with its default, loads ``--config`` YAML files (later files win, a file may
-pull in others with ``defaults: [other.yaml, ...]`` relative to itself), then applies command-line flags on top.
-Unknown keys and bad values fail before any work starts, naming the key and what is allowed.
+pull in others with ``defaults: [other.yaml, ...]`` relative to itself; a bare name is looked up among the
+configs of the kinds the options class names in ``CONFIG_KINDS``), then applies command-line flags on top.
+Unknown keys and bad values fail before any work starts, naming the key and what is allowed; a key that an
+options class lists in ``RENAMED`` fails with the new name.
 """
 
 from __future__ import annotations
@@ -17,9 +19,7 @@ from typing import Any, get_args, get_origin
 
 import yaml
 
-
-class ConfigError(ValueError):
-    """A bad config file, key or value; the message names it."""
+from maw_reranker.config.files import ConfigError, deep_merge, load_yaml_config, require_config
 
 
 def _base_type(tp: Any) -> Any:
@@ -92,35 +92,6 @@ def _convert(name: str, value: Any, field: dataclasses.Field, source: str) -> An
     return value
 
 
-def load_yaml_config(path: str | Path, _seen: tuple = ()) -> dict:
-    """Load one YAML config, resolving its ``defaults:`` list (files relative to it) first."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
-    if path.resolve() in _seen:
-        raise ConfigError(f"{path}: circular 'defaults' include")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: invalid YAML: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: a config file must hold a mapping of option: value")
-    merged: dict = {}
-    for include in data.pop("defaults", None) or []:
-        merged = deep_merge(merged, load_yaml_config(path.parent / include, _seen + (path.resolve(),)))
-    return deep_merge(merged, data)
-
-
-def deep_merge(base: dict, override: dict) -> dict:
-    out = dict(base)
-    for key, value in override.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = deep_merge(out[key], value)
-        else:
-            out[key] = value
-    return out
-
-
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
@@ -128,8 +99,10 @@ def _flag(name: str) -> str:
 def build_parser(options_cls: type, parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add ``--config`` plus one flag per dataclass field to ``parser`` (defaults shown in --help)."""
     parser.formatter_class = argparse.ArgumentDefaultsHelpFormatter
+    kinds = getattr(options_cls, "CONFIG_KINDS", ())
+    names = f" or names of packaged configs ({'/'.join(kinds)}: `maw-rerank configs`)" if kinds else ""
     parser.add_argument("--config", action="append", default=[], metavar="YAML",
-                        help="config file(s), merged in order; command-line flags override them")
+                        help=f"config file(s){names}, merged in order; command-line flags override them")
     for field in _fields(options_cls):
         if field.metadata.get("cli") is False:
             continue
@@ -141,6 +114,8 @@ def build_parser(options_cls: type, parser: argparse.ArgumentParser) -> argparse
             help_text += f" (one of: {', '.join(map(str, choices))})"
         parser.add_argument(_flag(field.name), dest=field.name, default=argparse.SUPPRESS, metavar="VALUE",
                             help=f"{help_text} [default: {default!r}]" if help_text else f"[default: {default!r}]")
+    for old in getattr(options_cls, "RENAMED", {}):  # accepted by argparse so that the error can name the new one
+        parser.add_argument(_flag(old), dest=old, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return parser
 
 
@@ -149,16 +124,22 @@ def parse_options(options_cls: type, ns: argparse.Namespace | dict, config_files
     values = dict(vars(ns)) if isinstance(ns, argparse.Namespace) else dict(ns)
     files = list(config_files or []) + list(values.pop("config", []) or [])
     fields = {f.name: f for f in _fields(options_cls)}
+    kinds = getattr(options_cls, "CONFIG_KINDS", ())
     merged: dict = {}
     sources: dict = {}
-    for path in files:
+    for entry in files:
+        path = require_config(entry, kinds, "option 'config'")
         data = load_yaml_config(path)
         for key in data:
             sources[key] = str(path)
         merged = deep_merge(merged, data)
     for key in values:
         sources[key] = "command line"
-    merged.update({k: v for k, v in values.items() if k in fields})
+    merged.update({k: v for k, v in values.items() if k in fields or k in getattr(options_cls, "RENAMED", {})})
+    renamed = getattr(options_cls, "RENAMED", {})
+    for old in sorted(set(merged) & set(renamed)):
+        raise ConfigError(f"{sources.get(old, 'config')}: option '{old}' was renamed: {renamed[old]} "
+                          "(see CHANGELOG.md)")
     unknown = sorted(set(merged) - set(fields))
     if unknown:
         raise ConfigError(f"{sources.get(unknown[0], 'config')}: unknown option '{unknown[0]}'; "

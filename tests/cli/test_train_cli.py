@@ -8,11 +8,12 @@ from pathlib import Path
 import pytest
 
 from maw_reranker.cli.main import main
-from maw_reranker.cli.options import parse_options
 from maw_reranker.cli.train import Options
+from maw_reranker.config.files import CONFIGS_DIR
+from maw_reranker.config.parser import parse_options
 from tests.train.helpers import tiny_model_dir, write_task
 
-RECIPES = sorted((Path(__file__).resolve().parents[2] / "configs" / "training").glob("*.yaml"))
+RECIPES = sorted((CONFIGS_DIR / "training").glob("*.yaml"))
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.stem)
@@ -32,7 +33,7 @@ def test_cli_train_runs(tmp_path, capsys):
     task = write_task(tmp_path / "t")
     model = tiny_model_dir(tmp_path / "m")
     config = tmp_path / "c.yaml"
-    config.write_text(f"model: {model}\ndataset: {task['dataset']}\nsplit: train\nnegatives_run: {task['run']}\n"
+    config.write_text(f"model: {model}\ndataset: {task['dataset']}\nsplit: train\ncandidates: {task['run']}\n"
                       "maw: {gating_mode: learned, depth_dim: 4}\nn_negatives: 3\nbatch_size: 4\nmax_length: 32\n"
                       f"report_to: []\nprogress_bar: false\noutput_dir: {tmp_path / 'out'}\n")
     code = main(["train", "--config", str(config), "--max-steps", "2", "--maw", '{"gating_mode": "gate", "depth_dim": 2}',
@@ -49,6 +50,6 @@ def test_cli_errors(tmp_path, capsys):
     assert "option 'loss' got 'hinge'" in capsys.readouterr().err
     task = write_task(tmp_path / "t", no_positive=True)
     code = main(["train", "--model", "m", "--dataset", str(task["dataset"]), "--split", "train",
-                 "--negatives-run", str(task["run"]), "--report-to", "", "--output-dir", str(tmp_path / "o")])
+                 "--candidates", str(task["run"]), "--report-to", "", "--output-dir", str(tmp_path / "o")])
     assert code == 1
     assert "no query has a positive" in capsys.readouterr().err

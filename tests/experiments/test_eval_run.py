@@ -2,27 +2,20 @@
 
 import json
 import logging
-import re
 
 import pytest
 
 from maw_reranker.data.trec import read_qrels, read_run
-from maw_reranker.evaluate import runner as runner_mod
+from maw_reranker.experiments import eval_run as eval_run_mod
 from maw_reranker.evaluate.artifacts import RunArtifacts
 from maw_reranker.evaluate.metrics import evaluate_run
 from maw_reranker.evaluate.rerank import RerankError
-from maw_reranker.evaluate.runner import EvalOptions, RunConflictError, parse_maw, run_eval, run_suite
-from maw_reranker.utils.tiny_models import save_tiny_cross_encoder
+from maw_reranker.config.maw_spec import parse_maw, with_run_seed
+from maw_reranker.experiments.eval_run import EvalOptions, RunConflictError, run_eval
+from maw_reranker.experiments.suite import run_suite
 from tests.data.fixtures import DOCS, QUERIES, write_beir, write_tsv_layout
 
-WORDS = sorted({w for t, x in DOCS.values() for w in re.findall(r"\w+", f"{t} {x}".lower())}
-               | {w for q in QUERIES.values() for w in re.findall(r"\w+", q.lower())})
 MEASURES = ["nDCG@10", "RR@10"]
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return str(save_tiny_cross_encoder(tmp_path_factory.mktemp("tiny"), WORDS, initializer_range=0.3))
 
 
 @pytest.fixture()
@@ -138,7 +131,7 @@ def test_mismatched_ids_fail_before_scoring(tmp_path, model_dir, monkeypatch):
 
 def test_parse_maw_names_bad_fields():
     assert parse_maw("auto") == "auto" and parse_maw(None) is None and parse_maw("null") is None
-    cfg = parse_maw("{depth_dim: 4, gating_mode: random}", seed=2)
+    cfg = with_run_seed(parse_maw("{depth_dim: 4, gating_mode: random}"), 2)
     assert cfg.depth_dim == 4 and cfg.maw_random_seed == 2
     with pytest.raises(ValueError, match="depthdim"):
         parse_maw({"depthdim": 4})
@@ -166,6 +159,6 @@ def test_suite_runs_summarises_plots_and_is_idempotent(collection, model_dir, tm
     assert (folder / "summary.md").read_text().startswith("# Summary: tiny")
     pngs = {p.name for p in folder.glob("*.png")}
     assert {"depth_maw_u.png", "delta_maw_u_nDCG_10.png", "delta_maw_u_RR_10.png"} <= pngs
-    monkeypatch.setattr(runner_mod, "load_pool", lambda *a: pytest.fail("complete runs must be skipped"))
+    monkeypatch.setattr(eval_run_mod, "candidates_from_options", lambda *a: pytest.fail("complete runs must be skipped"))
     again = run_suite(runs, "base", name="t", n_resamples=200)
     assert [o.status for o in again.runs] == ["skipped"] * 4

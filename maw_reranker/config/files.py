@@ -1,0 +1,95 @@
+"""YAML config files: loading with ``defaults:`` composition, deep merge, and lookup by name.
+
+Configs ship inside the package (``maw_reranker/configs/<kind>/<name>.yaml``), so a name such as ``main`` or
+``maw_default`` is found from any working directory after any kind of install. A ``configs/<kind>/`` folder in
+the working directory comes first, so a project can shadow or add configs without touching the package.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+CONFIGS_DIR = Path(__file__).resolve().parent.parent / "configs"
+KINDS = ("datasets", "models", "suites", "training")
+
+
+class ConfigError(ValueError):
+    """A bad config file, key or value; the message names it."""
+
+
+def deep_merge(base: dict, override: dict) -> dict:
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def load_yaml_config(path: str | Path, _seen: tuple = ()) -> dict:
+    """Load one YAML config, resolving its ``defaults:`` list (files relative to it) first."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    if path.resolve() in _seen:
+        raise ConfigError(f"{path}: circular 'defaults' include")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8-sig")) or {}
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: invalid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a config file must hold a mapping of option: value")
+    includes = data.pop("defaults", None) or []
+    if not isinstance(includes, list):
+        raise ConfigError(f"{path}: 'defaults' must be a list of config files")
+    merged: dict = {}
+    for include in includes:
+        merged = deep_merge(merged, load_yaml_config(path.parent / str(include), _seen + (path.resolve(),)))
+    return deep_merge(merged, data)
+
+
+def _candidates(entry: str, kind: str) -> list[Path]:
+    names = [entry] if entry.endswith((".yaml", ".yml")) else [entry, f"{entry}.yaml"]
+    roots = [Path.cwd() / "configs" / kind, CONFIGS_DIR / kind]
+    return [root / name for root in roots for name in names]
+
+
+def find_config(entry: str | Path, kinds: str | tuple[str, ...]) -> Path | None:
+    """A config file: the path itself, else ``configs/<kind>/<entry>[.yaml]`` under the cwd, then in the package.
+
+    A path written as ``configs/<kind>/<name>.yaml`` (as in older commands run from a source checkout) is also
+    found in the package when the working directory has no such file.
+    """
+    path = Path(entry).expanduser()
+    if path.is_file():
+        return path
+    kinds = (kinds,) if isinstance(kinds, str) else tuple(kinds)
+    parts = Path(entry).parts
+    if len(parts) == 3 and parts[0] == "configs" and parts[1] in KINDS:
+        packaged = CONFIGS_DIR / parts[1] / parts[2]
+        return packaged if packaged.is_file() else None
+    for kind in kinds:
+        for candidate in _candidates(str(entry), kind):
+            if candidate.is_file():
+                return candidate
+    return None
+
+
+def require_config(entry: str | Path, kinds: str | tuple[str, ...], where: str = "config") -> Path:
+    path = find_config(entry, kinds)
+    if path is None:
+        kinds = (kinds,) if isinstance(kinds, str) else tuple(kinds)
+        looked = ", ".join(f"configs/{k}/{entry}.yaml" for k in kinds)
+        raise ConfigError(f"{where}: {str(entry)!r} is neither a file nor a known config name (looked for {looked} "
+                          f"in the working directory and in the package)")
+    return path
+
+
+def list_configs(kind: str) -> list[str]:
+    """Names of the packaged configs of one kind (for help texts and tests)."""
+    return sorted(p.stem for p in (CONFIGS_DIR / kind).glob("*.yaml"))

@@ -1,0 +1,72 @@
+"""The one parser of the ``maw`` option, with one meaning in every command and in the Python API.
+
+* ``auto`` (the default): what the model directory saved; a plain checkpoint stays unpatched;
+* ``null`` (also ``none``, ``off``, ``false``): the unpatched model, even when the directory saved MAW;
+* a mapping of ``MAWConfig`` fields (or a ``MAWConfig``): inject MAW with these settings.
+
+These are exactly the values ``CrossEncoderWithMAW.from_pretrained(maw=...)`` accepts.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+AUTO = "auto"
+_OFF = ("none", "null", "false", "off", "")
+
+
+def parse_maw(value: Any):
+    """The ``maw`` option -> ``MAWConfig``, ``None`` (unpatched) or ``"auto"``; bad keys/values name themselves."""
+    from maw_reranker.maw.config import MAWConfig
+
+    if isinstance(value, str):
+        text = value.strip()
+        if text.lower() == AUTO:
+            return AUTO
+        if text.lower() in _OFF:
+            return None
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ValueError(f"option 'maw': not a mapping of MAWConfig fields: {exc}") from None
+        if isinstance(value, str):
+            return parse_maw(value) if value.strip().lower() in _OFF + (AUTO,) else _bad(value)
+    if value is None or value is False:
+        return None
+    if isinstance(value, MAWConfig):
+        return value
+    if not isinstance(value, dict):
+        _bad(value)
+    try:
+        return MAWConfig.from_dict(dict(value))
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"option 'maw': {exc}") from None
+
+
+def _bad(value):
+    raise ValueError(f"option 'maw' must be auto, null or a mapping of MAWConfig fields; got {value!r}")
+
+
+def with_run_seed(maw, seed: int):
+    """A suite's seeds draw different random gates: the effective ``maw_random_seed`` is the variant's + seed."""
+    if maw is None or maw == AUTO:
+        return maw
+    return maw.replace(maw_random_seed=maw.maw_random_seed + int(seed))
+
+
+def effective_maw(maw, model_path: str):
+    """The MAW settings a model will run with: ``auto`` resolved against the directory (None when unpatched)."""
+    if maw != AUTO:
+        return maw
+    from maw_reranker.maw.config import CONFIG_NAME, MAWConfig
+
+    saved = Path(model_path) / CONFIG_NAME
+    return MAWConfig.load(saved.parent) if saved.is_file() else None
+
+
+def maw_to_dict(maw):
+    """JSON-ready form of a parsed ``maw`` value (for config.json and run comparison)."""
+    return maw.to_dict() if hasattr(maw, "to_dict") else maw

@@ -1,0 +1,125 @@
+"""Option sections shared by commands: the dataset, the candidate pool, the model. Each option is declared once.
+
+A command's options class inherits the sections it needs (``class EvalOptions(ModelOptions, DatasetOptions,
+PoolOptions)``), so an option has one name, one default and one meaning in every command, and the functions
+here turn a section into the object it describes.
+"""
+
+# No `from __future__ import annotations` and Optional[...] rather than `X | None`: the options parser reads
+# the field types at runtime and recognises typing.Union.
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+from maw_reranker.config.maw_spec import AUTO, parse_maw
+
+# Numeric precision of model forward passes, in every command (fp32 = no autocast; logits stay fp32).
+Precision = Literal["fp32", "bf16", "fp16"]
+PoolEngine = Literal["auto", "pyserini", "bm25s"]
+BENCH_PREFIX = "bench:"
+
+
+def opt(default, help_text: str, **metadata):
+    """A dataclass field with its help text (lists/dicts get a fresh copy per instance)."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help_text, **metadata})
+    return field(default=default, metadata={"help": help_text, **metadata})
+
+
+class _Section:
+    """Base of the sections: each checks its own fields in ``__post_init__`` and chains to the next."""
+
+    def __post_init__(self) -> None:
+        pass
+
+
+@dataclass
+class DatasetOptions(_Section):
+    dataset: str = opt("", "dataset name (see `maw-rerank datasets`) or a path: BEIR folder, docs .tsv/.jsonl, or "
+                           "RankLLM candidates .json")
+    split: Optional[str] = opt(None, "split of a named dataset or BEIR folder (qrels/<split>.tsv)")
+    queries: Optional[str] = opt(None, "queries .tsv/.jsonl (with a docs file)")
+    qrels: Optional[str] = opt(None, "TREC qrels (with a docs file or candidates JSON)")
+    run: Optional[str] = opt(None, "TREC run shipped with a docs-file dataset as its own candidates")
+    dataset_name: Optional[str] = opt(None, "name for a local dataset (names its pool folder)")
+    measures: Optional[list[str]] = opt(None, "ir_measures strings, primary first (None: the dataset's own)")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.measures is not None:
+            from maw_reranker.data.measures import check_measures
+
+            check_measures(self.measures, "measures")
+
+
+@dataclass
+class PoolOptions(_Section):
+    candidates: Optional[str] = opt(None, "TREC run of candidates over the dataset's documents (default: the "
+                                          "dataset's own candidates, else its BM25 pool, built and cached once)")
+    pool_engine: PoolEngine = opt("auto", "engine of the BM25 pool when one must be built (auto = pyserini when "
+                                          "installed, else bm25s)")
+    pool_k: int = opt(1000, "BM25 pool depth when one must be built")
+    pools_dir: str = opt("pools", "pools folder (shared with build-pools)")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.pool_k < 1:
+            raise ValueError(f"option 'pool_k' must be >= 1, got {self.pool_k}")
+
+
+@dataclass
+class ModelOptions(_Section):
+    model: str = opt("", "cross-encoder: hub id, a local directory (a saved CrossEncoderWithMAW included), or "
+                         "bench:NAME = NAME under $MAW_BENCH_MODELS (default ~/.cache/maw-bench-models)")
+    maw: Any = opt(AUTO, "MAW variant: auto = what the model directory saved (unpatched for a plain checkpoint); "
+                         "null = unpatched; or a mapping of MAWConfig fields (YAML in a config, YAML/JSON on the "
+                         "command line, e.g. '{depth_dim: 4, gating_mode: uniform}')")
+    max_length: Optional[int] = opt(None, "max tokens per (query, document) pair (default: the model's, at most 512)")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.max_length is not None and self.max_length < 1:
+            raise ValueError(f"option 'max_length' must be >= 1 or null, got {self.max_length}")
+        parse_maw(self.maw)  # a bad spec names its key now, before any file is read
+
+    @property
+    def maw_spec(self):
+        """The parsed ``maw`` option: a MAWConfig, None (unpatched) or "auto"."""
+        return parse_maw(self.maw)
+
+
+def resolve_model_path(model: str) -> str:
+    """``bench:NAME`` -> ``$MAW_BENCH_MODELS/NAME``; ``~`` and ``$VARS`` expanded; hub ids pass through."""
+    if not str(model).strip():
+        raise ValueError("option 'model' is empty: give a hub id, a model directory, or bench:NAME")
+    if model.startswith(BENCH_PREFIX):
+        root = os.environ.get("MAW_BENCH_MODELS") or os.path.expanduser("~/.cache/maw-bench-models")
+        path = Path(root) / model[len(BENCH_PREFIX):]
+        if not path.is_dir():
+            raise FileNotFoundError(f"option 'model' {model!r}: {path} not found (prepare it with "
+                                    "shared/tools/get-models.sh or set MAW_BENCH_MODELS)")
+        return str(path)
+    expanded = os.path.expandvars(os.path.expanduser(model))
+    if Path(expanded).exists():
+        return expanded
+    # "org/name" is a hub id; anything spelled like a path must exist (a clear error now, not a hub lookup later).
+    if model.startswith((".", "/", "~", "$")) or model.count("/") > 1 or "\\" in model:
+        raise FileNotFoundError(f"option 'model': model directory not found: {expanded}")
+    return model
+
+
+def dataset_from_options(options: DatasetOptions):
+    """The dataset a ``DatasetOptions`` section describes."""
+    from maw_reranker.data.load import load_dataset
+
+    return load_dataset(options.dataset, options.split, queries=options.queries, qrels=options.qrels,
+                        run=options.run, name=options.dataset_name, measures=options.measures)
+
+
+def candidates_from_options(options: PoolOptions, ds, *, streaming: bool = False, guard=None):
+    """The one candidate resolver (``retrieve.candidates``) with a ``PoolOptions`` section's settings."""
+    from maw_reranker.retrieve.candidates import resolve_candidates
+
+    return resolve_candidates(ds, options.candidates, engine=options.pool_engine, k=options.pool_k,
+                              pools_dir=options.pools_dir, streaming=streaming, guard=guard)

@@ -1,0 +1,18 @@
+"""Suite planning: variant/dataset entries, grids, and errors that name the entry."""
+
+import pytest
+
+from maw_reranker.config.files import ConfigError
+from maw_reranker.experiments import suite
+
+
+def test_suite_plan_errors(tmp_path):
+    opts = suite.SuiteOptions(datasets=["x"], variants=[{"name": "a", "maw": None, "modle": "m"}], baseline="a")
+    with pytest.raises(ConfigError, match="modle"):
+        suite.plan(opts)
+    with pytest.raises(ConfigError, match="baseline 'zzz'"):
+        suite.plan(suite.SuiteOptions(datasets=["x"], variants=["non_maw"], baseline="zzz"))
+    with pytest.raises(ConfigError, match="duplicate"):
+        suite.variant_entries(["non_maw", "non_maw"])
+    with pytest.raises(ConfigError, match="not found"):
+        suite.variant_entries(["no_such_variant"])
