@@ -44,6 +44,8 @@ class DatasetOptions(_Section):
     run: Optional[str] = opt(None, "TREC run shipped with a docs-file dataset as its own candidates")
     dataset_name: Optional[str] = opt(None, "name for a local dataset (names its pool folder)")
     measures: Optional[list[str]] = opt(None, "ir_measures strings, primary first (None: the dataset's own)")
+    qrels_duplicates: Literal["error", "last"] = opt("error", "a second judgment of the same (query, document) "
+                                                              "pair in a qrels file: error, or last wins (warned)")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -114,7 +116,8 @@ def dataset_from_options(options: DatasetOptions):
     from maw_reranker.data.load import load_dataset
 
     return load_dataset(options.dataset, options.split, queries=options.queries, qrels=options.qrels,
-                        run=options.run, name=options.dataset_name, measures=options.measures)
+                        run=options.run, name=options.dataset_name, measures=options.measures,
+                        qrels_duplicates=options.qrels_duplicates)
 
 
 def candidates_from_options(options: PoolOptions, ds, *, streaming: bool = False, guard=None):

@@ -20,7 +20,7 @@ from typing import Callable, Optional
 import torch
 
 from maw_reranker.train.checkpoints import (TrainerState, complete_checkpoints, load_checkpoint, resolve_resume,
-                                            save_checkpoint)
+                                            save_checkpoint, truncate_metrics)
 from maw_reranker.train.config import TrainOptions
 from maw_reranker.train.data import GroupCollator, iter_batches
 from maw_reranker.train.dev import evaluate_dev
@@ -171,10 +171,8 @@ class Trainer:
                 "resumed_from": str(self.resumed_from) if self.resumed_from else None,
                 "metadata": run_metadata(self.opts.to_dict())}
         write_json(self.out / "train_config.json", info)
-        metrics = self.out / "metrics.jsonl"
-        if metrics.is_file():  # drop rows past the resumed step: they are about to be recomputed
-            rows = [r for r in metrics.read_text().splitlines() if r and json.loads(r).get("step", 0) <= self.state.step]
-            metrics.write_text("".join(r + "\n" for r in rows))
+        # Drop rows past the resumed step (they are about to be recomputed) and a torn last line.
+        truncate_metrics(self.out / "metrics.jsonl", self.state.step)
 
     # -- loop -----------------------------------------------------------------------------------------------
     def _features(self, groups):

@@ -5,7 +5,7 @@ import torch
 
 from maw_reranker.maw.config import GATING_MODES, MAWConfig
 from maw_reranker.maw.patcher import (find_attention_modules, load_maw_state_dict, maw_layers, maw_state_dict,
-                                      patch_model, unpatch_model)
+                                      patch_model, set_maw_strength, unpatch_model)
 from maw_reranker.maw.reference import reference_maw, reference_stat_weights
 from maw_reranker.utils.tiny_models import TINY_ARCHITECTURES, tiny_model
 
@@ -71,23 +71,37 @@ def test_layer_fast_path_matches_reference(arch, depth, source):
     assert torch.allclose((fast * valid).double(), ref * valid, atol=1e-4)
 
 
-def test_attentions_are_the_blend_on_eager_models():
-    model = tiny_model("bert", initializer_range=0.3)
+def capture_layer_arguments(layer):
+    captured = {}
+    layer.register_forward_hook(lambda m, a, kw, out: captured.update(args=a, kwargs=kw), with_kwargs=True)
+    return captured
+
+
+@pytest.mark.parametrize("arch", ["bert", "deberta-v2"])
+@pytest.mark.parametrize("mode", ["uniform", "stat"])
+def test_attentions_are_the_blend_on_eager_models(arch, mode):
+    """The reported map is (1 - alpha) A_orig + alpha A_sel with A_sel from the plain reference (padded query rows
+    of A_sel are zero), so a wrong A_sel (e.g. uniform over the valid keys) fails."""
+    model = tiny_model(arch, initializer_range=0.3)
     model.set_attn_implementation("eager")
     inputs = batch()
     with torch.no_grad():
         plain = model(**inputs, output_attentions=True).attentions
-        patch_model(model, MAWConfig(gating_mode="uniform", maw_strength=0.0))
+        patch_model(model, MAWConfig(gating_mode=mode, maw_strength=0.0, depth_dim=3))
         same = model(**inputs, output_attentions=True).attentions
+        set_maw_strength(model, 0.5)
         layer = next(iter(maw_layers(model).values()))
-        layer.maw_strength = 0.5
+        captured = capture_layer_arguments(layer)
         blended = model(**inputs, output_attentions=True).attentions
+        inp, _ = layer.depth_inputs(layer.adapter.bind(captured["args"], captured["kwargs"]))
+        weights = ((lambda b, s: torch.full((3,), 1 / 3)) if mode == "uniform"
+                   else (lambda b, s: reference_stat_weights(s, 2.5)))
+        _, ref_map, _ = reference_maw(inp, weights)
     assert len(same) == len(plain) == 2
     assert torch.allclose(same[-1], plain[-1], atol=1e-6)
     assert torch.allclose(blended[0], plain[0])  # unpatched layer untouched
-    assert not torch.allclose(blended[-1], plain[-1], atol=1e-4)
-    valid_rows = inputs["attention_mask"].bool()[:, None, :].expand(-1, blended[-1].shape[1], -1)
-    assert torch.allclose(blended[-1].sum(-1)[valid_rows], torch.ones(()), atol=1e-5)
+    expected = 0.5 * plain[-1].double() + 0.5 * ref_map
+    assert torch.allclose(blended[-1].double(), expected, atol=1e-5), (blended[-1] - expected).abs().max()
 
 
 def test_attentions_still_recorded_when_patched_after_a_forward():
