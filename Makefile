@@ -14,7 +14,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	# CPU build first: an unpinned torch would pull a multi-GB CUDA build (GPU users: see README).
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -e ".[dev]"
+	# The test install includes the pyserini extra (Lucene through its bundled Java runtime), so CI runs the Lucene path.
+	$(PY) -m pip install -q -e ".[dev,pyserini]"
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -7,6 +7,7 @@ import importlib
 import logging
 import sys
 
+from maw_reranker.cli.errors import DEBUG_ENV, debug_requested, describe
 from maw_reranker.config import ConfigError, build_parser, parse_options
 
 # command name -> module; modules are imported lazily so `maw-rerank --help` stays fast.
@@ -33,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="maw-rerank", description="MAW cross-encoder reranking: pools, training, evaluation.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--debug", action="store_true", help=f"show the traceback of an error (also: {DEBUG_ENV}=1)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     # Only the chosen command's module is imported; the others are listed by name.
     chosen = next((a for a in argv if a in COMMANDS), None)
@@ -56,19 +58,21 @@ def main(argv: list[str] | None = None) -> int:
     module = _load(args.command)
     if module is None:
         parser.error(f"command '{args.command}' is not available in this installation")
-    values = {k: v for k, v in vars(args).items() if k not in {"command", "verbose"}}
+    values = {k: v for k, v in vars(args).items() if k not in {"command", "verbose", "debug"}}
     try:
         options = parse_options(module.Options, values)
         result = module.run(options)
-    except ConfigError as exc:
-        print(f"maw-rerank {args.command}: error: {exc}", file=sys.stderr)
-        return 2
-    except (FileNotFoundError, ValueError) as exc:
-        print(f"maw-rerank {args.command}: error: {exc}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
-        print(f"maw-rerank {args.command}: interrupted", file=sys.stderr)
+        if debug_requested(args.debug):
+            raise
+        print(f"maw-rerank {args.command}: interrupted (complete outputs are kept; a partial one is not)",
+              file=sys.stderr)
         return 130
+    except Exception as exc:  # noqa: BLE001 - the one place that turns any failure into one line
+        if debug_requested(args.debug):
+            raise
+        print(f"maw-rerank {args.command}: error: {describe(exc)}", file=sys.stderr)
+        return 2 if isinstance(exc, ConfigError) else 1
     return int(result or 0)
 
 

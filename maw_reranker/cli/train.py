@@ -2,7 +2,6 @@
 
 # No `from __future__ import annotations`: the options parser reads the field types at runtime.
 import json
-import sys
 from dataclasses import dataclass
 
 from maw_reranker.train.config import TrainOptions
@@ -18,14 +17,9 @@ class Options(TrainOptions):
 
 
 def run(options: Options) -> int:
-    from maw_reranker.train.sources import TrainingDataError
     from maw_reranker.train.trainer import train
 
-    try:
-        result = train(options)
-    except TrainingDataError as exc:
-        print(f"maw-rerank train: error: {exc}", file=sys.stderr)
-        return 1
+    result = train(options)
     summary = {"final_model": str(result.final_model), "steps": result.steps,
                "pairs_per_second": round(result.pairs_per_second, 2)}
     if result.best_metric is not None:

@@ -67,6 +67,9 @@ def _convert(name: str, value: Any, field: dataclasses.Field, source: str) -> An
                 value = low in {"true", "1", "yes"}
             value = bool(value)
         elif tp in (int, float, str):
+            # A mapping or list is never a scalar (e.g. `model: {name: x}`), and YAML's yes/no is not a number.
+            if isinstance(value, (dict, list, tuple)) or (tp is not str and isinstance(value, bool)):
+                raise ValueError(value)
             if tp is int and isinstance(value, float) and not value.is_integer():
                 raise ValueError(value)
             value = tp(value)
@@ -132,6 +135,8 @@ def parse_options(options_cls: type, ns: argparse.Namespace | dict, config_files
         data = load_yaml_config(path)
         for key in data:
             sources[key] = str(path)
+            if key in fields:  # every file's values are checked, also those a later file or flag overrides
+                _convert(key, data[key], fields[key], str(path))
         merged = deep_merge(merged, data)
     for key in values:
         sources[key] = "command line"

@@ -17,7 +17,7 @@ from torch import nn
 
 from maw_reranker.maw.config import CONFIG_NAME, MAWConfig
 from maw_reranker.maw.patcher import (load_maw_state_dict, maw_layers, maw_state_dict, patch_model, repatch,
-                                      unpatch_model)
+                                      set_maw_strength, unpatch_model)
 
 logger = logging.getLogger(__name__)
 
@@ -97,6 +97,10 @@ class CrossEncoderWithMAW(nn.Module):
     @property
     def maw_config(self) -> MAWConfig | None:
         return getattr(self.model, "maw_config", None)
+
+    def set_maw_strength(self, strength: float) -> None:
+        """Set alpha for every MAW layer (one change to the config they share)."""
+        set_maw_strength(self.model, strength)
 
     @property
     def device(self) -> torch.device:

@@ -125,7 +125,15 @@ def plan_eval(options: EvalOptions, dataset=None) -> EvalPlan:
 
     ``dataset``: an already loaded ``Dataset`` for these dataset options (a suite loads each dataset once).
     """
+    from maw_reranker.cross_encoder.checks import check_device, check_model_dir
+    from maw_reranker.utils.io import check_writable
+
     model_path = resolve_model_path(options.model)
+    check_model_dir(model_path, options.max_length)
+    check_device(options.device)
+    check_writable(options.out_dir, "out_dir")
+    if options.output_run:
+        check_writable(Path(options.output_run).expanduser().parent, "output_run")
     maw = with_run_seed(parse_maw(options.maw), options.seed)
     ds = dataset if dataset is not None else dataset_from_options(options)
     variant = options.variant or default_variant_name(effective_maw(maw, model_path))

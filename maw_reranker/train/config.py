@@ -90,6 +90,8 @@ class TrainOptions(PoolOptions, ModelOptions, DatasetOptions):
     dev_dataset: Optional[str] = opt(None, "dev set for periodic evaluation (name or path); with holdout_queries "
                                           "the held-out training queries are used instead")
     dev_split: Optional[str] = opt(None, "split of the dev dataset")
+    dev_queries: Optional[str] = opt(None, "queries file of a docs-file dev dataset (as 'queries' for training)")
+    dev_qrels: Optional[str] = opt(None, "TREC qrels of a local dev dataset (as 'qrels' for training)")
     dev_run: Optional[str] = opt(None, "TREC run of dev candidates; None = the dev set's own or a BM25 pool")
     dev_depth: int = opt(100, "candidates reranked per dev query")
     dev_max_queries: Optional[int] = opt(None, "evaluate on this many dev queries (first by id)")

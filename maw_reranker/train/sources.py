@@ -152,7 +152,7 @@ def _dev_set(opts, main_first) -> Optional[DevSet]:
     from maw_reranker.data import load_dataset
     from maw_reranker.retrieve.candidates import resolve_candidates
 
-    ds = load_dataset(opts.dev_dataset, opts.dev_split)
+    ds = load_dataset(opts.dev_dataset, opts.dev_split, queries=opts.dev_queries, qrels=opts.dev_qrels)
     qrels = ds.qrels()
     if not qrels:
         raise TrainingDataError(f"dev set {ds.name} has no qrels: it cannot select a checkpoint")

@@ -27,6 +27,7 @@ from maw_reranker.train.dev import evaluate_dev
 from maw_reranker.train.objective import Objective
 from maw_reranker.train.params import make_optimizer, select_trainable
 from maw_reranker.config.sections import resolve_model_path
+from maw_reranker.cross_encoder.checks import check_model_dir
 from maw_reranker.train.sources import TrainingData, load_training_data
 
 log = logging.getLogger(__name__)
@@ -114,18 +115,25 @@ class Trainer:
         self.out = Path(opts.output_dir)
 
     # -- setup ----------------------------------------------------------------------------------------------
-    def _prepare_output(self) -> Optional[Path]:
+    def _check_output(self) -> Optional[Path]:
+        """The checkpoint to resume from, or None; refuses to start over silently. Nothing is deleted here."""
+        from maw_reranker.utils.io import check_writable
+
         opts = self.opts
+        check_writable(self.out, "output_dir")
         if opts.resume:
             return resolve_resume(opts.resume, self.out)
         existing = complete_checkpoints(self.out)
         if existing and not opts.overwrite:
             raise ValueError(f"{self.out} already has checkpoints ({existing[-1].name}); continue with --resume "
                              "latest, or start over with --overwrite true")
-        if opts.overwrite and self.accelerator.is_main_process:
+        return None
+
+    def _clear_previous(self) -> None:
+        """``overwrite``: the earlier checkpoints go only once data and model have passed every check."""
+        if self.opts.overwrite and not self.opts.resume and self.accelerator.is_main_process:
             shutil.rmtree(self.out / "checkpoints", ignore_errors=True)
             (self.out / "metrics.jsonl").unlink(missing_ok=True)
-        return None
 
     def setup(self) -> None:
         from accelerate.utils import set_seed
@@ -133,12 +141,14 @@ class Trainer:
 
         opts = self.opts
         self.accelerator = acc = build_accelerator(opts)
-        resume_from = self._prepare_output()  # before any heavy work: a wrong resume/overwrite fails fast
+        resume_from = self._check_output()  # before any heavy work: a wrong resume/overwrite fails fast
         set_seed(opts.seed)
         self.data = load_training_data(opts, acc.main_process_first)
         self.global_batch = opts.batch_size * acc.num_processes
         self.steps = total_steps(opts, self.data, self.global_batch)
+        check_model_dir(resolve_model_path(opts.model), opts.max_length)
         self.encoder = load_encoder(opts, acc.device)
+        self._clear_previous()
         self.counts = select_trainable(self.encoder, opts.trainable)
         optimizer = make_optimizer(self.encoder, opts.lr, opts.maw_lr, opts.weight_decay)
         warmup = opts.warmup_steps or int(round(opts.warmup_ratio * self.steps))

@@ -236,3 +236,24 @@ def write_jsonl(path: str | Path, rows) -> None:
     with atomic_write(path) as handle:
         for row in rows:
             handle.write(json.dumps(row, default=str) + "\n")
+
+
+def check_writable(path: str | Path, option: str) -> None:
+    """Raise ``PermissionError`` naming ``option`` when the folder ``path`` could not be created or written.
+
+    Checked before any work starts, so a run does not find out after an hour of scoring. The nearest existing
+    ancestor must be a writable folder (a read-only file system counts as not writable).
+    """
+    target = Path(path).expanduser().absolute()
+    probe = target
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        raise NotADirectoryError(f"option '{option}': {probe} is a file, not a folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise PermissionError(f"option '{option}': {probe} is not writable (needed for {target})")
+    with contextlib.suppress(OSError):
+        if os.statvfs(probe).f_flag & os.ST_RDONLY:
+            raise PermissionError(f"option '{option}': {probe} is on a read-only file system (needed for {target})")

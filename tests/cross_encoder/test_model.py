@@ -75,13 +75,52 @@ def test_predict_is_independent_of_batching_and_order(base_dir):
 
 
 def test_predict_returns_depth_weights(base_dir):
-    model = CrossEncoderWithMAW.from_pretrained(base_dir, maw=MAWConfig(depth_dim=4, inject_last_k=2), device="cpu")
+    """The reported selected depth is the one each layer used: forcing it reproduces the score, forcing another
+    does not (so a report that merely agrees with its own weights cannot pass)."""
+    cfg = MAWConfig(gating_mode="argmax", depth_dim=4, inject_last_k=2, maw_strength=1.0)
+    model = CrossEncoderWithMAW.from_pretrained(base_dir, maw=cfg, device="cpu")
     scores, depth = model.predict(PAIRS, batch_size=3, return_depth=True)
     assert sorted(depth) == [0, 1]
     for info in depth.values():
         assert info["weights"].shape == (len(PAIRS), 4)
         np.testing.assert_allclose(info["weights"].sum(-1), 1.0, atol=1e-5)
-        np.testing.assert_array_equal(info["selected"], info["weights"].argmax(-1))
+    layers = {m.layer_index: m for m in maw_layers(model.model).values()}
+    changed = False
+    for i, pair in enumerate(PAIRS):
+        for shift, same in ((0, True), (1, False)):
+            for index, layer in layers.items():
+                layer.gating.forced_depth = torch.tensor([(int(depth[index]["selected"][i]) + shift) % 4])
+            forced = model.predict([pair])[0]
+            if same:
+                assert forced == pytest.approx(float(scores[i]), abs=1e-5)
+            else:
+                changed |= abs(forced - float(scores[i])) > 1e-4
+        for index, layer in layers.items():
+            layer.gating.forced_depth = None
+            assert depth[index]["weights"][i, depth[index]["selected"][i]] == 1.0  # argmax mode: one-hot
+    assert changed  # the depth matters for these pairs, so the check above has teeth
+
+
+def test_use_maw_false_loads_the_plain_backbone(base_dir):
+    off = CrossEncoderWithMAW.from_pretrained(base_dir, maw=MAWConfig(use_maw=False), device="cpu")
+    assert off.maw_config is None and not maw_layers(off.model)
+    plain = CrossEncoderWithMAW.from_pretrained(base_dir, maw=None, device="cpu")
+    np.testing.assert_array_equal(off.predict(PAIRS), plain.predict(PAIRS))
+
+
+def test_strength_changed_once_is_used_and_saved(base_dir, tmp_path):
+    model = CrossEncoderWithMAW.from_pretrained(base_dir, maw=MAWConfig(maw_strength=0.6), device="cpu")
+    plain = CrossEncoderWithMAW.from_pretrained(base_dir, maw=None, device="cpu").predict(PAIRS)
+    assert np.abs(model.predict(PAIRS) - plain).max() > 1e-4
+    model.set_maw_strength(0.0)
+    assert model.maw_config.maw_strength == 0.0
+    np.testing.assert_allclose(model.predict(PAIRS), plain, atol=1e-5)
+    model.save_pretrained(tmp_path / "saved")
+    restored = CrossEncoderWithMAW.from_pretrained(tmp_path / "saved", device="cpu")
+    assert restored.maw_config.maw_strength == 0.0
+    np.testing.assert_allclose(restored.predict(PAIRS), plain, atol=1e-5)
+    model.set_maw_strength(0.6)  # after save/load's unpatch and repatch, the layers still follow the config
+    assert np.abs(model.predict(PAIRS) - plain).max() > 1e-4
 
 
 def test_rank_sorts_by_score(base_dir):

@@ -26,15 +26,24 @@ def valid_logits(model, inputs, **kw):
 
 @pytest.mark.parametrize("arch", TINY_ARCHITECTURES)
 @pytest.mark.parametrize("mode", GATING_MODES)
-def test_zero_strength_reproduces_unpatched_logits(arch, mode):
+@pytest.mark.parametrize("impl", ["sdpa", "eager"])
+@pytest.mark.parametrize("phase", ["eval", "train"])
+def test_zero_strength_reproduces_unpatched_logits(arch, mode, impl, phase):
+    """alpha = 0 is the unpatched model under every attention implementation, in eval (the fused no-grad path) and
+    in training with autograd (the per-depth fused-attention path, whose NaN on empty rows 0 * NaN would leak)."""
     model = tiny_model(arch, initializer_range=0.3)
+    model.set_attn_implementation(impl)
+    model.train(phase == "train")
     inputs = batch()
-    with torch.no_grad():
+    with torch.set_grad_enabled(phase == "train"):
         expected = valid_logits(model, inputs)
         patch_model(model, MAWConfig(gating_mode=mode, maw_strength=0.0, depth_dim=3, inject_last_k=2))
         got = valid_logits(model, inputs)
     assert torch.allclose(got, expected, atol=1e-5), (got - expected).abs().max()
     assert not torch.isnan(got).any()
+    if phase == "train":
+        got.sum().backward()
+        assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
 
 
 @pytest.mark.parametrize("arch", TINY_ARCHITECTURES)

@@ -1,0 +1,41 @@
+"""One line per failure: what went wrong and where (file, line, option), never a traceback unless asked.
+
+``--debug`` (or ``MAW_RERANK_DEBUG=1``) lets the exception propagate with its traceback.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+
+DEBUG_ENV = "MAW_RERANK_DEBUG"
+_OS_REASONS = {
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+    errno.EROFS: "read-only file system",
+    errno.ENOSPC: "no space left on device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.ENOENT: "no such file or directory",
+    errno.EISDIR: "is a folder, not a file",
+    errno.ENOTDIR: "not a folder",
+}
+# Messages torch gives when a write is cut short by a full disk.
+_DISK_FULL_HINTS = ("unexpected pos", "PytorchStreamWriter failed", "file write failed")
+
+
+def debug_requested(flag: bool = False) -> bool:
+    return flag or os.environ.get(DEBUG_ENV, "").lower() in ("1", "true", "yes")
+
+
+def describe(exc: BaseException) -> str:
+    """The one-line message for ``exc``."""
+    if isinstance(exc, OSError) and not isinstance(exc, FileNotFoundError) and exc.errno in _OS_REASONS:
+        where = exc.filename if exc.filename is not None else ""
+        also = f" -> {exc.filename2}" if getattr(exc, "filename2", None) else ""
+        return f"{_OS_REASONS[exc.errno]}: {where}{also}".rstrip(": ")
+    if isinstance(exc, (ValueError, OSError)):  # our own errors name the file/line/option already
+        return str(exc) or type(exc).__name__
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    if isinstance(exc, RuntimeError) and any(h in text for h in _DISK_FULL_HINTS):
+        return f"a write failed, most likely because the disk is full ({text})"
+    return f"{type(exc).__name__}: {text} (unexpected: --debug shows the traceback)"

@@ -1,0 +1,162 @@
+"""The MAW layer itself: its training path against the reference, project mode's start, dropout and padded rows
+across paths, attention maps requested through the config, and what the layer refuses."""
+
+import math
+
+import pytest
+import torch
+
+from maw_reranker.maw.config import GATING_MODES, MAWConfig
+from maw_reranker.maw.gating import DepthGating
+from maw_reranker.maw.patcher import maw_layers, patch_model
+from maw_reranker.maw.reference import reference_maw, reference_stat_weights
+from maw_reranker.utils.tiny_models import TINY_ARCHITECTURES, tiny_model
+
+from tests.maw.test_patcher import batch
+
+
+def patched(arch="bert", **maw):
+    model = tiny_model(arch, initializer_range=0.3, **maw.pop("model_kwargs", {}))
+    patch_model(model, MAWConfig(**maw))
+    return model, next(iter(maw_layers(model).values()))
+
+
+def bound_arguments(model, layer, inputs):
+    captured = {}
+    handle = layer.register_forward_hook(lambda m, a, kw, out: captured.update(a=a, kw=kw), with_kwargs=True)
+    with torch.no_grad():
+        model(**inputs)
+    handle.remove()
+    return layer.adapter.bind(captured["a"], captured["kw"])
+
+
+@pytest.mark.parametrize("arch", ["bert", "deberta-v2"])
+@pytest.mark.parametrize("source", ["split", "project"])
+@pytest.mark.parametrize("mode", ["stat", "argmax", "learned"])
+def test_training_path_matches_reference(arch, source, mode):
+    """With autograd on (the per-depth fused-attention path), O_maw equals the plain reference, and gradients flow."""
+    model, layer = patched(arch, gating_mode=mode, depth_source=source, depth_dim=3, maw_strength=1.0,
+                           per_head=mode == "learned")
+    with torch.no_grad():
+        if source == "project":  # make the depths differ
+            layer.maw_up.normal_(0, 0.5)
+        if mode == "learned":
+            layer.gating.theta.normal_(0, 1.0)
+    bound = bound_arguments(model, layer, batch())
+    bound["hidden_states"] = bound["hidden_states"].detach().requires_grad_()
+    layer.train()
+    out, _ = layer.maw_output(bound)
+    assert out.requires_grad
+    inp, _ = layer.depth_inputs(bound)
+    with torch.no_grad():
+        if mode == "learned":
+            w = torch.softmax(layer.gating.theta.view(inp.v.shape[1], 3), -1)
+            ref, _, _ = reference_maw(inp, lambda b, s: w)
+        elif mode == "stat":
+            ref, _, _ = reference_maw(inp, lambda b, s: reference_stat_weights(s, 2.5))
+        else:
+            ref, _, _ = reference_maw(inp, lambda b, s: torch.nn.functional.one_hot(
+                reference_stat_weights(s, 2.5).argmax(), 3))
+    ref = layer.adapter.merge_heads(ref)
+    assert torch.allclose(out.double(), ref, atol=1e-4), (out.double() - ref).abs().max()
+    out.sum().backward()
+    assert bound["hidden_states"].grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("arch", TINY_ARCHITECTURES)
+@pytest.mark.parametrize("mode", GATING_MODES)
+def test_project_mode_starts_at_the_pretrained_model(arch, mode):
+    """Zero up-projections: every depth equals the pretrained head, so even alpha = 1 gives the unpatched scores."""
+    model = tiny_model(arch, initializer_range=0.3)
+    inputs = batch()
+    with torch.no_grad():
+        expected = model(**inputs).logits
+        patch_model(model, MAWConfig(gating_mode=mode, depth_source="project", depth_dim=3, maw_strength=1.0))
+        got = model(**inputs).logits
+    assert torch.allclose(got, expected, atol=1e-5), (got - expected).abs().max()
+
+
+def test_project_down_projection_has_lora_fan_in():
+    """LoRA initializes each down-projection like nn.Linear(hidden, rank): uniform in +-1/sqrt(hidden) (std
+    0.091 at hidden 40); a fan-in of the rank would give std 0.29."""
+    model, layer = patched("bert", depth_source="project", depth_rank=4, depth_dim=8,
+                           model_kwargs=dict(hidden_size=40, num_heads=4))
+    down = layer.maw_down.detach()
+    bound = 1 / math.sqrt(40)
+    assert down.abs().max() <= bound
+    assert abs(down.std().item() - bound / math.sqrt(3)) < 0.1 * bound / math.sqrt(3)
+    for which in range(2):
+        assert not torch.equal(down[which, 0], down[which, 1])  # each depth gets its own draw
+
+
+def test_attentions_requested_through_the_config():
+    """config.output_attentions=True with no keyword: one map per layer, the patched one blended as with the keyword."""
+    model = tiny_model("bert", initializer_range=0.3)
+    model.set_attn_implementation("eager")
+    patch_model(model, MAWConfig(gating_mode="uniform", maw_strength=0.5, depth_dim=3))
+    inputs = batch()
+    with torch.no_grad():
+        by_keyword = model(**inputs, output_attentions=True).attentions
+        model.config.output_attentions = True
+        by_config = model(**inputs).attentions
+    assert len(by_config) == len(by_keyword) == 2
+    for a, b in zip(by_config, by_keyword):
+        assert torch.allclose(a, b)
+
+
+def dropout_layer():
+    model, layer = patched("bert", gating_mode="uniform", depth_dim=3, maw_strength=1.0,
+                           model_kwargs=dict(attention_probs_dropout_prob=0.5))
+    return layer, bound_arguments(model, layer, batch())
+
+
+def test_dropout_does_not_depend_on_autograd():
+    """In training mode, MAW's attention dropout is the same with and without autograd (same seed, same output),
+    and present in both (two seeds differ)."""
+    layer, bound = dropout_layer()
+    layer.train()
+    outputs = {}
+    for grad in (False, True):
+        for seed in (0, 1):
+            torch.manual_seed(seed)
+            with torch.set_grad_enabled(grad):
+                x = bound["hidden_states"].detach().requires_grad_(grad)
+                outputs[grad, seed] = layer.maw_output(dict(bound, hidden_states=x))[0].detach()
+    assert torch.allclose(outputs[False, 0], outputs[True, 0], atol=1e-6)
+    assert not torch.allclose(outputs[False, 0], outputs[False, 1], atol=1e-3)
+    layer.eval()  # and none at evaluation
+    with torch.no_grad():
+        assert torch.equal(layer.maw_output(bound)[0], layer.maw_output(bound)[0])
+
+
+@pytest.mark.parametrize("arch", ["bert", "deberta-v2"])
+def test_padded_query_rows_agree_between_paths(arch):
+    """The no-grad path and the autograd path give the same O_maw and A_sel everywhere, padded rows included (zero)."""
+    model, layer = patched(arch, gating_mode="stat", depth_dim=3, maw_strength=1.0)
+    bound = bound_arguments(model, layer, batch())
+    with torch.no_grad():
+        fast, fast_map = layer.maw_output(bound, want_map=True)
+    x = bound["hidden_states"].detach().requires_grad_()
+    slow, slow_map = layer.maw_output(dict(bound, hidden_states=x), want_map=True)
+    assert torch.allclose(fast, slow, atol=1e-5)
+    assert torch.allclose(fast_map, slow_map, atol=1e-5)
+    padded = ~batch()["attention_mask"].bool()
+    assert padded.any() and fast[padded].abs().max() == 0
+
+
+def test_kv_cache_is_refused():
+    """A cache would make MAW's keys differ from the original's; the layer says so instead of ignoring it."""
+    from transformers import DynamicCache
+
+    model, layer = patched("bert")
+    x = torch.randn(2, 5, 32)
+    with pytest.raises(ValueError, match="cache"):
+        layer(x, cache=DynamicCache())
+
+
+def test_stale_controls_are_gone():
+    """Removed: DepthGating.log_prob (GRPO reads last_log_prob), policy_mode="greedy" (grpo samples in training and
+    takes the argmax in eval), last_hard (never read)."""
+    gate = DepthGating(MAWConfig(gating_mode="grpo", depth_dim=4), 8, 2)
+    assert not hasattr(gate, "log_prob")
+    assert not hasattr(gate, "policy_mode") and not hasattr(gate, "last_hard")
