@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from maw_reranker.train import train
@@ -60,3 +62,29 @@ def test_fresh_start_refuses_existing_checkpoints(tmp_path):
         train(options(tmp_path / "o", task, model, max_steps=1))
     with pytest.raises(FileNotFoundError, match="no complete checkpoint"):
         train(options(tmp_path / "empty", task, model, max_steps=1, resume="latest"))
+
+
+def test_failed_overwrite_keeps_the_earlier_checkpoints(tmp_path):
+    task = write_task(tmp_path / "task")
+    model = tiny_model_dir(tmp_path / "model")
+    train(options(tmp_path / "o", task, model, max_steps=2, checkpoint_every=1))
+    before = sorted(p.name for p in (tmp_path / "o" / "out" / "checkpoints").iterdir())
+    bad = write_task(tmp_path / "bad", no_positive=True)
+    with pytest.raises(ValueError, match="no query has a positive"):
+        train(options(tmp_path / "o", bad, model, max_steps=2, overwrite=True))
+    assert sorted(p.name for p in (tmp_path / "o" / "out" / "checkpoints").iterdir()) == before
+
+
+def test_resume_drops_a_torn_last_metrics_line(tmp_path, caplog):
+    task = write_task(tmp_path / "task")
+    model = tiny_model_dir(tmp_path / "model")
+    common = dict(max_steps=4, checkpoint_every=2, holdout_queries=3, dev_every=2)
+    with pytest.raises(Killed):
+        train(options(tmp_path / "r", task, model, **common), callbacks=[lambda step, row: _raise() if step == 3 else None])
+    metrics = tmp_path / "r" / "out" / "metrics.jsonl"
+    metrics.write_text(metrics.read_text() + '{"step": 3, "dev": {"nDCG')  # power loss mid-append
+    resumed = train(options(tmp_path / "r", task, model, resume="latest", **common))
+    assert resumed.steps == 4
+    rows = [json.loads(line) for line in metrics.read_text().splitlines()]
+    assert [r["step"] for r in rows if "dev" in r] == [2, 4] and str(metrics) in caplog.text
+    assert [r["step"] for r in rows] == sorted(r["step"] for r in rows)
