@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build BM25 candidate pools: a thin wrapper over `maw-rerank build-pools`.
 #   ./build_bm25.sh [DATASET ...] [build-pools flags]
-# Each DATASET (a name from `maw-rerank datasets`, a path, or a configs/datasets/*.yaml file) gets its own
+# Each DATASET (a name from `maw-rerank datasets`, a path, or a dataset .yaml config) gets its own
 # build-pools run with the same flags; without DATASETs the flags are passed through unchanged.
 set -euo pipefail
 
@@ -13,7 +13,7 @@ Usage: ./build_bm25.sh [DATASET ...] [--engine pyserini|bm25s|auto] [--k 1000] [
 Examples:
   ./build_bm25.sh scifact nfcorpus --engine pyserini
   ./build_bm25.sh configs/datasets/scifact-local.yaml --engine bm25s --k 100
-  ./build_bm25.sh --config configs/datasets/dl19-rankllm-bm25.yaml --k 100
+  ./build_bm25.sh --config dl19-rankllm-bm25 --k 100          # a packaged dataset config, by name
 
 Pools are cached: <out-dir>/<dataset>/bm25-<engine>-k<k>.run is rebuilt only with --force true.
 

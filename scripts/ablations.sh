@@ -16,11 +16,11 @@ while [[ $# -gt 0 ]]; do
     *) echo "error: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
-suite --config configs/suites/ablations.yaml --seeds "$SEEDS" --datasets "[$DATASET]"
+suite --config ablations --seeds "$SEEDS" --datasets "[$DATASET]"
 if [[ $TRAIN -eq 1 ]]; then
   for recipe in scifact_finetune scifact_maw lora router grpo; do
-    run "${CLI[@]}" train --config "configs/training/$recipe.yaml" --max-steps "$STEPS" \
+    run "${CLI[@]}" train --config "$recipe" --max-steps "$STEPS" \
       --output-dir "runs/ablations/$recipe"
   done
-  suite --config configs/suites/learned.yaml --seeds "$SEEDS"
+  suite --config learned --seeds "$SEEDS"
 fi

@@ -13,8 +13,8 @@ while [[ $# -gt 0 ]]; do
   esac
 done
 if [[ -n "$DATASETS" ]]; then
-  suite --config configs/suites/dev_sweep.yaml --datasets "$DATASETS"
+  suite --config dev_sweep --datasets "$DATASETS"
 else
   run ./build_bm25.sh MSMARCO/dev-small --k 100
-  suite --config configs/suites/dev_sweep.yaml
+  suite --config dev_sweep
 fi

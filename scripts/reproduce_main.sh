@@ -18,6 +18,6 @@ while [[ $# -gt 0 ]]; do
 done
 run ./build_bm25.sh MSMARCO/dev-small TREC-DL-2019-passage TREC-DL-2020-passage --engine "$ENGINE" --k 1000
 overrides="{pool_engine: $ENGINE, pool_k: 1000${MODEL:+, model: $MODEL}}"
-suite --config configs/suites/reproduce_main.yaml --seeds "$SEEDS" --out-dir "$OUT" \
+suite --config reproduce_main --seeds "$SEEDS" --out-dir "$OUT" \
   --overrides "$overrides"
 echo "summaries: $OUT/<dataset>/_suites/main/summary.md"

@@ -25,6 +25,6 @@ done
 run "${CLI[@]}" build-pools --dataset "$SCIFACT" --split test --dataset-name scifact-local --engine bm25s --k 1000
 datasets="[{dataset: $DL19_JSON, qrels: $DL19/qrels.dl19-passage.txt, dataset_name: dl19-rankllm-bm25, measures: [nDCG@10, 'RR(rel=2)@10', 'R(rel=2)@100']}, {dataset: $SCIFACT, split: test, dataset_name: scifact-local, depth: 100, pool_engine: bm25s}]"
 overrides="{${MODEL:+model: $MODEL}}"
-suite --config configs/suites/ablations.yaml --name offline --seeds "$SEEDS" \
+suite --config ablations --name offline --seeds "$SEEDS" \
   --datasets "$datasets" --overrides "$overrides"
 echo "summaries: experiments/<dataset>/_suites/offline/summary.md"

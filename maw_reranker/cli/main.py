@@ -18,6 +18,7 @@ COMMANDS = {
     "train": "maw_reranker.cli.train",
     "demo": "maw_reranker.cli.demo",
     "datasets": "maw_reranker.cli.datasets",
+    "configs": "maw_reranker.cli.configs",
 }
 
 

@@ -126,39 +126,63 @@ def variant_entries(entries: list) -> list[tuple[str, dict]]:
     return out
 
 
-def plan(options: SuiteOptions) -> list[EvalPlan]:
-    """Every run of the suite, planned and checked (dataset-major, then variant, then seed); nothing is written."""
+def expand(options: SuiteOptions) -> list[EvalOptions]:
+    """Every run of the suite as checked ``EvalOptions`` (dataset-major, then variant, then seed).
+
+    Keys, values and MAW specs are checked here; models and datasets are not opened (see :func:`plan`).
+    """
     variants = variant_entries(options.variants)
     if options.baseline not in [n for n, _ in variants]:
         raise ConfigError(f"suite: baseline {options.baseline!r} is not one of the variants {[n for n, _ in variants]}")
     if not options.seeds:
         raise ConfigError("suite: option 'seeds' is empty")
     allowed = {f.name for f in dataclasses.fields(EvalOptions)}
-    dataset_keys = [f.name for f in dataclasses.fields(DatasetOptions)]
-    loaded: dict = {}  # each dataset is loaded once, whatever the number of variants and seeds
     runs = []
     for d_index, dataset in enumerate(dataset_entries(options.datasets)):
         for name, variant in variants:
             for seed in options.seeds:
                 merged = deep_merge(deep_merge(dataset, variant), dict(options.overrides or {}))
                 merged.update(variant=name, seed=seed, out_dir=options.out_dir, force=options.force)
-                where = f"suite variant {name!r}, dataset #{d_index + 1} ({merged.get('dataset')!r})"
                 unknown = sorted(set(merged) - allowed)
                 if unknown:
-                    raise ConfigError(f"{where}: unknown option '{unknown[0]}'; allowed: {', '.join(sorted(allowed))}")
+                    raise ConfigError(f"{_where(name, d_index, merged)}: unknown option '{unknown[0]}'; allowed: "
+                                      f"{', '.join(sorted(allowed))}")
                 try:
-                    run_options = parse_options(EvalOptions, merged)
-                    key = repr([getattr(run_options, k) for k in dataset_keys])
-                    if key not in loaded:
-                        loaded[key] = dataset_from_options(run_options)
-                    runs.append(plan_eval(run_options, dataset=loaded[key]))
-                except (ValueError, FileNotFoundError) as exc:
-                    raise ConfigError(f"{where}: {exc}") from None
-    folders = [r.artifacts.out_dir for r in runs]
+                    runs.append(parse_options(EvalOptions, merged))
+                except ValueError as exc:
+                    raise ConfigError(f"{_where(name, d_index, merged)}: {exc}") from None
+    return runs
+
+
+def _where(variant: str, d_index: int, options) -> str:
+    dataset = options.get("dataset") if isinstance(options, dict) else options.dataset
+    return f"suite variant {variant!r}, dataset #{d_index + 1} ({dataset!r})"
+
+
+def plan_runs(runs: list[EvalOptions]) -> list[EvalPlan]:
+    """Plan every run (models, datasets, measures, folders resolved); each dataset is loaded once."""
+    dataset_keys = [f.name for f in dataclasses.fields(DatasetOptions)]
+    loaded: dict = {}
+    plans = []
+    for run_options in runs:
+        try:
+            key = repr([getattr(run_options, k) for k in dataset_keys])
+            if key not in loaded:
+                loaded[key] = dataset_from_options(run_options)
+            plans.append(plan_eval(run_options, dataset=loaded[key]))
+        except (ValueError, OSError) as exc:
+            raise ConfigError(f"suite variant {run_options.variant!r}, seed {run_options.seed}, dataset "
+                              f"{run_options.dataset!r}: {exc}") from None
+    folders = [r.artifacts.out_dir for r in plans]
     clashes = sorted({str(f) for f in folders if folders.count(f) > 1})
     if clashes:
         raise ConfigError(f"suite: several runs would write the same folder: {clashes[0]}")
-    return runs
+    return plans
+
+
+def plan(options: SuiteOptions) -> list[EvalPlan]:
+    """Every run of the suite, planned and checked before the first one starts; nothing is written."""
+    return plan_runs(expand(options))
 
 
 # -- running and summarising ------------------------------------------------------------------------------------
