@@ -1,0 +1,372 @@
+"""One-command check of the MAW core on a GPU (issue 12): device and dtype safety, alpha = 0 identity, reranking
+throughput and memory, and bf16 training of every learned mode. One printed table; exit code 1 on any failure.
+
+Steps (``--dry-run`` lists them with the resolved device, model and data):
+  tests   the device-sensitive tests (tests/maw/test_devices.py) on the chosen device;
+  alpha0  alpha = 0 reproduces the unpatched logits, every gating mode, fp32 and bf16 weights;
+  rerank  DL19 BM25 top-100 (synthetic pairs when the data is absent): non_maw and maw_default in fp32 and bf16,
+          pairs/s beside sentence-transformers' CrossEncoder.predict on the same pairs, peak device memory;
+  train   20 training steps under bf16 autocast for learned, gate, router (oracle supervision) and grpo.
+
+Model: ms-marco-MiniLM-L-12-v2 from $MAW_BENCH_MODELS (default ~/.cache/maw-bench-models; prepared by
+../shared/tools/get-models.sh), or a tiny random-weight BERT when it is absent or with --quick.
+Data: ../shared/data/trec-dl-2019-passage (or --data). Throughput figures are measurements, not pass/fail checks.
+
+usage: python benchmarks/gpu_check.py [--device cuda|cpu] [--quick] [--dry-run] [--models DIR] [--data DIR]
+                                      [--steps 20] [--batch-size 32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+STEPS = {
+    "tests": "device-sensitive tests (tests/maw/test_devices.py)",
+    "alpha0": "alpha = 0 identity, every gating mode, fp32 and bf16",
+    "rerank": "rerank non_maw / maw_default, fp32 / bf16, vs sentence-transformers; peak memory",
+    "train": "bf16-autocast training steps: learned, gate, router (oracle), grpo",
+}
+MODES = ("uniform", "random", "stat", "argmax", "learned", "gate", "router", "grpo")
+LEARNED = ("learned", "gate", "router", "grpo")
+WORDS = ("the a of to in is what how why cat dog sat mat ran fast attention depth query document rerank search "
+         "passage answer model neural ranking relevant river bank money loan water tree").split()
+
+
+@dataclass
+class Row:
+    step: str
+    case: str
+    result: str  # PASS, FAIL, SKIP, INFO
+    figure: str = ""
+    seconds: float = 0.0
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--device", default=None, help="cuda (default when available) or cpu")
+    ap.add_argument("--quick", action="store_true", help="tiny models and few pairs (the same checks, minutes on a CPU)")
+    ap.add_argument("--dry-run", action="store_true", help="list the steps and what they would use, run nothing")
+    ap.add_argument("--models", default=os.environ.get("MAW_BENCH_MODELS")
+                    or os.path.expanduser("~/.cache/maw-bench-models"))
+    ap.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "trec-dl-2019-passage"))
+    ap.add_argument("--steps", type=int, default=20, help="training steps per learned mode")
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--only", nargs="*", choices=list(STEPS), help="run only these steps")
+    return ap.parse_args(argv)
+
+
+# -- resources --------------------------------------------------------------------------------------------------
+def model_dir(args, workdir: Path) -> tuple[Path, str]:
+    real = Path(args.models) / "ms-marco-MiniLM-L-12-v2"
+    if not args.quick and (real / "model.safetensors").is_file():
+        return real, "ms-marco-MiniLM-L-12-v2"
+    if args.dry_run:
+        return workdir / "tiny", "tiny random BERT (MiniLM absent or --quick)"
+    from maw_reranker.utils.tiny_models import save_tiny_cross_encoder
+
+    return save_tiny_cross_encoder(workdir / "tiny", WORDS, initializer_range=0.3), "tiny random BERT"
+
+
+def dl19_file(args) -> Path:
+    return Path(args.data) / "rank_llm" / "BM25" / "retrieve_results_dl19.json"
+
+
+def load_pairs(args) -> tuple[list[tuple[str, str]], list[int], str]:
+    """(pairs, group sizes, description): DL19 BM25 top-100 per query, or synthetic groups of 8."""
+    path = dl19_file(args)
+    if not args.quick and path.is_file():
+        entries = json.loads(path.read_text())
+        pairs, sizes = [], []
+        for entry in entries:
+            hits = entry["hits"]
+            pairs.extend((entry["query"], hit["content"]) for hit in hits)
+            sizes.append(len(hits))
+        return pairs, sizes, f"DL19 BM25 top-100 ({len(sizes)} queries)"
+    import random
+
+    rng = random.Random(0)
+    queries = 8 if args.quick else 64
+    pairs = [(" ".join(rng.choices(WORDS, k=4)), " ".join(rng.choices(WORDS, k=rng.randint(8, 40))))
+             for _ in range(queries * 8)]
+    return pairs, [8] * queries, f"synthetic ({queries} queries x 8)"
+
+
+def resolve_device(name):
+    import torch
+
+    if name is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device is visible to torch")
+    return name
+
+
+def synchronize(device):
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+# -- steps ------------------------------------------------------------------------------------------------------
+def step_tests(args, device, **_):
+    kind = "cuda" if device.startswith("cuda") else "cpu"
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/maw/test_devices.py", "-k", kind]
+    start = time.perf_counter()
+    try:
+        proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=240)
+    except subprocess.TimeoutExpired:
+        return [Row("tests", f"test_devices.py -k {kind}", "FAIL", "timed out after 240 s", 240.0)]
+    lines = [line for line in proc.stdout.splitlines() if line.strip()]
+    summary = lines[-1] if lines else proc.stderr.strip().splitlines()[-1:]
+    if proc.returncode == 5 or "No module named pytest" in proc.stderr:
+        result = "FAIL"
+    else:
+        result = "PASS" if proc.returncode == 0 else "FAIL"
+    if result == "FAIL":
+        print(proc.stdout[-3000:], proc.stderr[-2000:], sep="\n", file=sys.stderr)
+    return [Row("tests", f"test_devices.py -k {kind}", result, str(summary)[:70], time.perf_counter() - start)]
+
+
+def step_alpha0(args, device, model_path, pairs, **_):
+    import numpy as np
+    import torch
+
+    from maw_reranker import CrossEncoderWithMAW, MAWConfig
+    from maw_reranker.maw.patcher import patch_model, unpatch_model
+
+    rows = []
+    sample = pairs[:64]
+    for precision, dtype, tol in (("fp32", torch.float32, 1e-4), ("bf16", torch.bfloat16, 5e-2)):
+        encoder = CrossEncoderWithMAW.from_pretrained(model_path, maw=None, device=device, torch_dtype=dtype)
+        expected = encoder.predict(sample, batch_size=args.batch_size)
+        for mode in MODES:
+            start = time.perf_counter()
+            patch_model(encoder.model, MAWConfig(gating_mode=mode, maw_strength=0.0))
+            try:
+                got = encoder.predict(sample, batch_size=args.batch_size)
+                diff = float(np.abs(got - expected).max())
+                ok = bool(np.isfinite(got).all()) and diff <= tol
+                rows.append(Row("alpha0", f"{mode} {precision}", "PASS" if ok else "FAIL",
+                                f"max |diff| {diff:.1e} (tol {tol:g})", time.perf_counter() - start))
+            except Exception as exc:  # a crash is a failed check; the table names it
+                rows.append(Row("alpha0", f"{mode} {precision}", "FAIL", f"{type(exc).__name__}: {exc}"[:70],
+                                time.perf_counter() - start))
+            finally:
+                unpatch_model(encoder.model)
+        del encoder
+    return rows
+
+
+def _timed_predict(fn, pairs, device):
+    import torch
+
+    fn(pairs[: min(len(pairs), 64)])  # warm-up: kernels, allocator
+    synchronize(device)
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    start = time.perf_counter()
+    scores = fn(pairs)
+    synchronize(device)
+    seconds = time.perf_counter() - start
+    peak = (torch.cuda.max_memory_allocated() - base) / 2**20 if device.startswith("cuda") else float("nan")
+    return scores, len(pairs) / seconds, peak, seconds
+
+
+def step_rerank(args, device, model_path, pairs, **_):
+    import numpy as np
+    import torch
+
+    from maw_reranker import CrossEncoderWithMAW, MAWConfig
+
+    rows, results = [], {}
+    mem = "peak +MiB" if device.startswith("cuda") else "peak n/a on CPU"
+    for name, maw in (("non_maw", None), ("maw_default", MAWConfig())):
+        for precision, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+            encoder = CrossEncoderWithMAW.from_pretrained(model_path, maw=maw, device=device, torch_dtype=dtype)
+            try:
+                scores, rate, peak, secs = _timed_predict(
+                    lambda x: encoder.predict(x, batch_size=args.batch_size), pairs, device)
+                results[name, precision] = (scores, rate)
+                ok = bool(np.isfinite(scores).all())
+                figure = f"{rate:,.0f} pairs/s" + (f", {mem} {peak:,.0f}" if peak == peak else "")
+                rows.append(Row("rerank", f"{name} {precision}", "PASS" if ok else "FAIL", figure, secs))
+            except Exception as exc:
+                rows.append(Row("rerank", f"{name} {precision}", "FAIL", f"{type(exc).__name__}: {exc}"[:70]))
+            del encoder
+    for precision in ("fp32", "bf16"):
+        if ("non_maw", precision) in results and ("maw_default", precision) in results:
+            ratio = results["maw_default", precision][1] / results["non_maw", precision][1]
+            rows.append(Row("rerank", f"maw_default/non_maw {precision}", "INFO", f"throughput ratio {ratio:.2f}"))
+    rows.extend(_sentence_transformers(args, device, model_path, pairs, results))
+    return rows
+
+
+def _sentence_transformers(args, device, model_path, pairs, results):
+    import numpy as np
+    import torch
+
+    try:
+        from sentence_transformers import CrossEncoder
+    except ImportError:
+        return [Row("rerank", "sentence-transformers", "SKIP", "not installed")]
+    rows = []
+    identity = torch.nn.Identity()
+    for precision, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        try:
+            st = CrossEncoder(str(model_path), device=device, max_length=512)
+            st.to(dtype)
+            scores, rate, peak, secs = _timed_predict(
+                lambda x: st.predict(x, batch_size=args.batch_size, activation_fn=identity, show_progress_bar=False,
+                                     convert_to_numpy=True), pairs, device)
+        except Exception as exc:
+            rows.append(Row("rerank", f"sentence-transformers {precision}", "SKIP",
+                            f"{type(exc).__name__}: {exc}"[:70]))
+            continue
+        figure = f"{rate:,.0f} pairs/s" + (f", peak +MiB {peak:,.0f}" if peak == peak else "")
+        ours = results.get(("non_maw", precision))
+        result = "INFO"
+        if ours is not None and precision == "fp32":  # the same model and pairs: the same scores
+            diff = float(np.abs(np.asarray(scores, dtype=np.float32) - ours[0]).max())
+            result = "PASS" if diff <= 1e-3 else "FAIL"
+            figure += f"; vs ours max |diff| {diff:.1e}"
+        rows.append(Row("rerank", f"sentence-transformers {precision}", result, figure, secs))
+    return rows
+
+
+def _groups(pairs, sizes, group_size):
+    """Training groups of ``group_size`` pairs of one query (the first candidate counts as the positive)."""
+    out, start = [], 0
+    for size in sizes:
+        if size >= group_size:
+            out.append(pairs[start:start + group_size])
+        start += size
+    return out
+
+
+def step_train(args, device, model_path, pairs, sizes, **_):
+    import torch
+
+    from maw_reranker import CrossEncoderWithMAW, MAWConfig
+    from maw_reranker.maw.patcher import maw_layers
+    from maw_reranker.train.routing import grpo_step, oracle_depths, router_oracle_loss, routing_gates
+
+    group_size, n_groups = (4, 2) if args.quick else (8, 4)
+    groups = _groups(pairs, sizes, group_size)
+
+    def listwise(scores):  # [groups, group_size]; the positive is candidate 0
+        return torch.nn.functional.cross_entropy(scores.float(), torch.zeros(scores.shape[0], dtype=torch.long,
+                                                                              device=scores.device))
+
+    rows = []
+    for mode in LEARNED:
+        start = time.perf_counter()
+        try:
+            torch.manual_seed(0)
+            encoder = CrossEncoderWithMAW.from_pretrained(model_path, maw=MAWConfig(gating_mode=mode, maw_strength=0.5),
+                                                          device=device, max_length=256)
+            maw_params = [p for layer in maw_layers(encoder.model).values() for p in layer.maw_parameters()]
+            before = [p.detach().clone() for p in maw_params]
+            ids = {id(p) for p in maw_params}
+            optimizer = torch.optim.AdamW([
+                {"params": [p for p in encoder.parameters() if id(p) not in ids], "lr": 2e-5},
+                {"params": maw_params, "lr": 1e-3}])
+            encoder.train()
+            losses, extra = [], ""
+            for step in range(args.steps):
+                batch = [groups[(step * n_groups + i) % len(groups)] for i in range(n_groups)]
+                features = encoder.tokenize([pair for group in batch for pair in group])
+                features = {k: v.to(device) for k, v in features.items()}
+                with encoder.autocast("bf16"):
+                    if mode == "grpo":
+                        out = grpo_step(encoder, features, n_groups, group_size, listwise, samples=4, beta=0.01,
+                                        eta=0.01, eps=1e-6)
+                        loss = out["rank"] + out["loss"]
+                    else:
+                        oracle = (oracle_depths(encoder, features, n_groups, group_size, 8, listwise)
+                                  if mode == "router" else None)
+                        loss = listwise(encoder(**features).view(n_groups, group_size))
+                        if oracle is not None:
+                            ce, agree = router_oracle_loss(routing_gates(encoder, ("router",)), oracle, group_size)
+                            loss = loss + ce
+                            extra = f", oracle agreement {float(agree):.2f}"
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(encoder.parameters(), 1.0)
+                optimizer.step()
+                losses.append(float(loss))
+            synchronize(device)
+            moved = sum(not torch.equal(p, b) for p, b in zip(maw_params, before))
+            finite = all(math.isfinite(x) for x in losses) and all(torch.isfinite(p).all() for p in encoder.parameters())
+            ok = finite and moved > 0
+            figure = (f"loss {losses[0]:.3f} -> {losses[-1]:.3f}, {moved}/{len(maw_params)} MAW tensors moved"
+                      f"{extra}")
+            rows.append(Row("train", f"{mode} bf16 x{args.steps}", "PASS" if ok else "FAIL", figure,
+                            time.perf_counter() - start))
+            del encoder, optimizer
+        except Exception as exc:
+            rows.append(Row("train", f"{mode} bf16 x{args.steps}", "FAIL", f"{type(exc).__name__}: {exc}"[:70],
+                            time.perf_counter() - start))
+    return rows
+
+
+RUNNERS = {"tests": step_tests, "alpha0": step_alpha0, "rerank": step_rerank, "train": step_train}
+
+
+# -- output -----------------------------------------------------------------------------------------------------
+def table(rows: list[Row]) -> str:
+    header = ("step", "case", "result", "figure", "s")
+    body = [(r.step, r.case, r.result, r.figure, f"{r.seconds:.1f}") for r in rows]
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *body)]
+    fmt = "| " + " | ".join(f"{{:<{w}}}" for w in widths) + " |"
+    lines = [fmt.format(*header), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+    return "\n".join(lines + [fmt.format(*b) for b in body])
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    steps = args.only or list(STEPS)
+    device = resolve_device(args.device) if not args.dry_run else (args.device or "cuda if available, else cpu")
+    with tempfile.TemporaryDirectory(prefix="maw-gpu-check-") as tmp:
+        path, model_name = model_dir(args, Path(tmp))
+        data = dl19_file(args)
+        data_desc = (f"DL19 from {data}" if not args.quick and data.is_file()
+                     else "synthetic pairs (DL19 absent or --quick)")
+        print(f"device: {device}; model: {model_name}; data: {data_desc}; training steps: {args.steps}")
+        if args.dry_run:
+            for name in steps:
+                print(f"  {name:7s} {STEPS[name]}")
+            return 0
+        import torch
+
+        gpu = torch.cuda.get_device_name(0) if device.startswith("cuda") else "none"
+        print(f"torch {torch.__version__}; GPU: {gpu}")
+        pairs, sizes, pairs_desc = load_pairs(args)
+        print(f"pairs: {len(pairs)} ({pairs_desc})")
+        rows: list[Row] = []
+        total = time.perf_counter()
+        for name in steps:
+            print(f"... {name}", flush=True)
+            rows.extend(RUNNERS[name](args, device=device, model_path=path, pairs=pairs, sizes=sizes))
+        failed = [r for r in rows if r.result == "FAIL"]
+        print()
+        print(table(rows))
+        print(f"\n{len(rows)} rows, {len(failed)} failed, {time.perf_counter() - total:.0f} s in all")
+        return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
