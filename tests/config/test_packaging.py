@@ -1,0 +1,39 @@
+"""The wheel carries the configs, so `--config NAME` works after a plain (non-editable) install."""
+
+import importlib.util
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from maw_reranker.config.files import CONFIGS_DIR, KINDS
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.skipif(importlib.util.find_spec("setuptools") is None, reason="setuptools not installed")
+def test_wheel_contains_every_packaged_config(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                           str(tmp_path), str(REPO)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    wheel = next(tmp_path.glob("maw_reranker-*.whl"))
+    names = set(zipfile.ZipFile(wheel).namelist())
+    expected = {f"maw_reranker/configs/{p.relative_to(CONFIGS_DIR).as_posix()}" for p in CONFIGS_DIR.rglob("*.yaml")}
+    assert {f"maw_reranker/configs/{k}/" for k in KINDS} and expected and expected <= names
+    assert "maw_reranker/configs/suites/main.yaml" in names
+
+
+def test_config_names_resolve_from_any_directory(tmp_path, monkeypatch, capsys):
+    from maw_reranker.cli.main import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["suite", "--config", "main", "--dry-run", "true"]) == 0
+    assert "2 runs planned" in capsys.readouterr().out
+    (tmp_path / "configs" / "suites").mkdir(parents=True)  # the working directory's configs come first
+    (tmp_path / "configs" / "suites" / "main.yaml").write_text("datasets: [scifact]\nvariants: [non_maw]\nseeds: [0, 1, 2]\n")
+    assert main(["suite", "--config", "main", "--dry-run", "true"]) == 0
+    assert "3 runs planned" in capsys.readouterr().out
+    assert main(["suite", "--config", "no_such_suite", "--dry-run", "true"]) == 2
+    assert "no_such_suite" in capsys.readouterr().err
