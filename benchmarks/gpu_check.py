@@ -74,7 +74,11 @@ def model_dir(args, workdir: Path) -> tuple[Path, str]:
         return real, "ms-marco-MiniLM-L-12-v2"
     if args.dry_run:
         return workdir / "tiny", "tiny random BERT (MiniLM absent or --quick)"
+    import transformers
+
     from maw_reranker.utils.tiny_models import save_tiny_cross_encoder
+
+    transformers.utils.logging.disable_progress_bar()
 
     return save_tiny_cross_encoder(workdir / "tiny", WORDS, initializer_range=0.3), "tiny random BERT"
 
@@ -160,7 +164,7 @@ def step_alpha0(args, device, model_path, pairs, **_):
                 diff = float(np.abs(got - expected).max())
                 ok = bool(np.isfinite(got).all()) and diff <= tol
                 rows.append(Row("alpha0", f"{mode} {precision}", "PASS" if ok else "FAIL",
-                                f"max |diff| {diff:.1e} (tol {tol:g})", time.perf_counter() - start))
+                                f"max abs diff {diff:.1e} (tol {tol:g})", time.perf_counter() - start))
             except Exception as exc:  # a crash is a failed check; the table names it
                 rows.append(Row("alpha0", f"{mode} {precision}", "FAIL", f"{type(exc).__name__}: {exc}"[:70],
                                 time.perf_counter() - start))
@@ -242,7 +246,7 @@ def _sentence_transformers(args, device, model_path, pairs, results):
         if ours is not None and precision == "fp32":  # the same model and pairs: the same scores
             diff = float(np.abs(np.asarray(scores, dtype=np.float32) - ours[0]).max())
             result = "PASS" if diff <= 1e-3 else "FAIL"
-            figure += f"; vs ours max |diff| {diff:.1e}"
+            figure += f"; vs ours max abs diff {diff:.1e}"
         rows.append(Row("rerank", f"sentence-transformers {precision}", result, figure, secs))
     return rows
 
@@ -267,9 +271,9 @@ def step_train(args, device, model_path, pairs, sizes, **_):
     group_size, n_groups = (4, 2) if args.quick else (8, 4)
     groups = _groups(pairs, sizes, group_size)
 
-    def listwise(scores):  # [groups, group_size]; the positive is candidate 0
-        return torch.nn.functional.cross_entropy(scores.float(), torch.zeros(scores.shape[0], dtype=torch.long,
-                                                                              device=scores.device))
+    def listwise(scores):  # [groups, group_size] -> per-group losses (the positive is candidate 0)
+        target = torch.zeros(scores.shape[0], dtype=torch.long, device=scores.device)
+        return torch.nn.functional.cross_entropy(scores.float(), target, reduction="none")
 
     rows = []
     for mode in LEARNED:
@@ -294,11 +298,11 @@ def step_train(args, device, model_path, pairs, sizes, **_):
                     if mode == "grpo":
                         out = grpo_step(encoder, features, n_groups, group_size, listwise, samples=4, beta=0.01,
                                         eta=0.01, eps=1e-6)
-                        loss = out["rank"] + out["loss"]
+                        loss = out["rank"].mean() + out["loss"]
                     else:
                         oracle = (oracle_depths(encoder, features, n_groups, group_size, 8, listwise)
                                   if mode == "router" else None)
-                        loss = listwise(encoder(**features).view(n_groups, group_size))
+                        loss = listwise(encoder(**features).view(n_groups, group_size)).mean()
                         if oracle is not None:
                             ce, agree = router_oracle_loss(routing_gates(encoder, ("router",)), oracle, group_size)
                             loss = loss + ce
@@ -307,7 +311,7 @@ def step_train(args, device, model_path, pairs, sizes, **_):
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(encoder.parameters(), 1.0)
                 optimizer.step()
-                losses.append(float(loss))
+                losses.append(float(loss.detach()))
             synchronize(device)
             moved = sum(not torch.equal(p, b) for p, b in zip(maw_params, before))
             finite = all(math.isfinite(x) for x in losses) and all(torch.isfinite(p).all() for p in encoder.parameters())
@@ -351,7 +355,10 @@ def main(argv=None) -> int:
                 print(f"  {name:7s} {STEPS[name]}")
             return 0
         import torch
+        import transformers
 
+        transformers.utils.logging.set_verbosity_error()  # no progress bars between the steps
+        transformers.utils.logging.disable_progress_bar()
         gpu = torch.cuda.get_device_name(0) if device.startswith("cuda") else "none"
         print(f"torch {torch.__version__}; GPU: {gpu}")
         pairs, sizes, pairs_desc = load_pairs(args)

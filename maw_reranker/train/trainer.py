@@ -28,6 +28,7 @@ from maw_reranker.train.objective import Objective
 from maw_reranker.train.params import make_optimizer, select_trainable
 from maw_reranker.config.sections import resolve_model_path
 from maw_reranker.cross_encoder.checks import check_model_dir
+from maw_reranker.utils.progress import progress_bar
 from maw_reranker.train.sources import TrainingData, load_training_data
 
 log = logging.getLogger(__name__)
@@ -257,10 +258,8 @@ class Trainer:
         acc, opts, state = self.accelerator, self.opts, self.state
         batches = iter_batches(self.data.source, self.global_batch, state.position)
         pairs_per_step = self.global_batch * opts.grad_accum * opts.group_size
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=self.steps, initial=state.step, disable=not (opts.progress_bar and acc.is_local_main_process),
-                   desc="train", unit="step", dynamic_ncols=True)
+        bar = progress_bar(self.steps, opts.progress_bar and acc.is_local_main_process, "train", unit="step",
+                           initial=state.step)
         history, window, train_time, start_step, saved_at = [], [], 0.0, state.step, state.step
         self.model.train()
         while state.step < self.steps:
