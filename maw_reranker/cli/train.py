@@ -21,7 +21,7 @@ def run(options: Options) -> int:
 
     result = train(options)
     summary = {"final_model": str(result.final_model), "steps": result.steps,
-               "pairs_per_second": round(result.pairs_per_second, 2)}
+               "pairs_per_second": round(result.pairs_per_second, 2), "parameters": result.parameters}
     if result.best_metric is not None:
         summary.update(best_metric=round(result.best_metric, 4), best_step=result.best_step,
                        best_model=str(result.output_dir / "best"))

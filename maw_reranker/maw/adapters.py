@@ -184,19 +184,24 @@ class DebertaV2Adapter(AttentionAdapter):
         p2c_index = torch.clamp(-r_pos.to(x_q.device).long() + span, 0, span * 2 - 1)
         scales = [self.score_scale(e - s) for s, e in feature_slices]
 
-        def bias(d: int, index):
+        def bias(d: int, index, heads: slice = slice(None), rows: slice = slice(None)):
+            """Depth d's c2p + p2c terms ``[b, h, r, L]`` for the examples in ``index``, the heads in ``heads`` and
+            the query rows in ``rows`` (a tile of the inference path computes only its own part)."""
             q = q_depth[d] if index is None else q_depth[d][index]
             k = k_depth[d] if index is None else k_depth[d][index]
+            q, k = q[:, heads], k[:, heads]
             s, e = feature_slices[d]
-            length_q, length_k = q.shape[-2], k.shape[-2]
+            length_k = k.shape[-2]
+            query_rows = torch.arange(q.shape[-2], device=q.device)[rows]
+            q = q[:, :, rows]
             total = 0
             if pos_key is not None:  # content -> position
-                c2p = torch.einsum("bhqw,hpw->bhqp", q, pos_key[..., s:e])
-                idx = c2p_index[:length_q, :length_k].expand(q.shape[0], q.shape[1], length_q, length_k)
+                c2p = torch.einsum("bhqw,hpw->bhqp", q, pos_key[heads, :, s:e])
+                idx = c2p_index[query_rows, :length_k].expand(q.shape[0], q.shape[1], -1, -1)
                 total = total + torch.gather(c2p, -1, idx) * scales[d]
             if pos_query is not None:  # position -> content
-                p2c = torch.einsum("bhkw,hpw->bhkp", k, pos_query[..., s:e])
-                idx = p2c_index[:length_k, :length_k].expand(k.shape[0], k.shape[1], length_k, length_k)
+                p2c = torch.einsum("bhkw,hpw->bhkp", k, pos_query[heads, :, s:e])
+                idx = p2c_index[:length_k, query_rows].expand(k.shape[0], k.shape[1], -1, -1)
                 total = total + torch.gather(p2c, -1, idx).transpose(-1, -2) * scales[d]
             return total if torch.is_tensor(total) else None
 

@@ -38,8 +38,9 @@ def depth_slices(width: int, depth: int) -> list[tuple[int, int]]:
 class DepthInputs:
     """Per-depth queries/keys of one forward pass, plus what every depth shares.
 
-    ``q[d]``/``k[d]`` are ``[B, H, L, w_d]``; ``scale[d]`` multiplies ``q[d] . k[d]``; ``bias(d, index)`` returns an
-    additive ``[b, H, L, L]`` score term for depth d (DeBERTa's relative-position terms) or None; ``v`` is
+    ``q[d]``/``k[d]`` are ``[B, H, L, w_d]``; ``scale[d]`` multiplies ``q[d] . k[d]``; ``bias(d, index, heads=None,
+    rows=None)`` returns an additive ``[b, H, L, L]`` score term for depth d (DeBERTa's relative-position terms) or
+    None, restricted to the given head and query-row slices when those are given; ``v`` is
     ``[B, H, L, Dh]``; ``allowed`` is a boolean ``[B, 1 or H, L, L]`` mask (True = may attend) or None;
     ``key_valid`` is ``[B, L]`` (padding positions False).
     """
@@ -153,12 +154,28 @@ def _example_statistics(rowstats: torch.Tensor, query_valid: torch.Tensor, lengt
     return torch.stack((hhi / nk - 1.0 / (nk * nk), max_p, lse - p_dot_s, hhi), dim=-1).float()
 
 
+def _tiles(b: int, heads: int, depth: int, n: int, split_rows: bool) -> list[tuple[slice, slice]]:
+    """(heads, query rows) blocks whose D score maps hold at most ``_CHUNK_ELEMENTS`` values: whole chunks of
+    several examples, else groups of heads, else (long inputs, ``split_rows``) blocks of query rows of one head."""
+    per_head = b * depth * n * n
+    group = max(1, min(heads, _CHUNK_ELEMENTS // per_head))
+    rows = n if (group > 1 or not split_rows) else max(1, min(n, _CHUNK_ELEMENTS // (b * depth * n)))
+    return [(slice(h, min(h + group, heads)), slice(r, min(r + rows, n)))
+            for h in range(0, heads, group) for r in range(0, n, rows)]
+
+
 @torch.no_grad()
 def explicit_maw(inp: DepthInputs, decide: Callable, want_output: bool = True, want_map: bool = False,
                  need_stats: bool = True, chunk: int = 0):
-    """Inference path: per chunk of examples, every depth's attention map is computed once (one batched matmul per
-    group of heads), its statistics reduced while it is still in cache, the weights decided, and the maps combined
+    """Inference path: per chunk of examples, every depth's attention map is computed tile by tile (heads, then
+    query rows), its statistics reduced while it is still in cache, the weights decided, and the maps combined
     and applied to V.
+
+    Weights that need no statistics are decided first, so each tile is combined as soon as it is computed. With
+    statistics, a chunk's D maps are kept until its weights are known only while they are small next to one
+    attention map of the whole batch (at most half of it: a chunk of one example at batch 16 or more); otherwise
+    (batch 1, interactive reranking) they are computed a second time, tile by tile, which bounds the extra memory
+    by a few tiles at any length.
 
     ``decide(rows, stats_rows)`` returns the chunk's weights ``[b, D]``/``[b, H, D]`` (``stats_rows`` is None
     when ``need_stats`` is False). Returns ``(O_maw or None, A_sel or None, stats or None)``.
@@ -172,61 +189,81 @@ def explicit_maw(inp: DepthInputs, decide: Callable, want_output: bool = True, w
     out = torch.zeros_like(inp.v) if want_output else None
     a_map = inp.v.new_zeros(batch, heads, length, length) if want_map else None
     stats = torch.zeros(batch, depth, 4, dtype=torch.float32, device=inp.v.device) if need_stats else None
-    keep_probs = want_output or want_map
+    combine = want_output or want_map
+    keep = combine and need_stats and 2 * min(step, batch) * depth <= batch
     buffers: dict = {}
-    if keep_probs:  # one allocation at the largest chunk's size, not one per new maximum length
+    if keep:  # one allocation at the largest chunk's size, not one per new maximum length
         n_max = max(max(length_list) if trim else length, 1)
-        _buffer(buffers, "probs", (min(step, batch), heads, depth, n_max, n_max), inp.v)
+        _buffer(buffers, "kept", (min(step, batch), heads, depth, n_max, n_max), inp.v)
     for start in range(0, batch, step):
         rows = slice(start, min(start + step, batch))
         n = max(max(length_list[rows]) if trim else length, 1)
         q = _stacked(inp.q, rows, n, inp.scale)  # [b, H, D, n, w], scale folded into the queries
         k = _stacked(inp.k, rows, n)
         b = q.shape[0]
-        # Head groups only when one example is bigger than a chunk (then the group's probs are contiguous).
-        group = heads if b > 1 else max(1, min(heads, _CHUNK_ELEMENTS // (depth * n * n)))
-        shape = (b, heads, depth, n, n)
-        scores_buf = _buffer(buffers, "scores", (b, group, depth, n, n), q)
-        probs_buf = _buffer(buffers, "probs", shape if keep_probs else (b, group, depth, n, n), q)
         allowed = None if inp.allowed is None else inp.allowed[rows][..., :n, :n]
         if allowed is not None and bool(allowed.all()):
             allowed = None
+
+        def probabilities(hs: slice, rs: slice, out_probs: Optional[torch.Tensor]):
+            """Masked scores and their softmax (into ``out_probs``, or in place) for one tile."""
+            g, r = hs.stop - hs.start, rs.stop - rs.start
+            scores = _buffer(buffers, "scores", (b, g, depth, r, n), q)
+            torch.matmul(q[:, hs, :, rs], k[:, hs].transpose(-1, -2), out=scores)
+            if inp.bias is not None:
+                for d in range(depth):  # only the tile's part of each depth's bias is ever made
+                    extra = inp.bias(d, rows, heads=hs, rows=rs)
+                    if extra is not None:
+                        scores[:, :, d] += extra[..., :n]
+            if allowed is not None:
+                mask = allowed[:, hs if allowed.shape[1] > 1 else slice(None), rs]
+                scores.masked_fill_(~mask.unsqueeze(2), torch.finfo(scores.dtype).min)
+            target = scores if out_probs is None else out_probs
+            return scores, torch.softmax(scores, dim=-1, out=target)
+
+        weights = None
         if need_stats:
             # Per valid query row: max p, log-sum-exp, sum_k p s, ||p||; everything else is linear in these.
             rowstats = _buffer(buffers, "rowstats", (4, b, heads, depth, n), q)
-        for h0 in range(0, heads, group):
-            hs = slice(h0, min(h0 + group, heads))
-            g = hs.stop - hs.start
-            scores = torch.matmul(q[:, hs], k[:, hs].transpose(-1, -2), out=scores_buf[:, :g])
-            if inp.bias is not None:
-                for d in range(depth):
-                    extra = inp.bias(d, rows)
-                    if extra is not None:
-                        scores[:, :, d] += extra[:, hs, :n, :n] if extra.shape[1] > 1 else extra[..., :n, :n]
-            if allowed is not None:
-                mask = allowed[:, hs] if allowed.shape[1] > 1 else allowed
-                scores.masked_fill_(~mask.unsqueeze(2), torch.finfo(scores.dtype).min)
-            probs = torch.softmax(scores, dim=-1, out=probs_buf[:, hs] if keep_probs else probs_buf[:, :g])
-            if need_stats:
-                _row_statistics(scores, probs, rowstats[:, :, hs])
-        if need_stats:
+            kept = _buffer(buffers, "kept", (b, heads, depth, n, n), q) if keep else None
+            for hs, rs in _tiles(b, heads, depth, n, split_rows=not keep):
+                g, r = hs.stop - hs.start, rs.stop - rs.start
+                target = kept[:, hs] if keep else _buffer(buffers, "probs", (b, g, depth, r, n), q)
+                scores, probs = probabilities(hs, rs, target)
+                _row_statistics(scores, probs, rowstats[:, :, hs, :, rs])
             stats_rows = _example_statistics(rowstats, inp.key_valid[rows, :n], lengths[rows])
             stats[rows] = stats_rows
+            if not combine:
+                continue
+            weights = decide(rows, stats_rows).to(q.dtype)
+            if keep:
+                combined = _combine(kept, weights, buffers)
+                if want_output:
+                    out[rows, :, :n] = torch.matmul(combined, inp.v[rows, :, :n])
+                if want_map:
+                    a_map[rows, :, :n, :n] = combined
+                continue
         else:
-            stats_rows = None
-        if not keep_probs:
-            continue
-        weights = decide(rows, stats_rows).to(q.dtype)
-        flat = probs_buf.view(*shape[:3], n * n)
-        # [b, D] or [b, H, D] weights -> one [1 x D] @ [D x n*n] product per example and head, into a reused buffer
-        w = weights.view(-1, 1, 1, depth) if weights.dim() == 2 else weights.unsqueeze(-2)
-        combined = torch.matmul(w, flat, out=_buffer(buffers, "combined", (b, heads, 1, n * n), flat))
-        combined = combined.view(b, heads, n, n)
-        if want_output:
-            out[rows, :, :n] = torch.matmul(combined, inp.v[rows, :, :n])
-        if want_map:
-            a_map[rows, :, :n, :n] = combined
+            weights = decide(rows, None).to(q.dtype)
+        for hs, rs in _tiles(b, heads, depth, n, split_rows=True):  # each tile combined as soon as computed
+            _, probs = probabilities(hs, rs, None)
+            w = weights if weights.dim() == 2 else weights[:, hs]
+            combined = _combine(probs, w, buffers)
+            if want_output:
+                out[rows, hs, rs] = torch.matmul(combined, inp.v[rows, hs, :n])
+            if want_map:
+                a_map[rows, hs, rs, :n] = combined
     return out, a_map, stats
+
+
+def _combine(probs: torch.Tensor, weights: torch.Tensor, buffers: dict) -> torch.Tensor:
+    """``sum_d w_d P_d`` for probabilities ``[b, g, D, r, n]`` and weights ``[b, D]`` or ``[b, g, D]``: one
+    ``[1 x D] @ [D x r*n]`` product per example and head, into a reused buffer. Returns ``[b, g, r, n]``."""
+    b, g, depth, r, n = probs.shape
+    flat = probs.reshape(b, g, depth, r * n)
+    w = weights.view(-1, 1, 1, depth) if weights.dim() == 2 else weights.unsqueeze(-2)
+    combined = torch.matmul(w, flat, out=_buffer(buffers, "combined", (b, g, 1, r * n), flat))
+    return combined.view(b, g, r, n)
 
 
 def depth_statistics(inp: DepthInputs, chunk: int = 0) -> torch.Tensor:

@@ -23,13 +23,17 @@ class TrainOptions(PoolOptions, ModelOptions, DatasetOptions):
                "mixed_precision": "use 'precision' with fp32 (was: no), bf16 or fp16"}
 
     # -- model (also: model, maw, max_length from ModelOptions) --------------------------------------------------
-    trainable: Literal["full", "maw_only", "lora"] = opt(
-        "full", "full = every parameter; maw_only = backbone frozen, MAW parameters + classification head; "
-                "lora = peft LoRA adapters on the backbone + MAW parameters + head (merged before saving)")
+    trainable: Literal["full", "top", "maw_only", "lora"] = opt(
+        "full", "full = every parameter; top = the last top_layers encoder layers + MAW parameters + classification "
+                "head (everything below frozen); maw_only = backbone frozen, MAW parameters + head; lora = peft LoRA "
+                "adapters (on lora_layers) + MAW parameters + head (merged before saving)")
+    top_layers: int = opt(1, "trainable: top: how many of the last encoder layers train (they must include the MAW "
+                             "layers); lora_layers: top adapts the same layers")
     lora_r: int = opt(8, "LoRA rank")
     lora_alpha: int = opt(16, "LoRA alpha (scale = alpha / r)")
     lora_dropout: float = opt(0.0, "LoRA dropout")
     lora_target_modules: Optional[list[str]] = opt(None, "module names to adapt; None = peft's default for the architecture")
+    lora_layers: Literal["all", "top"] = opt("all", "encoder layers LoRA adapts: all, or the last top_layers")
     # -- training data (also: the DatasetOptions and PoolOptions sections) -----------------------------------------
     source: Literal["pool", "triples"] = opt(
         "pool", "pool = positives from qrels, hard negatives sampled from a candidate pool; triples = stream the "
@@ -124,7 +128,7 @@ class TrainOptions(PoolOptions, ModelOptions, DatasetOptions):
         maw = self.maw_config
         positive = {"n_negatives": self.n_negatives, "batch_size": self.batch_size, "grad_accum": self.grad_accum,
                     "pool_k": self.pool_k, "neg_rank_min": self.neg_rank_min, "grpo_group_size": self.grpo_group_size,
-                    "oracle_every": self.oracle_every, "shuffle_buffer": self.shuffle_buffer,
+                    "oracle_every": self.oracle_every, "shuffle_buffer": self.shuffle_buffer, "top_layers": self.top_layers,
                     "lora_r": self.lora_r, "log_every": self.log_every, "dev_depth": self.dev_depth,
                     "dev_batch_size": self.dev_batch_size}
         for name, value in positive.items():

@@ -13,21 +13,52 @@ from typing import Optional
 from torch import nn
 
 
-def add_lora(encoder, r: int = 8, alpha: int = 16, dropout: float = 0.0,
-             target_modules: Optional[list[str]] = None) -> None:
-    """Inject LoRA adapters into the backbone's linear layers (``target_modules``: peft's default for the
-    architecture when None). MAW's projections go through the same ``query``/``key``/``value`` modules, so the
-    adapted weights feed both the original and the MAW attention."""
-    from peft import LoraConfig, inject_adapter_in_model
+def default_targets(hf_model: nn.Module, target_modules: Optional[list[str]] = None) -> list[str]:
+    """``target_modules``, or peft's default for the architecture."""
+    if target_modules:
+        return list(target_modules)
     from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as DEFAULTS
 
-    if target_modules is None:
-        model_type = getattr(encoder.model.config, "model_type", None)
-        target_modules = DEFAULTS.get(model_type)
-        if target_modules is None:
-            raise ValueError(f"no default LoRA target modules for model type {model_type!r}; set lora_target_modules")
-    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(target_modules), bias="none")
+    model_type = getattr(hf_model.config, "model_type", None)
+    if DEFAULTS.get(model_type) is None:
+        raise ValueError(f"no default LoRA target modules for model type {model_type!r}; set lora_target_modules")
+    return list(DEFAULTS[model_type])
+
+
+def add_lora(encoder, r: int = 8, alpha: int = 16, dropout: float = 0.0,
+             target_modules: Optional[list[str]] = None, layers: Optional[list[int]] = None) -> None:
+    """Inject LoRA adapters into the backbone's linear layers (``target_modules``: peft's default for the
+    architecture when None; ``layers``: only these encoder layers, e.g. the top ones). MAW's projections go through
+    the same ``query``/``key``/``value`` modules, so the adapted weights feed both the original and the MAW
+    attention."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, bias="none",
+                        target_modules=default_targets(encoder.model, target_modules),
+                        layers_to_transform=list(layers) if layers is not None else None,
+                        layers_pattern="layer" if layers is not None else None)
     inject_adapter_in_model(config, encoder.model)
+
+
+def rank_for_budget(hf_model: nn.Module, n_params: int, target_modules: Optional[list[str]] = None,
+                    layers: Optional[list[int]] = None) -> int:
+    """The LoRA rank whose adapter parameter count is closest to ``n_params`` (at least 1): a LoRA baseline with
+    as many trainable parameters as the MAW variant it is compared with (each adapted ``Linear(in, out)`` adds
+    ``r * (in + out)``)."""
+    from maw_reranker.train.params import layer_of
+
+    targets = default_targets(hf_model, target_modules)
+    per_rank = 0
+    for name, module in hf_model.named_modules():
+        if not isinstance(module, nn.Linear) or name.rsplit(".", 1)[-1] not in targets:
+            continue
+        layer = layer_of(name + ".")
+        if layer is None or (layers is not None and layer not in layers):
+            continue
+        per_rank += module.in_features + module.out_features
+    if per_rank == 0:
+        raise ValueError(f"no LoRA target module ({', '.join(targets)}) in the chosen layers")
+    return max(1, round(n_params / per_rank))
 
 
 def has_lora(model: nn.Module) -> bool:

@@ -1,8 +1,9 @@
-"""What trains (full / maw_only / lora) and the optimizer's parameter groups."""
+"""What trains (full / top / maw_only / lora) and the optimizer's parameter groups."""
 
 from __future__ import annotations
 
 import logging
+import re
 
 import torch
 from torch import nn
@@ -10,6 +11,29 @@ from torch import nn
 from maw_reranker.maw.patcher import maw_named_parameters
 
 log = logging.getLogger(__name__)
+_LAYER = re.compile(r"\.encoder\.layer\.(\d+)\.")
+TRAINABLE = ("full", "top", "maw_only", "lora")
+
+
+def layer_of(name: str) -> int | None:
+    """The encoder layer index a parameter belongs to (None outside the layers: embeddings, head, shared parts)."""
+    match = _LAYER.search(name)
+    return int(match.group(1)) if match else None
+
+
+def top_start(hf_model: nn.Module, top_layers: int) -> int:
+    """Index of the first of the last ``top_layers`` encoder layers; MAW layers must lie within them."""
+    from maw_reranker.maw.patcher import maw_layers
+
+    total = int(hf_model.config.num_hidden_layers)
+    if not 1 <= top_layers <= total:
+        raise ValueError(f"option 'top_layers' must be in 1..{total} (the model's layers), got {top_layers}")
+    start = total - top_layers
+    below = sorted(m.layer_index for m in maw_layers(hf_model).values() if m.layer_index < start)
+    if below:
+        raise ValueError(f"option 'top_layers' ({top_layers}) must cover the MAW layers: layer(s) {below} lie below "
+                         f"the top {top_layers}; raise top_layers to at least {total - below[0]}")
+    return start
 
 
 def head_parameter_names(hf_model: nn.Module) -> set[str]:
@@ -19,26 +43,34 @@ def head_parameter_names(hf_model: nn.Module) -> set[str]:
     return {n for n, _ in hf_model.named_parameters() if not n.startswith(prefix) or ".pooler." in n}
 
 
-def select_trainable(encoder, trainable: str) -> dict[str, int]:
+def select_trainable(encoder, trainable: str, top_layers: int = 1) -> dict[str, int]:
     """Set ``requires_grad`` for the chosen regime on ``encoder.model``; returns parameter counts for the log.
 
-    ``lora`` expects the LoRA adapters to be injected already (:func:`maw_reranker.train.lora.add_lora`).
+    ``top``: the last ``top_layers`` encoder layers, the MAW parameters and the head; everything below (embeddings,
+    lower layers, parts shared with them such as DeBERTa's relative embeddings) stays frozen, so the input of the
+    first trainable layer is a fixed function of the pair. ``lora`` expects the LoRA adapters to be injected
+    already (:func:`maw_reranker.train.lora.add_lora`).
     """
     model = encoder.model
     maw_names = {n for n, _ in maw_named_parameters(model)}
     head = head_parameter_names(model)
+    start = top_start(model, top_layers) if trainable == "top" else None
     for name, param in model.named_parameters():
         if trainable == "full":
             param.requires_grad_(True)
+        elif trainable == "top":
+            layer = layer_of(name)
+            param.requires_grad_(name in maw_names or name in head or (layer is not None and layer >= start))
         elif trainable == "maw_only":
             param.requires_grad_(name in maw_names or name in head)
         elif trainable == "lora":
             param.requires_grad_(name in maw_names or name in head or "lora_" in name)
         else:
-            raise ValueError(f"unknown trainable regime {trainable!r}; allowed: full, maw_only, lora")
+            raise ValueError(f"unknown trainable regime {trainable!r}; allowed: {', '.join(TRAINABLE)}")
     counts = {"total": sum(p.numel() for p in model.parameters()),
               "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
-              "maw": sum(p.numel() for n, p in model.named_parameters() if n in maw_names)}
+              "maw": sum(p.numel() for n, p in model.named_parameters() if n in maw_names),
+              "lora": sum(p.numel() for n, p in model.named_parameters() if "lora_" in n)}
     if counts["trainable"] == 0:
         raise ValueError(f"trainable: {trainable} leaves no parameter to train")
     return counts

@@ -25,7 +25,7 @@ from maw_reranker.train.config import TrainOptions
 from maw_reranker.train.data import GroupCollator, iter_batches
 from maw_reranker.train.dev import evaluate_dev
 from maw_reranker.train.objective import Objective
-from maw_reranker.train.params import make_optimizer, select_trainable
+from maw_reranker.train.params import make_optimizer, select_trainable, top_start
 from maw_reranker.config.sections import resolve_model_path
 from maw_reranker.cross_encoder.checks import check_model_dir
 from maw_reranker.utils.progress import progress_bar
@@ -45,6 +45,7 @@ class TrainResult:
     best_step: Optional[int] = None
     pairs_per_second: float = 0.0
     train_seconds: float = 0.0
+    parameters: dict = field(default_factory=dict)  # total / trainable / maw / lora parameter counts
 
 
 def build_accelerator(opts: TrainOptions):
@@ -82,7 +83,11 @@ def load_encoder(opts: TrainOptions, device):
     if opts.trainable == "lora":
         from maw_reranker.train.lora import add_lora
 
-        add_lora(encoder, opts.lora_r, opts.lora_alpha, opts.lora_dropout, opts.lora_target_modules)
+        layers = None
+        if opts.lora_layers == "top":
+            start = top_start(encoder.model, opts.top_layers)
+            layers = list(range(start, int(encoder.model.config.num_hidden_layers)))
+        add_lora(encoder, opts.lora_r, opts.lora_alpha, opts.lora_dropout, opts.lora_target_modules, layers=layers)
     return encoder
 
 
@@ -150,7 +155,8 @@ class Trainer:
         check_model_dir(resolve_model_path(opts.model), opts.max_length)
         self.encoder = load_encoder(opts, acc.device)
         self._clear_previous()
-        self.counts = select_trainable(self.encoder, opts.trainable)
+        self.counts = select_trainable(self.encoder, opts.trainable, opts.top_layers)
+        log.info("parameters: %s", ", ".join(f"{k} {v:,}" for k, v in self.counts.items()))
         optimizer = make_optimizer(self.encoder, opts.lr, opts.maw_lr, opts.weight_decay)
         warmup = opts.warmup_steps or int(round(opts.warmup_ratio * self.steps))
         # Not prepared: accelerate would step a prepared scheduler once per process; we step it once per update.
@@ -309,7 +315,8 @@ class Trainer:
         acc.wait_for_everyone()
         acc.end_training()
         rate = pairs_per_step * (state.step - start_step) / train_time if train_time else 0.0
-        return TrainResult(self.out, final, state.step, history, state.best_metric, state.best_step, rate, train_time)
+        return TrainResult(self.out, final, state.step, history, state.best_metric, state.best_step, rate, train_time,
+                           dict(self.counts))
 
 
 def train(opts: TrainOptions, callbacks: Optional[list[Callable]] = None) -> TrainResult:

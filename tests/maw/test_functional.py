@@ -1,5 +1,7 @@
 """Fast path vs the plain reference, masking, and statistics (docs/MAW.md sections 2-6)."""
 
+import math
+
 import pytest
 import torch
 
@@ -22,9 +24,9 @@ def make_inputs(depth, width=10, batch=4, heads=3, length=12, seed=0, pad=True, 
     extra = torch.randn(batch, heads, length, length, generator=gen) if bias else None
     bias_fn = None
     if bias:
-        def bias_fn(d, index):
+        def bias_fn(d, index, heads=slice(None), rows=slice(None)):
             t = extra * (d + 1) / depth
-            return t if index is None else t[index]
+            return (t if index is None else t[index])[:, heads, rows]
     return DepthInputs(q=[q[..., s:e] for s, e in slices], k=[k[..., s:e] for s, e in slices],
                        scale=[(e - s) ** -0.5 for s, e in slices], v=v, allowed=allowed, key_valid=key_valid,
                        bias=bias_fn)
@@ -171,3 +173,51 @@ def test_statistics_match_reference_with_head_groups_and_underflow(monkeypatch, 
     for b in range(inp.v.shape[0]):
         a5, _ = reference_attention_5d(inp, b)
         assert torch.allclose(fast[b].double(), reference_statistics(a5), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("batch,chunk", [(1, 0), (8, 1), (8, 0)])  # (8, 1): a chunk's maps kept between passes
+@pytest.mark.parametrize("chunk_elements", [1 << 20, 100])  # 100: one head, a few query rows per tile
+@pytest.mark.parametrize("need_stats", [True, False])
+def test_tiled_inference_matches_reference(monkeypatch, batch, chunk, chunk_elements, need_stats):
+    from maw_reranker.maw import functional
+    from maw_reranker.maw.functional import explicit_maw
+
+    monkeypatch.setattr(functional, "_CHUNK_ELEMENTS", chunk_elements)
+    inp = make_inputs(3, batch=batch, bias=True)
+    per_head = torch.softmax(torch.randn(batch, 3, 3, generator=torch.Generator().manual_seed(1)), dim=-1)
+
+    def decide(rows, stats_rows):
+        return torch.softmax(2.5 * stat_scores(stats_rows), dim=-1) if need_stats else per_head[rows]
+
+    out, a_map, stats = explicit_maw(inp, decide, want_map=True, need_stats=need_stats, chunk=chunk)
+    ref_out, ref_map, ref_w = reference_maw(
+        inp, (lambda b, s: reference_stat_weights(s, 2.5)) if need_stats else (lambda b, s: per_head[b]))
+    valid = inp.key_valid[:, None, :, None]
+    both = inp.key_valid[:, None, :, None] & inp.key_valid[:, None, None, :]
+    assert torch.allclose((out * valid).double(), ref_out, atol=1e-5)
+    assert torch.allclose((a_map * both).double(), ref_map, atol=1e-5)
+    if need_stats:
+        assert torch.allclose(torch.softmax(2.5 * stat_scores(stats), -1).double(), ref_w, atol=1e-5)
+
+
+@pytest.mark.parametrize("need_stats", [True, False])
+def test_batch_one_scratch_memory_is_a_fraction_of_one_attention_map(monkeypatch, need_stats):
+    """At batch 1 the D maps of the example are never all held: scratch buffers stay below half of one ordinary
+    attention map (H x L x L), with statistics (second pass) or without (tiles combined at once)."""
+    from maw_reranker.maw import functional
+
+    sizes = []
+    original = functional._buffer
+
+    def recording(buffers, name, shape, like):
+        sizes.append(math.prod(shape))
+        return original(buffers, name, shape, like)
+
+    monkeypatch.setattr(functional, "_buffer", recording)
+    monkeypatch.setattr(functional, "_CHUNK_ELEMENTS", 4096)  # a small cache budget, so that L=48 counts as long
+    heads, length = 4, 48
+    inp = make_inputs(8, width=16, batch=1, heads=heads, length=length, pad=False)
+    uniform = torch.full((1, 8), 1 / 8)
+    functional.explicit_maw(inp, lambda rows, s: uniform, want_map=True, need_stats=need_stats)
+    one_map = heads * length * length
+    assert sizes and max(sizes) <= one_map / 2, (max(sizes), one_map)

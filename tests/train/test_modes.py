@@ -75,3 +75,20 @@ def test_bf16_autocast_keeps_fp32_logits_and_losses(task_and_model):
     assert loss.dtype == torch.float32 and all(v.dtype == torch.float32 for v in logs.values())  # ... not outside
     result = trainer.run()
     assert len(result.history) == 2 and all(torch.isfinite(torch.tensor(r["loss"])) for r in result.history)
+
+
+@pytest.mark.parametrize("regime", [dict(trainable="top", top_layers=1),
+                                    dict(trainable="lora", lora_layers="top", top_layers=1, lora_r=2)])
+def test_top_layer_regimes_leave_the_prefix_untouched(task_and_model, regime):
+    tmp, task, model = task_and_model
+    trainer = Trainer(options(tmp / regime["trainable"], task, model, maw={"gating_mode": "learned", "depth_dim": 4},
+                              max_steps=2, **regime))
+    trainer.setup()
+    last = trainer.encoder.model.config.num_hidden_layers - 1
+    prefix = {n: p.detach().clone() for n, p in trainer.encoder.model.named_parameters()
+              if "embeddings" in n or (".layer." in n and f".layer.{last}." not in n)}
+    result = trainer.run()
+    now = dict(trainer.encoder.model.named_parameters())
+    assert all(torch.equal(v, now[n]) for n, v in prefix.items())
+    assert result.parameters["trainable"] < result.parameters["total"]
+    assert (result.parameters["lora"] > 0) == (regime["trainable"] == "lora")
