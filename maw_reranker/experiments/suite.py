@@ -11,6 +11,9 @@ looked up as ``configs/<datasets|models>/<name>.yaml`` in the working directory,
   config's), and optional ``grid: {"maw.maw_strength": [...], "maw.depth_dim": [...]}`` expanding to one
   variant per combination, named ``<name>-maw_strength0.1-depth_dim4``.
 
+``{variant}`` and ``{seed}`` in a string option are replaced per run, e.g. ``model: runs/study/{variant}/seed_{seed}/final``
+for a model trained per seed.
+
 Each run's options = dataset config, then variant config, then the suite's ``overrides``. Every run is planned
 (unknown keys, MAW fields, model paths, datasets, measures, run folders) before the first one starts, and executed
 from that plan. Summaries go to ``<out_dir>/<dataset>/_suites/<suite name>/``; only the suite's own variants and
@@ -142,6 +145,7 @@ def expand(options: SuiteOptions) -> list[EvalOptions]:
         for name, variant in variants:
             for seed in options.seeds:
                 merged = deep_merge(deep_merge(dataset, variant), dict(options.overrides or {}))
+                merged = {k: _fill(v, name, seed) for k, v in merged.items()}
                 merged.update(variant=name, seed=seed, out_dir=options.out_dir, force=options.force)
                 unknown = sorted(set(merged) - allowed)
                 if unknown:
@@ -152,6 +156,13 @@ def expand(options: SuiteOptions) -> list[EvalOptions]:
                 except ValueError as exc:
                     raise ConfigError(f"{_where(name, d_index, merged)}: {exc}") from None
     return runs
+
+
+def _fill(value, variant: str, seed: int):
+    """``{variant}`` and ``{seed}`` in a string option (e.g. a trained model per seed: runs/x/{variant}/seed_{seed})."""
+    if isinstance(value, str) and ("{seed}" in value or "{variant}" in value):
+        return value.replace("{seed}", str(seed)).replace("{variant}", variant)
+    return value
 
 
 def _where(variant: str, d_index: int, options) -> str:

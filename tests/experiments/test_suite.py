@@ -16,3 +16,11 @@ def test_suite_plan_errors(tmp_path):
         suite.variant_entries(["non_maw", "non_maw"])
     with pytest.raises(ConfigError, match="not found"):
         suite.variant_entries(["no_such_variant"])
+
+
+def test_variant_and_seed_placeholders(tmp_path):
+    opts = suite.SuiteOptions(datasets=[{"dataset": "scifact"}], seeds=[3, 4], baseline="a",
+                              variants=[{"name": "a", "model": str(tmp_path / "{variant}" / "seed_{seed}"),
+                                         "maw": None}])
+    runs = suite.expand(opts)
+    assert [r.model for r in runs] == [str(tmp_path / "a" / "seed_3"), str(tmp_path / "a" / "seed_4")]

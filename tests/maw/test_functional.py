@@ -214,8 +214,8 @@ def test_batch_one_scratch_memory_is_a_fraction_of_one_attention_map(monkeypatch
         return original(buffers, name, shape, like)
 
     monkeypatch.setattr(functional, "_buffer", recording)
-    monkeypatch.setattr(functional, "_CHUNK_ELEMENTS", 4096)  # a small cache budget, so that L=48 counts as long
-    heads, length = 4, 48
+    monkeypatch.setattr(functional, "_CHUNK_ELEMENTS", 8192)  # a small cache budget, so that L=128 counts as long
+    heads, length = 4, 128
     inp = make_inputs(8, width=16, batch=1, heads=heads, length=length, pad=False)
     uniform = torch.full((1, 8), 1 / 8)
     functional.explicit_maw(inp, lambda rows, s: uniform, want_map=True, need_stats=need_stats)
