@@ -16,6 +16,7 @@ COMMANDS = {
     "eval": "maw_reranker.cli.eval",
     "suite": "maw_reranker.cli.suite",
     "train": "maw_reranker.cli.train",
+    "study": "maw_reranker.cli.study",
     "demo": "maw_reranker.cli.demo",
     "datasets": "maw_reranker.cli.datasets",
     "configs": "maw_reranker.cli.configs",

@@ -12,7 +12,7 @@ from pathlib import Path
 import yaml
 
 CONFIGS_DIR = Path(__file__).resolve().parent.parent / "configs"
-KINDS = ("datasets", "models", "suites", "training")
+KINDS = ("datasets", "models", "suites", "training", "studies")
 
 
 class ConfigError(ValueError):

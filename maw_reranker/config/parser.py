@@ -140,7 +140,8 @@ def parse_options(options_cls: type, ns: argparse.Namespace | dict, config_files
         merged = deep_merge(merged, data)
     for key in values:
         sources[key] = "command line"
-    merged.update({k: v for k, v in values.items() if k in fields or k in getattr(options_cls, "RENAMED", {})})
+    # A mapping given in Python is checked like a config file; argparse adds only known keys anyway.
+    merged.update(values)
     renamed = getattr(options_cls, "RENAMED", {})
     for old in sorted(set(merged) & set(renamed)):
         raise ConfigError(f"{sources.get(old, 'config')}: option '{old}' was renamed: {renamed[old]} "

@@ -154,12 +154,12 @@ def _example_statistics(rowstats: torch.Tensor, query_valid: torch.Tensor, lengt
     return torch.stack((hhi / nk - 1.0 / (nk * nk), max_p, lse - p_dot_s, hhi), dim=-1).float()
 
 
-def _tiles(b: int, heads: int, depth: int, n: int, split_rows: bool) -> list[tuple[slice, slice]]:
-    """(heads, query rows) blocks whose D score maps hold at most ``_CHUNK_ELEMENTS`` values: whole chunks of
-    several examples, else groups of heads, else (long inputs, ``split_rows``) blocks of query rows of one head."""
+def _tiles(b: int, heads: int, depth: int, n: int, split_rows: bool, budget: int) -> list[tuple[slice, slice]]:
+    """(heads, query rows) blocks whose D score maps hold at most ``budget`` values: whole chunks of several
+    examples, else groups of heads, else (long inputs, ``split_rows``) blocks of query rows of one head."""
     per_head = b * depth * n * n
-    group = max(1, min(heads, _CHUNK_ELEMENTS // per_head))
-    rows = n if (group > 1 or not split_rows) else max(1, min(n, _CHUNK_ELEMENTS // (b * depth * n)))
+    group = max(1, min(heads, budget // per_head))
+    rows = n if (group > 1 or not split_rows) else max(1, min(n, budget // (b * depth * n)))
     return [(slice(h, min(h + group, heads)), slice(r, min(r + rows, n)))
             for h in range(0, heads, group) for r in range(0, n, rows)]
 
@@ -191,6 +191,9 @@ def explicit_maw(inp: DepthInputs, decide: Callable, want_output: bool = True, w
     stats = torch.zeros(batch, depth, 4, dtype=torch.float32, device=inp.v.device) if need_stats else None
     combine = want_output or want_map
     keep = combine and need_stats and 2 * min(step, batch) * depth <= batch
+    # A tile's scores and probabilities together stay within half of one attention map of the batch (short inputs
+    # at batch 1), and within the cache-sized budget.
+    budget = max(1, min(_CHUNK_ELEMENTS, batch * heads * length * length // 4))
     buffers: dict = {}
     if keep:  # one allocation at the largest chunk's size, not one per new maximum length
         n_max = max(max(length_list) if trim else length, 1)
@@ -226,7 +229,7 @@ def explicit_maw(inp: DepthInputs, decide: Callable, want_output: bool = True, w
             # Per valid query row: max p, log-sum-exp, sum_k p s, ||p||; everything else is linear in these.
             rowstats = _buffer(buffers, "rowstats", (4, b, heads, depth, n), q)
             kept = _buffer(buffers, "kept", (b, heads, depth, n, n), q) if keep else None
-            for hs, rs in _tiles(b, heads, depth, n, split_rows=not keep):
+            for hs, rs in _tiles(b, heads, depth, n, split_rows=not keep, budget=budget):
                 g, r = hs.stop - hs.start, rs.stop - rs.start
                 target = kept[:, hs] if keep else _buffer(buffers, "probs", (b, g, depth, r, n), q)
                 scores, probs = probabilities(hs, rs, target)
@@ -245,7 +248,7 @@ def explicit_maw(inp: DepthInputs, decide: Callable, want_output: bool = True, w
                 continue
         else:
             weights = decide(rows, None).to(q.dtype)
-        for hs, rs in _tiles(b, heads, depth, n, split_rows=True):  # each tile combined as soon as computed
+        for hs, rs in _tiles(b, heads, depth, n, split_rows=True, budget=budget):  # combined as soon as computed
             _, probs = probabilities(hs, rs, None)
             w = weights if weights.dim() == 2 else weights[:, hs]
             combined = _combine(probs, w, buffers)

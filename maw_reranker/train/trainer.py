@@ -310,6 +310,7 @@ class Trainer:
             write_json(self.out / "train_summary.json", {
                 "steps": state.step, "steps_this_session": done, "best_metric": state.best_metric,
                 "best_step": state.best_step, "final_model": str(final), "train_seconds": round(train_time, 3),
+                "parameters": dict(self.counts),
                 "pairs_per_second": round(pairs_per_step * done / train_time, 3) if train_time else None,
                 "last": history[-1] if history else None})
         acc.wait_for_everyone()

@@ -11,7 +11,7 @@ import pytest
 from maw_reranker.utils.tiny_models import save_tiny_cross_encoder
 
 ROOT = Path(__file__).resolve().parents[2]
-SCRIPTS = ["reproduce_main.sh", "ablations.sh", "dev_sweep.sh", "reproduce_offline.sh"]
+SCRIPTS = ["reproduce_main.sh", "ablations.sh", "dev_sweep.sh", "reproduce_offline.sh", "study.sh"]
 
 
 def run_script(name, *args):

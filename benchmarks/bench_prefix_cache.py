@@ -1,0 +1,212 @@
+"""Top-layer training from a frozen-prefix cache vs full fine-tuning: one table, measured side by side in one run.
+
+Model: ms-marco-MiniLM-L-12-v2 from $MAW_BENCH_MODELS (default ~/.cache/maw-bench-models) when present, else a
+random-weight model of the same shape (BERT, 12 layers, hidden 384, 12 heads, FFN 1536, vocab 30522, dropout 0.1)
+with a word-level tokenizer; MAW (default settings: stat gating, D = 8; ``--no-maw``: none) in the last layer,
+max_length 256; documents of 40..256 random words (about 160 tokens a pair).
+A training step = forward + backward + AdamW step on one batch of G groups x P pairs (listwise softmax
+cross-entropy, the group's first pair the positive), in train mode (dropout on):
+
+* full      full fine-tuning: every parameter trains, the whole model runs forward and backward;
+* uncached  top-k training without a cache: the prefix runs (eval mode, no grad) and the top trains;
+* cached    top-k training from the cache: the batch's prefix states are read from the fp16 disk cache (filled
+            beforehand, fill time reported apart) and only the top layer and head run.
+
+The three step kinds are interleaved step by step (each on its own copy of the model) so machine load hits them
+alike; the table reports the median step time. Then a correctness check: cached (fp32 cache) and uncached top-k
+training from the same initial weights, the same batches and the same seeds give the same losses step for step
+(and with the fp16 cache, close ones).
+
+usage: python benchmarks/bench_prefix_cache.py [--model DIR] [--k 1] [--groups 8] [--group-size 8] [--steps 3]
+                                               [--check-steps 2] [--max-length 256] [--gating stat]
+                                               [--no-maw] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from maw_reranker import CrossEncoderWithMAW, MAWConfig  # noqa: E402
+from maw_reranker.cross_encoder.prefix import freeze_prefix, split_layer, top_forward, train_top  # noqa: E402
+from maw_reranker.cross_encoder.prefix_cache import PrefixCache  # noqa: E402
+
+MINILM = dict(model_type="bert", vocab_size=30522, hidden_size=384, num_layers=12, num_heads=12,
+              intermediate_size=1536, max_positions=512, hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1)
+
+
+def default_model() -> Path:
+    root = os.environ.get("MAW_BENCH_MODELS") or os.path.expanduser("~/.cache/maw-bench-models")
+    return Path(root) / "ms-marco-MiniLM-L-12-v2"
+
+
+def build_random_minilm(directory: Path) -> Path:
+    from maw_reranker.utils.tiny_models import tiny_model, write_word_tokenizer
+
+    words = [f"w{i}" for i in range(MINILM["vocab_size"] - 5)]
+    tokenizer = write_word_tokenizer(directory, words, max_length=512)
+    config = dict(MINILM)
+    model = tiny_model(config.pop("model_type"), seed=0, initializer_range=0.02, **config)
+    assert model.config.vocab_size == len(tokenizer)
+    model.save_pretrained(directory)
+    return directory
+
+
+def make_batches(steps: int, groups: int, group_size: int, max_length: int, seed: int = 0):
+    """``steps`` batches of ``groups x group_size`` pairs; documents of 40..max_length words (many truncated)."""
+    gen = torch.Generator().manual_seed(seed)
+    words = [f"w{i}" for i in range(30000)]
+
+    def text(n: int) -> str:
+        return " ".join(words[int(i)] for i in torch.randint(len(words), (n,), generator=gen))
+
+    batches = []
+    for _ in range(steps):
+        pairs = []
+        for _ in range(groups):
+            query = text(int(torch.randint(4, 12, (1,), generator=gen)))
+            for _ in range(group_size):
+                pairs.append((query, text(int(torch.randint(40, max_length + 1, (1,), generator=gen)))))
+        batches.append(pairs)
+    return batches
+
+
+def listwise_loss(logits: torch.Tensor, groups: int) -> torch.Tensor:
+    scores = logits.view(groups, -1)
+    return torch.nn.functional.cross_entropy(scores, torch.zeros(groups, dtype=torch.long))
+
+
+class Runner:
+    """One copy of the model and its optimizer, trained one way."""
+
+    def __init__(self, model: CrossEncoderWithMAW, kind: str, start: int, groups: int, cache: PrefixCache | None):
+        self.model, self.kind, self.start, self.groups, self.cache = model, kind, start, groups, cache
+        params = list(model.parameters()) if kind == "full" else freeze_prefix(model, start)
+        self.trainable = sum(p.numel() for p in params)
+        self.opt = torch.optim.AdamW(params, lr=2e-5)
+
+    def step(self, pairs, seed: int) -> float:
+        model = self.model
+        if self.kind == "full":
+            model.train()
+        else:
+            train_top(model, self.start)
+        self.opt.zero_grad(set_to_none=True)
+        torch.manual_seed(seed)
+        if self.kind == "cached":
+            logits = top_forward(model, self.cache.get(pairs), self.start)
+        else:
+            logits = model(**model.tokenize(pairs))  # prefix in eval mode and frozen for "uncached"
+        loss = listwise_loss(logits, self.groups)
+        loss.backward()
+        self.opt.step()
+        return float(loss.detach())
+
+
+def timed(fn):
+    t0 = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - t0, out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", default=None, help="model directory (default: MiniLM-L12 from $MAW_BENCH_MODELS, "
+                    "else a random model of its shape)")
+    ap.add_argument("--k", type=int, default=1, help="trainable top layers (MAW in the last one)")
+    ap.add_argument("--groups", type=int, default=8)
+    ap.add_argument("--group-size", type=int, default=8)
+    ap.add_argument("--steps", type=int, default=3, help="timed steps of each kind (interleaved)")
+    ap.add_argument("--check-steps", type=int, default=2, help="steps of the cached-vs-uncached loss check")
+    ap.add_argument("--max-length", type=int, default=256)
+    ap.add_argument("--gating", default="stat", help="MAW gating mode of the last layer (default: stat)")
+    ap.add_argument("--no-maw", action="store_true", help="the plain model (top-k fine-tuning without MAW)")
+    ap.add_argument("--quick", action="store_true", help="2 timed steps, 2 check steps, 4 x 4 pairs")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.steps, args.check_steps, args.groups, args.group_size = 2, 2, 4, 4
+
+    work = Path(tempfile.mkdtemp(prefix="bench-prefix-"))
+    model_dir = Path(args.model) if args.model else default_model()
+    if not model_dir.is_dir():
+        if args.model:
+            raise SystemExit(f"model directory not found: {model_dir}")
+        model_dir = build_random_minilm(work / "minilm-random")
+        source = "random weights, MiniLM-L12 shape"
+    else:
+        source = str(model_dir)
+    maw = None if args.no_maw else MAWConfig(inject_last_k=1, gating_mode=args.gating)
+    base = CrossEncoderWithMAW.from_pretrained(model_dir, maw=maw, max_length=args.max_length, device="cpu")
+    start = split_layer(base, args.k)
+    batches = make_batches(args.steps + args.check_steps, args.groups, args.group_size, args.max_length)
+    timed_batches, check_batches = batches[:args.steps], batches[args.steps:]
+    tokens = [int(base.tokenize(b)["attention_mask"].sum()) for b in batches]
+    variant = "no MAW" if maw is None else f"MAW {maw.gating_mode} D={maw.depth_dim} in the last layer"
+    print(f"model: {source}; {sum(p.numel() for p in base.parameters()) / 1e6:.1f}M parameters; {variant}; "
+          f"top k={args.k} (start layer {start}); max_length {args.max_length}; "
+          f"batch {args.groups} x {args.group_size} pairs, {statistics.mean(tokens) / len(batches[0]):.0f} tokens/pair "
+          f"on average; torch threads {torch.get_num_threads()}", flush=True)
+
+    # The cache is built from the initial weights; the prefix never changes for top-k training.
+    cache16 = PrefixCache(work / "cache", base, start, dtype="fp16", batch_size=32, show_progress=True)
+    fill_s, _ = timed(lambda: cache16.fill([p for b in batches for p in b]))
+    n_pairs = sum(len(b) for b in batches)
+    cache32 = PrefixCache(work / "cache", base, start, dtype="fp32", batch_size=32, show_progress=False)
+    cache32.fill([p for b in check_batches for p in b])
+
+    runners = {kind: Runner(copy.deepcopy(base), kind, start, args.groups, cache16 if kind == "cached" else None)
+               for kind in ("full", "uncached", "cached")}
+    times: dict[str, list[float]] = {k: [] for k in runners}
+    for i, pairs in enumerate(timed_batches):
+        for kind, runner in runners.items():
+            seconds, loss = timed(lambda: runner.step(pairs, seed=1000 + i))
+            times[kind].append(seconds)
+            print(f"  step {i} {kind:8s} {seconds:7.3f} s  loss {loss:.4f}", flush=True)
+
+    med = {k: statistics.median(v) for k, v in times.items()}
+    bsz = len(timed_batches[0])
+    print()
+    print(f"| step ({args.groups}x{args.group_size} pairs, fwd+bwd+AdamW) | trainable params | median s/step "
+          f"| pairs/s | speed-up vs full |")
+    print("|---|---:|---:|---:|---:|")
+    for kind, label in (("full", "full fine-tuning"), ("uncached", f"top-{args.k}, no cache"),
+                        ("cached", f"top-{args.k}, from fp16 cache")):
+        r = runners[kind]
+        print(f"| {label} | {r.trainable / 1e6:.2f}M | {med[kind]:.3f} | {bsz / med[kind]:.1f} "
+              f"| {med['full'] / med[kind]:.1f}x |")
+    print(f"\ncache fill (prefix forward, once per pair): {n_pairs} pairs in {fill_s:.1f} s "
+          f"({n_pairs / fill_s:.1f} pairs/s); disk {cache16.disk_bytes() / n_pairs / 1024:.0f} KB/pair in fp16")
+    ratio = med["full"] / med["cached"]
+    print(f"ratio full / cached = {ratio:.1f}x (target >= 8x): {'OK' if ratio >= 8 else 'BELOW TARGET'}")
+
+    # Correctness: cached vs uncached top-k training, step for step, from the same weights and seeds.
+    print("\nlosses, cached vs uncached top-k training (same initial weights, batches and seeds; dropout on):")
+    check = {name: Runner(copy.deepcopy(base), kind, start, args.groups, cache)
+             for name, kind, cache in (("uncached", "uncached", None), ("cached-fp32", "cached", cache32),
+                                       ("cached-fp16", "cached", cache16))}
+    worst32 = worst16 = 0.0
+    print("| step | uncached | cached (fp32) | cached (fp16) |")
+    print("|---:|---:|---:|---:|")
+    for i, pairs in enumerate(check_batches):
+        losses = {name: r.step(pairs, seed=2000 + i) for name, r in check.items()}
+        worst32 = max(worst32, abs(losses["cached-fp32"] - losses["uncached"]))
+        worst16 = max(worst16, abs(losses["cached-fp16"] - losses["uncached"]))
+        print(f"| {i} | {losses['uncached']:.6f} | {losses['cached-fp32']:.6f} | {losses['cached-fp16']:.6f} |")
+    same = worst32 <= 1e-4
+    print(f"max |loss difference|: fp32 cache {worst32:.2e} ({'same' if same else 'DIFFERENT'} to 1e-4), "
+          f"fp16 cache {worst16:.2e}")
+    return 0 if same else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,324 @@
+"""Split a cross-encoder at layer ``start``: a frozen prefix (run once, cacheable) and a trainable top.
+
+MAW lives in the last ``k`` layers. With everything below them frozen, the hidden states entering layer
+``start = num_layers - k`` are a fixed function of the (query, document) pair, so they can be computed once
+(:func:`prefix_states`, cached on disk by :class:`maw_reranker.cross_encoder.prefix_cache.PrefixCache`) and training,
+dev evaluation and reranking run only the top (:func:`top_forward`)::
+
+    start = split_layer(encoder, k=1)                 # 11 on a 12-layer MiniLM
+    trainable = freeze_prefix(encoder, start)         # prefix: requires_grad=False; returns what still trains
+    train_top(encoder, start)                         # top layers + head in train mode, prefix in eval mode
+    states = prefix_states(encoder, encoder.tokenize(pairs), start)   # no_grad, eval mode, stops at layer `start`
+    logits = top_forward(encoder, states, start)      # [B] float32, with autograd, top layers + head only
+
+Exactness: ``top_forward(e, prefix_states(e, f, s), s)`` equals ``e(**f)`` (eval mode) for every ``s``, and in
+train mode equals the full forward with the prefix modules in eval mode (:func:`train_top`) under the same torch
+seed: the prefix draws no random numbers in eval mode, so the top draws the same dropout masks (and the same router
+Gumbel noise / GRPO samples) in the same order.
+
+What "the prefix" is (one definition, used to freeze, to put in eval mode and to fingerprint the cache): every module
+of the backbone (``model.base_model``) except the top layers (``encoder.layer[start:]``) and the backbone's pooler.
+So besides the embeddings and layers ``< start`` it holds ELECTRA's ``embeddings_project``, DeBERTa-v2's ``conv``
+(applied after layer 0 only) and its relative-position embeddings and their LayerNorm: the latter are read by every
+layer, prefix ones included, so training them would silently invalidate the cached states; they stay frozen. The
+top is the top layers (with their MAW parameters), the pooler and the classification head.
+
+How the top runs without the prefix (:func:`top_forward`), generic across transformers versions: for the duration of
+one call the embeddings module is swapped for a stub that returns the given hidden states, the encoder's layer list
+for the top layers only, ELECTRA's ``embeddings_project`` for an identity (the cache is taken after it) and, when
+``start > 0``, DeBERTa-v2's ``conv`` for None (it belongs to layer 0, in the prefix); then the model's normal forward
+runs with ``inputs_embeds=hidden_states`` and the real attention mask, so it builds its own mask (sdpa/eager) and
+DeBERTa its own relative positions (they depend only on the sequence length). Everything is restored in a
+``finally``. Nothing else depends on a layer's position: MAW layers keep their ``layer_index``.
+
+Supported: the architectures :mod:`maw_reranker.utils.tiny_models` builds (BERT/MiniLM, RoBERTa, XLM-RoBERTa,
+ELECTRA, DeBERTa-v2); ``0 <= start < num_layers`` (at least one trainable layer).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+from typing import Any, Iterator, Mapping
+
+import torch
+from torch import nn
+
+STATE_KEYS = ("hidden_states", "attention_mask")
+SUPPORTED_MODEL_TYPES = ("bert", "roberta", "xlm-roberta", "camembert", "electra", "deberta-v2")
+FINGERPRINT_VERSION = 1
+# Config entries that do not change the prefix states (names, bookkeeping, the head, the attention kernel).
+_CONFIG_IGNORED = {"_name_or_path", "transformers_version", "_commit_hash", "architectures", "id2label", "label2id",
+                   "num_labels", "problem_type", "_attn_implementation", "_attn_implementation_autoset",
+                   "attn_implementation", "torch_dtype", "dtype", "classifier_dropout", "use_cache", "return_dict",
+                   "output_attentions", "output_hidden_states", "tie_word_embeddings"}
+
+
+class _PrefixDone(BaseException):
+    """Raised by the pre-hook on layer ``start`` to stop the forward pass once its input is captured. A
+    BaseException, so that no ``except Exception`` in library code between here and the caller swallows it."""
+
+
+# -- the split ------------------------------------------------------------------------------------------------
+def hf_model(encoder: Any) -> nn.Module:
+    """The Hugging Face sequence-classification model of a :class:`CrossEncoderWithMAW` (or the model itself)."""
+    from maw_reranker.cross_encoder.model import CrossEncoderWithMAW
+
+    return encoder.model if isinstance(encoder, CrossEncoderWithMAW) else encoder
+
+
+def _backbone(encoder: Any) -> tuple[nn.Module, nn.Module, nn.ModuleList]:
+    """(backbone, its encoder, the encoder's layer list), or a ValueError for an unsupported model."""
+    model = hf_model(encoder)
+    base = getattr(model, "base_model", None)
+    enc = getattr(base, "encoder", None)
+    layers = getattr(enc, "layer", None)
+    if not isinstance(layers, nn.ModuleList) or not hasattr(base, "embeddings"):
+        kind = getattr(getattr(model, "config", None), "model_type", type(model).__name__)
+        raise ValueError(f"cannot split model type {kind!r} into a prefix and a top: supported are "
+                         f"{', '.join(SUPPORTED_MODEL_TYPES)} (a backbone with .embeddings and .encoder.layer)")
+    return base, enc, layers
+
+
+def num_layers(encoder: Any) -> int:
+    """Number of transformer layers of the backbone."""
+    return len(_backbone(encoder)[2])
+
+
+def split_layer(encoder: Any, k: int) -> int:
+    """``start = num_layers - k``: the index of the first trainable layer when the last ``k`` layers train."""
+    n = num_layers(encoder)
+    if not 1 <= int(k) <= n:
+        raise ValueError(f"k (trainable top layers) must be in [1, {n}] for this model, got {k}")
+    return n - int(k)
+
+
+def _check_start(encoder: Any, start: int) -> int:
+    n = num_layers(encoder)
+    if not isinstance(start, int) or isinstance(start, bool) or not 0 <= start < n:
+        raise ValueError(f"start (first top layer) must be an int in [0, {n - 1}] for this model, got {start!r}")
+    return start
+
+
+def prefix_modules(encoder: Any, start: int) -> list[nn.Module]:
+    """The frozen prefix as a list of leaf-most whole modules: every direct child of the backbone and of its encoder
+    except the top layers (``encoder.layer[start:]``), the layer list itself (its first ``start`` layers are listed
+    instead) and the backbone's pooler. See the module docstring for what that covers per architecture."""
+    _check_start(encoder, start)
+    base, enc, layers = _backbone(encoder)
+    out: list[nn.Module] = []
+    for name, child in base.named_children():
+        if child is enc or name == "pooler" or child is None:
+            continue
+        out.append(child)
+    for child in enc.children():
+        if child is not layers and child is not None:
+            out.append(child)
+    out.extend(layers[:start])
+    return out
+
+
+def _prefix_named_tensors(encoder: Any, start: int) -> Iterator[tuple[str, torch.Tensor]]:
+    base, _, _ = _backbone(encoder)
+    names = {id(m): n for n, m in base.named_modules()}
+    for module in prefix_modules(encoder, start):
+        prefix = names.get(id(module), "?")
+        for pname, tensor in list(module.named_parameters()) + list(module.named_buffers()):
+            yield f"{prefix}.{pname}", tensor
+
+
+def freeze_prefix(encoder: Any, start: int) -> list[nn.Parameter]:
+    """Set ``requires_grad=False`` on every prefix parameter; return the parameters that still require grad (the top
+    layers, MAW included, the pooler and the head, unless the caller froze some of them)."""
+    frozen = set()
+    for module in prefix_modules(encoder, start):
+        for p in module.parameters():
+            p.requires_grad_(False)
+            frozen.add(id(p))
+    return [p for p in hf_model(encoder).parameters() if p.requires_grad and id(p) not in frozen]
+
+
+def top_parameters(encoder: Any, start: int) -> list[tuple[str, nn.Parameter]]:
+    """Named parameters outside the prefix (whatever their ``requires_grad``): what top-k training may train."""
+    frozen = {id(p) for m in prefix_modules(encoder, start) for p in m.parameters()}
+    return [(n, p) for n, p in hf_model(encoder).named_parameters() if id(p) not in frozen]
+
+
+def train_top(encoder: Any, start: int, mode: bool = True) -> None:
+    """Top layers and head in train mode (``mode``), the prefix always in eval mode. The training mode of a top-k
+    run, cached or not: with it, the full forward equals :func:`top_forward` on :func:`prefix_states` under the same
+    seed."""
+    (encoder if isinstance(encoder, nn.Module) else hf_model(encoder)).train(mode)
+    for module in prefix_modules(encoder, start):
+        module.eval()
+
+
+@contextlib.contextmanager
+def _modes_kept(model: nn.Module) -> Iterator[None]:
+    modes = [(m, m.training) for m in model.modules()]
+    try:
+        yield
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
+# -- prefix ---------------------------------------------------------------------------------------------------
+def prefix_states(encoder: Any, features: Mapping[str, torch.Tensor], start: int) -> dict[str, torch.Tensor]:
+    """Run the prefix (embeddings and layers ``< start``) in eval mode without autograd and return the input of layer
+    ``start``: ``{"hidden_states": [B, L, H] (model dtype, detached), "attention_mask": [B, L] (as given, or ones)}``.
+
+    ``features`` is a tokenizer output (``encoder.tokenize(pairs)``); it is moved to the model's device. The forward
+    pass stops at layer ``start`` (a pre-hook captures its input and raises), so layers ``>= start`` and the head
+    cost nothing. Module training flags are restored afterwards. Runs under ``no_grad``, not ``inference_mode``, so
+    the states can enter an autograd graph later (the top's backward needs them saved).
+    """
+    _check_start(encoder, start)
+    model = hf_model(encoder)
+    _, _, layers = _backbone(encoder)
+    device = next(model.parameters()).device
+    features = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in features.items()}
+    captured: dict[str, torch.Tensor] = {}
+
+    def hook(module, args, kwargs):
+        captured["hidden_states"] = args[0] if args else kwargs["hidden_states"]
+        raise _PrefixDone
+
+    handle = layers[start].register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        with _modes_kept(model), torch.no_grad():
+            model.eval()
+            try:
+                model(**features)
+            except _PrefixDone:
+                pass
+    finally:
+        handle.remove()
+    if "hidden_states" not in captured:
+        raise RuntimeError(f"the forward pass never reached layer {start}: cannot capture its input")
+    hidden = captured["hidden_states"].detach()
+    mask = features.get("attention_mask")
+    if mask is None:
+        mask = torch.ones(hidden.shape[:2], dtype=torch.long, device=hidden.device)
+    return {"hidden_states": hidden, "attention_mask": mask}
+
+
+# -- top ------------------------------------------------------------------------------------------------------
+class _GivenStates(nn.Module):
+    """Stands in for the embeddings module: returns the hidden states it is handed as ``inputs_embeds``."""
+
+    def forward(self, input_ids=None, *args, inputs_embeds=None, **kwargs):
+        if inputs_embeds is None:
+            raise RuntimeError("top_forward: the stub embeddings expected inputs_embeds")
+        return inputs_embeds
+
+
+@contextlib.contextmanager
+def top_only(encoder: Any, start: int) -> Iterator[nn.Module]:
+    """Within the block, the HF model (yielded) runs only layers ``>= start`` and the head, taking the input of layer
+    ``start`` as ``inputs_embeds``. Restored on exit, also on error."""
+    _check_start(encoder, start)
+    model = hf_model(encoder)
+    base, enc, layers = _backbone(encoder)
+    swaps: list[tuple[nn.Module, str, Any]] = []
+
+    def swap(owner: nn.Module, name: str, value: Any) -> None:
+        swaps.append((owner, name, getattr(owner, name)))
+        setattr(owner, name, value)
+
+    try:
+        swap(base, "embeddings", _GivenStates())
+        swap(enc, "layer", nn.ModuleList(list(layers)[start:]))
+        if getattr(base, "embeddings_project", None) is not None:  # ELECTRA: the cache is taken after it
+            swap(base, "embeddings_project", nn.Identity())
+        if start > 0 and getattr(enc, "conv", None) is not None:  # DeBERTa-v2: conv belongs to layer 0
+            swap(enc, "conv", None)
+        yield model
+    finally:
+        for owner, name, value in reversed(swaps):
+            setattr(owner, name, value)
+
+
+def top_forward(encoder: Any, states: Mapping[str, torch.Tensor], start: int) -> torch.Tensor:
+    """Relevance logits ``[B]`` (float32) from the input of layer ``start`` (:func:`prefix_states` or a
+    :class:`PrefixCache` batch), through layers ``>= start``, the pooler and the head only, with autograd and in the
+    modules' current train/eval mode (dropout of the top layers and head applies in train mode).
+
+    ``states["hidden_states"]`` may be of any float dtype and device (fp16 from a cache): it is cast to the model's
+    parameter dtype and device. ``states["attention_mask"]`` is the ``[B, L]`` padding mask (1 = token)."""
+    model = hf_model(encoder)
+    param = next(model.parameters())
+    hidden = states["hidden_states"].to(device=param.device, dtype=param.dtype)
+    mask = states.get("attention_mask")
+    if mask is None:
+        mask = torch.ones(hidden.shape[:2], dtype=torch.long, device=param.device)
+    mask = mask.to(param.device)
+    if hidden.dim() != 3 or tuple(mask.shape) != tuple(hidden.shape[:2]):
+        raise ValueError(f"top_forward: hidden_states {tuple(hidden.shape)} and attention_mask {tuple(mask.shape)} "
+                         "must be [B, L, H] and [B, L]")
+    with top_only(encoder, start) as top:
+        out = top(inputs_embeds=hidden, attention_mask=mask)
+    return out.logits[:, 0].float()
+
+
+def split_forward(encoder: Any, features: Mapping[str, torch.Tensor], start: int) -> torch.Tensor:
+    """The uncached top-k forward: :func:`prefix_states` then :func:`top_forward` (logits ``[B]`` float32)."""
+    return top_forward(encoder, prefix_states(encoder, features, start), start)
+
+
+# -- identity of a prefix (the cache key) ---------------------------------------------------------------------
+def _tensor_bytes(tensor: torch.Tensor) -> bytes:
+    t = tensor.detach().to("cpu").contiguous()
+    return t.view(torch.uint8).numpy().tobytes() if t.numel() else b""
+
+
+def _tokenizer_description(tokenizer: Any) -> str:
+    if tokenizer is None:
+        return "none"
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None and hasattr(backend, "to_str"):
+        spec = json.loads(backend.to_str())
+        spec.pop("truncation", None)  # per-call state the last tokenizer call left (max_length is keyed apart)
+        spec.pop("padding", None)
+        body = json.dumps(spec, sort_keys=True)
+    else:
+        body = json.dumps(sorted(tokenizer.get_vocab().items()))
+    extra = {"class": type(tokenizer).__name__, "padding_side": getattr(tokenizer, "padding_side", None),
+             "truncation_side": getattr(tokenizer, "truncation_side", None),
+             "special": {k: str(v) for k, v in sorted((getattr(tokenizer, "special_tokens_map", {}) or {}).items())}}
+    return json.dumps(extra, sort_keys=True) + "\n" + body
+
+
+def prefix_fingerprint(encoder: Any, start: int, tokenizer: Any = None) -> str:
+    """A sha256 hex digest of everything the prefix states of a pair depend on, apart from ``max_length`` and the
+    storage dtype (which :class:`PrefixCache` adds): the model config (less names, head and attention-kernel
+    entries), ``start``, the parameter dtype, every prefix parameter and buffer (names, shapes, dtypes, bytes), the
+    tokenizer (its full serialization) and, when a MAW layer sits in the prefix, the MAW config.
+
+    Hashing the weights (not the model path) means a fine-tuned copy, a re-download or an in-place edit can never
+    reuse stale states; it costs one pass over the prefix weights (about 0.2 s for MiniLM-L12)."""
+    _check_start(encoder, start)
+    model = hf_model(encoder)
+    if tokenizer is None:
+        tokenizer = getattr(encoder, "tokenizer", None)
+    h = hashlib.sha256()
+    config = {k: v for k, v in model.config.to_dict().items() if k not in _CONFIG_IGNORED}
+    param = next(model.parameters())
+    head = {"version": FINGERPRINT_VERSION, "start": start, "param_dtype": str(param.dtype), "config": config}
+    maw = getattr(model, "maw_config", None)
+    from maw_reranker.maw.patcher import maw_layers
+
+    if maw is not None and any(m.layer_index < start for m in maw_layers(model).values()):
+        head["maw"] = maw.to_dict()
+    h.update(json.dumps(head, sort_keys=True, default=str).encode())
+    h.update(hashlib.sha256(_tokenizer_description(tokenizer).encode()).digest())
+    for name, tensor in _prefix_named_tensors(encoder, start):
+        h.update(f"\n{name}:{tuple(tensor.shape)}:{tensor.dtype}\n".encode())
+        h.update(_tensor_bytes(tensor))
+    return h.hexdigest()
+
+
+__all__ = ["STATE_KEYS", "SUPPORTED_MODEL_TYPES", "hf_model", "num_layers", "split_layer", "prefix_modules",
+           "freeze_prefix", "top_parameters", "train_top", "prefix_states", "top_only", "top_forward",
+           "split_forward", "prefix_fingerprint"]

@@ -1,0 +1,237 @@
+"""A training study: for each protocol (train set -> test set), train every variant for every seed, then evaluate
+them all as one suite (significance against the baseline variant) and write a report with the trainable
+parameter counts and the training time of every run.
+
+A study file (``configs/studies/*.yaml``) holds ``model``, ``seeds``, ``baseline``, ``train`` (training options
+shared by every run), ``eval`` (evaluation options shared by every run), ``protocols`` (each ``{name, train:
+{dataset options...}, test: {dataset options...}}``), ``variants`` (each ``{name, train: {options}}``) and
+``quick`` (overrides for ``--quick``: fewer seeds, steps, queries). A variant may set ``lora_r: match:<variant>``:
+the LoRA rank whose parameter count is closest to that (earlier) variant's trainable MAW parameters.
+
+Trained models go to ``<runs_dir>/<study>/<protocol>/<variant>/seed_<n>/`` and are reused when complete
+(``train_summary.json`` is written last), evaluation runs to ``<out_dir>/`` as for any suite, so an interrupted
+study continues where it stopped.
+"""
+
+# No `from __future__ import annotations`: the options parser reads the field types at runtime.
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from maw_reranker.config.files import ConfigError, deep_merge
+from maw_reranker.config.parser import parse_options
+from maw_reranker.config.sections import opt
+
+logger = logging.getLogger(__name__)
+MATCH = "match:"
+
+
+@dataclass
+class StudyOptions:
+    CONFIG_KINDS = ("studies",)
+
+    name: str = opt("study", "study name: names its runs folder and its suites")
+    model: str = opt("", "the cross-encoder every variant starts from (hub id, directory or bench:NAME)")
+    seeds: list[int] = opt([0, 1, 2], "training (and evaluation) seeds of every variant")
+    baseline: str = opt("", "the variant every other is compared against")
+    train: dict = opt({}, "training options shared by every run (see `maw-rerank train --help`)")
+    eval: dict = opt({}, "evaluation options shared by every run (see `maw-rerank eval --help`)")
+    protocols: list = opt([], "protocols: {name, train: {dataset options}, test: {dataset options}}")
+    variants: list = opt([], "variants: {name, train: {training options}}; lora_r: match:<variant> matches the "
+                             "trainable MAW parameters of that variant")
+    quick: dict = opt({}, "overrides applied with --quick (a smoke run of the whole study)")
+    runs_dir: str = opt("runs", "trained models go to <runs_dir>/<name>/<protocol>/<variant>/seed_<n>/")
+    out_dir: str = opt("experiments", "evaluation runs and summaries (as for suites)")
+    n_resamples: int = opt(10_000, "bootstrap resamples for the CI")
+    alpha: float = opt(0.05, "Holm-adjusted significance level")
+    quick_run: bool = opt(False, "apply the `quick` overrides (a smoke run; its results are not the study's)")
+    dry_run: bool = opt(False, "list the planned trainings and evaluations and exit")
+    only: Optional[list[str]] = opt(None, "run only these protocols (names)")
+
+
+@dataclass
+class TrainingRun:
+    protocol: str
+    variant: str
+    seed: int
+    options: object  # TrainOptions
+    match: Optional[str] = None  # the variant whose MAW parameter count the LoRA rank matches
+
+    @property
+    def done(self) -> bool:
+        return (Path(self.options.output_dir) / "train_summary.json").is_file()
+
+
+@dataclass
+class StudyResult:
+    report: Path
+    trainings: list = field(default_factory=list)
+    summaries: dict = field(default_factory=dict)
+
+
+def apply_quick(options: StudyOptions) -> StudyOptions:
+    """The study with its ``quick`` overrides merged in (mappings merge key by key)."""
+    from dataclasses import asdict
+
+    data = deep_merge({k: v for k, v in asdict(options).items()}, dict(options.quick or {}))
+    data["quick"] = {}
+    if "name" not in (options.quick or {}):  # its own models and runs: a smoke run is never reused as the study
+        data["name"] = f"{options.name}-quick"
+    return StudyOptions(**data)
+
+
+def _names(entries: list, what: str) -> list[str]:
+    names = []
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, dict) or not entry.get("name"):
+            raise ConfigError(f"study: {what} #{i + 1} must be a mapping with a 'name'")
+        names.append(str(entry["name"]))
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ConfigError(f"study: duplicate {what} names {dupes}")
+    return names
+
+
+def plan_trainings(options: StudyOptions) -> list[TrainingRun]:
+    """Every training of the study as checked ``TrainOptions`` (protocol-major, then variant, then seed)."""
+    from maw_reranker.train.config import TrainOptions
+
+    if not str(options.model).strip():
+        raise ConfigError("study: option 'model' is empty")
+    protocols = _names(options.protocols, "protocol")
+    variants = _names(options.variants, "variant")
+    if options.baseline not in variants:
+        raise ConfigError(f"study: baseline {options.baseline!r} is not one of the variants {variants}")
+    if options.only:
+        unknown = sorted(set(options.only) - set(protocols))
+        if unknown:
+            raise ConfigError(f"study: option 'only' names unknown protocols {unknown}; known: {protocols}")
+    runs = []
+    for protocol in options.protocols:
+        if options.only and protocol["name"] not in options.only:
+            continue
+        for v_index, variant in enumerate(options.variants):
+            spec = deep_merge(deep_merge(dict(options.train or {}), dict(protocol.get("train") or {})),
+                              dict(variant.get("train") or {}))
+            match = None
+            if isinstance(spec.get("lora_r"), str) and spec["lora_r"].startswith(MATCH):
+                match = spec["lora_r"][len(MATCH):]
+                if match not in variants[:v_index]:
+                    raise ConfigError(f"study variant {variant['name']!r}: lora_r {spec['lora_r']!r} must name an "
+                                      f"earlier variant ({variants[:v_index]})")
+                spec["lora_r"] = 1  # replaced by the matched rank before training
+            for seed in options.seeds:
+                out = Path(options.runs_dir) / options.name / protocol["name"] / variant["name"] / f"seed_{seed}"
+                values = {"model": options.model, **spec, "seed": seed, "output_dir": str(out)}
+                where = f"study protocol {protocol['name']!r}, variant {variant['name']!r}"
+                try:
+                    train_options = parse_options(TrainOptions, values).validate()
+                except (ValueError, FileNotFoundError) as exc:
+                    raise ConfigError(f"{where}: {exc}") from None
+                runs.append(TrainingRun(protocol["name"], variant["name"], seed, train_options, match))
+    return runs
+
+
+def suite_for(options: StudyOptions, protocol: dict):
+    """The evaluation suite of one protocol: every trained variant and seed on its test set."""
+    from maw_reranker.experiments.suite import SuiteOptions
+
+    root = Path(options.runs_dir) / options.name / protocol["name"]
+    variants = [{"name": v["name"], "model": str(root / "{variant}" / "seed_{seed}" / "final"), "maw": "auto"}
+                for v in options.variants]
+    overrides = dict(options.eval or {})
+    if options.train.get("max_length") and "max_length" not in overrides:
+        overrides["max_length"] = options.train["max_length"]
+    return SuiteOptions(name=f"{options.name}-{protocol['name']}", datasets=[dict(protocol["test"])],
+                        variants=variants, seeds=list(options.seeds), baseline=options.baseline,
+                        overrides=overrides, out_dir=options.out_dir, n_resamples=options.n_resamples,
+                        alpha=options.alpha)
+
+
+def _matched_rank(run: TrainingRun, trainings: list[TrainingRun]) -> int:
+    """The LoRA rank closest to the trainable MAW parameter count of the matched variant (same protocol, seed)."""
+    from maw_reranker.cross_encoder.model import CrossEncoderWithMAW
+    from maw_reranker.config.sections import resolve_model_path
+    from maw_reranker.train.lora import rank_for_budget
+    from maw_reranker.train.params import top_start
+
+    source = next(t for t in trainings if (t.protocol, t.variant, t.seed) == (run.protocol, run.match, run.seed))
+    summary = json.loads((Path(source.options.output_dir) / "train_summary.json").read_text(encoding="utf-8"))
+    target = int(summary["parameters"]["maw"])
+    encoder = CrossEncoderWithMAW.from_pretrained(resolve_model_path(run.options.model), maw=None, device="cpu")
+    layers = None
+    if run.options.lora_layers == "top":
+        start = top_start(encoder.model, run.options.top_layers)
+        layers = list(range(start, int(encoder.model.config.num_hidden_layers)))
+    return rank_for_budget(encoder.model, target, run.options.lora_target_modules, layers)
+
+
+def run_study(options: StudyOptions) -> StudyResult:
+    """Train (or reuse) every run, evaluate each protocol as a suite, write the report."""
+    import dataclasses
+
+    from maw_reranker.experiments.suite import plan, run_suite
+    from maw_reranker.train.trainer import train
+
+    if options.quick_run:
+        options = apply_quick(options)
+    trainings = plan_trainings(options)
+    started = time.perf_counter()
+    for i, run in enumerate(trainings, 1):
+        if run.done:
+            logger.info("study: training %d/%d complete already: %s", i, len(trainings), run.options.output_dir)
+            continue
+        if run.match:
+            run.options = dataclasses.replace(run.options, lora_r=_matched_rank(run, trainings))
+        logger.info("study: training %d/%d: %s / %s / seed %d", i, len(trainings), run.protocol, run.variant, run.seed)
+        train(run.options)
+    result = StudyResult(Path(options.out_dir) / "_studies" / options.name / "report.md", trainings)
+    for protocol in options.protocols:
+        if options.only and protocol["name"] not in options.only:
+            continue
+        suite_options = suite_for(options, protocol)
+        outcome = run_suite(plan(suite_options), options.baseline, name=suite_options.name,
+                            n_resamples=options.n_resamples, alpha=options.alpha)
+        result.summaries[protocol["name"]] = outcome.summaries
+    write_report(options, result, time.perf_counter() - started)
+    return result
+
+
+def _train_rows(trainings: list[TrainingRun], protocol: str) -> list[str]:
+    rows = ["| variant | seeds | trainable params | of which MAW | of which LoRA | total params | train s (mean) |",
+            "|---|---|---|---|---|---|---|"]
+    by_variant: dict = {}
+    for t in trainings:
+        if t.protocol != protocol:
+            continue
+        path = Path(t.options.output_dir) / "train_summary.json"
+        if path.is_file():
+            by_variant.setdefault(t.variant, []).append(json.loads(path.read_text(encoding="utf-8")))
+    for variant, summaries in by_variant.items():
+        p = summaries[0].get("parameters", {})
+        seconds = sum(s.get("train_seconds") or 0 for s in summaries) / len(summaries)
+        rows.append(f"| {variant} | {len(summaries)} | {p.get('trainable', 0):,} | {p.get('maw', 0):,} | "
+                    f"{p.get('lora', 0):,} | {p.get('total', 0):,} | {seconds:.1f} |")
+    return rows
+
+
+def write_report(options: StudyOptions, result: StudyResult, seconds: float) -> Path:
+    """``report.md``: per protocol, the suite summary (significance against the baseline) and the training table."""
+    from maw_reranker.utils.io import atomic_write
+
+    lines = [f"# Study {options.name}", "", f"Seeds {list(options.seeds)}, baseline `{options.baseline}`, model "
+             f"`{options.model}`; wall time {seconds / 60:.1f} min" + (" (quick run: not the study's results)"
+                                                                       if options.quick_run else ""), ""]
+    for protocol, summaries in result.summaries.items():
+        lines += [f"## {protocol}", ""]
+        for dataset, folder in summaries.items():
+            md = Path(folder) / "summary.md" if folder else None
+            lines += [md.read_text(encoding="utf-8").strip() if md and md.is_file() else f"{dataset}: no summary", ""]
+        lines += ["### Training", "", *_train_rows(result.trainings, protocol), ""]
+    result.report.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(result.report) as handle:
+        handle.write("\n".join(lines) + "\n")
+    return result.report

@@ -1,0 +1,61 @@
+"""A training study end to end on a tiny task: trainings reused when complete, suites, matched LoRA, report."""
+
+import json
+
+import pytest
+
+from maw_reranker.config.files import ConfigError
+from maw_reranker.experiments.study import StudyOptions, apply_quick, plan_trainings, run_study
+from tests.train.helpers import tiny_model_dir, write_task
+
+
+def study(tmp_path, **overrides):
+    task = write_task(tmp_path / "task")
+    data = {"dataset": str(task["dataset"]), "split": "train", "candidates": str(task["run"])}
+    base = dict(
+        name="tiny", model=str(tiny_model_dir(tmp_path / "model")), seeds=[0], baseline="topk",
+        train={"max_length": 32, "trainable": "top", "top_layers": 1, "n_negatives": 3, "batch_size": 4,
+               "max_steps": 2, "checkpoint_every": 0, "report_to": [], "progress_bar": False, "lr": 1e-3},
+        eval={"progress": False, "standard_measures": False, "batch_size": 16, "plots": False},
+        protocols=[{"name": "self", "train": dict(data), "test": {**data, "dataset_name": "tiny-test"}}],
+        variants=[{"name": "topk", "train": {"maw": None}},
+                  {"name": "maw_project", "train": {"maw": {"gating_mode": "learned", "depth_dim": 2,
+                                                            "depth_source": "project", "depth_rank": 2}}},
+                  {"name": "lora_matched", "train": {"maw": None, "trainable": "lora", "lora_layers": "top",
+                                                     "lora_r": "match:maw_project"}}],
+        quick={"seeds": [5], "train": {"max_steps": 1}},
+        runs_dir=str(tmp_path / "runs"), out_dir=str(tmp_path / "exp"), n_resamples=100)
+    base.update(overrides)
+    return StudyOptions(**base)
+
+
+def test_study_trains_evaluates_and_reports(tmp_path):
+    options = study(tmp_path)
+    result = run_study(options)
+    assert [t.done for t in result.trainings] == [True] * 3
+    report = result.report.read_text()
+    assert "## self" in report and "| lora_matched | 1 |" in report and "maw_project" in report
+    summary = json.loads((tmp_path / "exp" / "tiny-test-train" / "_suites" / "tiny-self" / "summary.json").read_text())
+    assert set(summary["comparisons"]) == {"maw_project", "lora_matched"}
+    params = {t.variant: json.loads((tmp_path / "runs" / "tiny" / "self" / t.variant / "seed_0" /
+                                     "train_summary.json").read_text())["parameters"] for t in result.trainings}
+    lora, maw = params["lora_matched"]["lora"], params["maw_project"]["maw"]
+    assert 0 < maw and abs(lora - maw) / maw < 0.6  # the closest rank; every report prints the counts
+    assert f"{params['topk']['trainable']:,}" in report
+    mtime = (tmp_path / "runs" / "tiny" / "self" / "topk" / "seed_0" / "train_summary.json").stat().st_mtime
+    run_study(options)  # complete trainings and runs are reused
+    assert (tmp_path / "runs" / "tiny" / "self" / "topk" / "seed_0" / "train_summary.json").stat().st_mtime == mtime
+
+
+def test_quick_runs_apart_and_plan_errors(tmp_path):
+    options = study(tmp_path)
+    quick = apply_quick(options)
+    assert quick.name == "tiny-quick" and quick.seeds == [5] and quick.train["max_steps"] == 1
+    assert quick.train["max_length"] == 32  # mappings merge key by key
+    assert len(plan_trainings(options)) == 3
+    with pytest.raises(ConfigError, match="earlier variant"):
+        plan_trainings(study(tmp_path / "b", variants=[{"name": "topk", "train": {"lora_r": "match:later"}}]))
+    with pytest.raises(ConfigError, match="baseline"):
+        plan_trainings(study(tmp_path / "c", baseline="nope"))
+    with pytest.raises(ConfigError, match="lrr"):
+        plan_trainings(study(tmp_path / "d", train={"lrr": 1}))
