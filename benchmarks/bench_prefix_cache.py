@@ -3,7 +3,9 @@
 Model: ms-marco-MiniLM-L-12-v2 from $MAW_BENCH_MODELS (default ~/.cache/maw-bench-models) when present, else a
 random-weight model of the same shape (BERT, 12 layers, hidden 384, 12 heads, FFN 1536, vocab 30522, dropout 0.1)
 with a word-level tokenizer; MAW (default settings: stat gating, D = 8; ``--no-maw``: none) in the last layer,
-max_length 256; documents of 40..256 random words (about 160 tokens a pair).
+max_length 256; documents of 30..150 random words (``--doc-words``; MS MARCO passages run 50..100 words) and
+queries of 4..11 random whole words of the vocabulary (about 100 tokens a pair; a batch pads to its longest pair,
+as a training collator does).
 A training step = forward + backward + AdamW step on one batch of G groups x P pairs (listwise softmax
 cross-entropy, the group's first pair the positive), in train mode (dropout on):
 
@@ -17,9 +19,10 @@ alike; the table reports the median step time. Then a correctness check: cached 
 training from the same initial weights, the same batches and the same seeds give the same losses step for step
 (and with the fp16 cache, close ones).
 
-usage: python benchmarks/bench_prefix_cache.py [--model DIR] [--k 1] [--groups 8] [--group-size 8] [--steps 3]
-                                               [--check-steps 2] [--max-length 256] [--gating stat]
-                                               [--no-maw] [--quick]
+usage: python benchmarks/bench_prefix_cache.py [--model DIR] [--k 1] [--groups 8] [--group-size 8] [--steps 2]
+           [--check-steps 2] [--check-groups 2] [--max-length 256] [--doc-words 30 150] [--gating stat] [--no-maw]
+           [--quick]
+The default run takes about 3-4 minutes on 2 shared CPU cores (full fine-tuning steps dominate).
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ from __future__ import annotations
 import argparse
 import copy
 import os
+import re
+import shutil
 import statistics
 import sys
 import tempfile
@@ -62,10 +67,11 @@ def build_random_minilm(directory: Path) -> Path:
     return directory
 
 
-def make_batches(steps: int, groups: int, group_size: int, max_length: int, seed: int = 0):
-    """``steps`` batches of ``groups x group_size`` pairs; documents of 40..max_length words (many truncated)."""
+def make_batches(tokenizer, steps: int, groups: int, group_size: int, doc_words: tuple[int, int], seed: int = 0):
+    """``steps`` batches of ``groups x group_size`` pairs of random whole words of the tokenizer's vocabulary (one
+    token each); documents of ``doc_words`` words."""
     gen = torch.Generator().manual_seed(seed)
-    words = [f"w{i}" for i in range(30000)]
+    words = sorted(w for w in tokenizer.get_vocab() if re.fullmatch(r"[a-z][a-z0-9]+", w))
 
     def text(n: int) -> str:
         return " ".join(words[int(i)] for i in torch.randint(len(words), (n,), generator=gen))
@@ -76,21 +82,22 @@ def make_batches(steps: int, groups: int, group_size: int, max_length: int, seed
         for _ in range(groups):
             query = text(int(torch.randint(4, 12, (1,), generator=gen)))
             for _ in range(group_size):
-                pairs.append((query, text(int(torch.randint(40, max_length + 1, (1,), generator=gen)))))
+                pairs.append((query, text(int(torch.randint(doc_words[0], doc_words[1] + 1, (1,), generator=gen)))))
         batches.append(pairs)
     return batches
 
 
-def listwise_loss(logits: torch.Tensor, groups: int) -> torch.Tensor:
-    scores = logits.view(groups, -1)
-    return torch.nn.functional.cross_entropy(scores, torch.zeros(groups, dtype=torch.long))
+def listwise_loss(logits: torch.Tensor, group_size: int) -> torch.Tensor:
+    scores = logits.view(-1, group_size)
+    return torch.nn.functional.cross_entropy(scores, torch.zeros(scores.shape[0], dtype=torch.long))
 
 
 class Runner:
     """One copy of the model and its optimizer, trained one way."""
 
-    def __init__(self, model: CrossEncoderWithMAW, kind: str, start: int, groups: int, cache: PrefixCache | None):
-        self.model, self.kind, self.start, self.groups, self.cache = model, kind, start, groups, cache
+    def __init__(self, model: CrossEncoderWithMAW, kind: str, start: int, group_size: int,
+                 cache: PrefixCache | None):
+        self.model, self.kind, self.start, self.group_size, self.cache = model, kind, start, group_size, cache
         params = list(model.parameters()) if kind == "full" else freeze_prefix(model, start)
         self.trainable = sum(p.numel() for p in params)
         self.opt = torch.optim.AdamW(params, lr=2e-5)
@@ -107,7 +114,7 @@ class Runner:
             logits = top_forward(model, self.cache.get(pairs), self.start)
         else:
             logits = model(**model.tokenize(pairs))  # prefix in eval mode and frozen for "uncached"
-        loss = listwise_loss(logits, self.groups)
+        loss = listwise_loss(logits, self.group_size)
         loss.backward()
         self.opt.step()
         return float(loss.detach())
@@ -126,17 +133,27 @@ def main(argv=None) -> int:
     ap.add_argument("--k", type=int, default=1, help="trainable top layers (MAW in the last one)")
     ap.add_argument("--groups", type=int, default=8)
     ap.add_argument("--group-size", type=int, default=8)
-    ap.add_argument("--steps", type=int, default=3, help="timed steps of each kind (interleaved)")
+    ap.add_argument("--steps", type=int, default=2, help="timed steps of each kind (interleaved)")
     ap.add_argument("--check-steps", type=int, default=2, help="steps of the cached-vs-uncached loss check")
+    ap.add_argument("--check-groups", type=int, default=2, help="groups per batch in the loss check (default 2)")
     ap.add_argument("--max-length", type=int, default=256)
+    ap.add_argument("--doc-words", type=int, nargs=2, default=(30, 150), metavar=("MIN", "MAX"),
+                    help="document length range in words (default 30 150)")
     ap.add_argument("--gating", default="stat", help="MAW gating mode of the last layer (default: stat)")
     ap.add_argument("--no-maw", action="store_true", help="the plain model (top-k fine-tuning without MAW)")
     ap.add_argument("--quick", action="store_true", help="2 timed steps, 2 check steps, 4 x 4 pairs")
     args = ap.parse_args(argv)
     if args.quick:
-        args.steps, args.check_steps, args.groups, args.group_size = 2, 2, 4, 4
+        args.steps, args.check_steps, args.groups, args.group_size, args.check_groups = 2, 2, 4, 4, 2
 
     work = Path(tempfile.mkdtemp(prefix="bench-prefix-"))
+    try:
+        return run(args, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def run(args, work: Path) -> int:
     model_dir = Path(args.model) if args.model else default_model()
     if not model_dir.is_dir():
         if args.model:
@@ -148,8 +165,10 @@ def main(argv=None) -> int:
     maw = None if args.no_maw else MAWConfig(inject_last_k=1, gating_mode=args.gating)
     base = CrossEncoderWithMAW.from_pretrained(model_dir, maw=maw, max_length=args.max_length, device="cpu")
     start = split_layer(base, args.k)
-    batches = make_batches(args.steps + args.check_steps, args.groups, args.group_size, args.max_length)
-    timed_batches, check_batches = batches[:args.steps], batches[args.steps:]
+    batches = make_batches(base.tokenizer, args.steps + args.check_steps, args.groups, args.group_size,
+                           tuple(args.doc_words))
+    timed_batches = batches[:args.steps]
+    check_batches = [b[:args.check_groups * args.group_size] for b in batches[args.steps:]]
     tokens = [int(base.tokenize(b)["attention_mask"].sum()) for b in batches]
     variant = "no MAW" if maw is None else f"MAW {maw.gating_mode} D={maw.depth_dim} in the last layer"
     print(f"model: {source}; {sum(p.numel() for p in base.parameters()) / 1e6:.1f}M parameters; {variant}; "
@@ -164,7 +183,7 @@ def main(argv=None) -> int:
     cache32 = PrefixCache(work / "cache", base, start, dtype="fp32", batch_size=32, show_progress=False)
     cache32.fill([p for b in check_batches for p in b])
 
-    runners = {kind: Runner(copy.deepcopy(base), kind, start, args.groups, cache16 if kind == "cached" else None)
+    runners = {kind: Runner(copy.deepcopy(base), kind, start, args.group_size, cache16 if kind == "cached" else None)
                for kind in ("full", "uncached", "cached")}
     times: dict[str, list[float]] = {k: [] for k in runners}
     for i, pairs in enumerate(timed_batches):
@@ -191,7 +210,7 @@ def main(argv=None) -> int:
 
     # Correctness: cached vs uncached top-k training, step for step, from the same weights and seeds.
     print("\nlosses, cached vs uncached top-k training (same initial weights, batches and seeds; dropout on):")
-    check = {name: Runner(copy.deepcopy(base), kind, start, args.groups, cache)
+    check = {name: Runner(copy.deepcopy(base), kind, start, args.group_size, cache)
              for name, kind, cache in (("uncached", "uncached", None), ("cached-fp32", "cached", cache32),
                                        ("cached-fp16", "cached", cache16))}
     worst32 = worst16 = 0.0

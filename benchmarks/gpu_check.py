@@ -56,7 +56,8 @@ class Row:
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", default=None, help="cuda (default when available) or cpu")
-    ap.add_argument("--quick", action="store_true", help="tiny models and few pairs (the same checks, minutes on a CPU)")
+    ap.add_argument("--quick", action="store_true",
+                    help="tiny models and few pairs (the same checks, minutes on a CPU)")
     ap.add_argument("--dry-run", action="store_true", help="list the steps and what they would use, run nothing")
     ap.add_argument("--models", default=os.environ.get("MAW_BENCH_MODELS")
                     or os.path.expanduser("~/.cache/maw-bench-models"))
@@ -210,7 +211,7 @@ def step_rerank(args, device, model_path, pairs, **_):
                 rows.append(Row("rerank", f"{name} {precision}", "PASS" if ok else "FAIL", figure, secs))
             except Exception as exc:
                 rows.append(Row("rerank", f"{name} {precision}", "FAIL", f"{type(exc).__name__}: {exc}"[:70]))
-            del encoder
+            encoder = None  # free the device memory before the next model
     for precision in ("fp32", "bf16"):
         if ("non_maw", precision) in results and ("maw_default", precision) in results:
             ratio = results["maw_default", precision][1] / results["non_maw", precision][1]
@@ -314,7 +315,8 @@ def step_train(args, device, model_path, pairs, sizes, **_):
                 losses.append(float(loss.detach()))
             synchronize(device)
             moved = sum(not torch.equal(p, b) for p, b in zip(maw_params, before))
-            finite = all(math.isfinite(x) for x in losses) and all(torch.isfinite(p).all() for p in encoder.parameters())
+            finite = (all(math.isfinite(x) for x in losses)
+                      and all(torch.isfinite(p).all() for p in encoder.parameters()))
             ok = finite and moved > 0
             figure = (f"loss {losses[0]:.3f} -> {losses[-1]:.3f}, {moved}/{len(maw_params)} MAW tensors moved"
                       f"{extra}")

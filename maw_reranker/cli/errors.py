@@ -8,6 +8,8 @@ from __future__ import annotations
 import errno
 import os
 
+from maw_reranker.utils.io import DISK_FULL_HINTS as _DISK_FULL_HINTS
+
 DEBUG_ENV = "MAW_RERANK_DEBUG"
 _OS_REASONS = {
     errno.EACCES: "permission denied",
@@ -19,16 +21,29 @@ _OS_REASONS = {
     errno.EISDIR: "is a folder, not a file",
     errno.ENOTDIR: "not a folder",
 }
-# Messages torch gives when a write is cut short by a full disk.
-_DISK_FULL_HINTS = ("unexpected pos", "PytorchStreamWriter failed", "file write failed")
 
 
 def debug_requested(flag: bool = False) -> bool:
     return flag or os.environ.get(DEBUG_ENV, "").lower() in ("1", "true", "yes")
 
 
+def interrupted(exc: BaseException) -> bool:
+    """A Ctrl-C that a library re-raised as another error (transformers' lazy imports turn it into an ImportError)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, KeyboardInterrupt):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
 def describe(exc: BaseException) -> str:
     """The one-line message for ``exc``."""
+    return " | ".join(line.strip() for line in _describe(exc).splitlines() if line.strip())
+
+
+def _describe(exc: BaseException) -> str:
     if isinstance(exc, OSError) and not isinstance(exc, FileNotFoundError) and exc.errno in _OS_REASONS:
         where = exc.filename if exc.filename is not None else ""
         also = f" -> {exc.filename2}" if getattr(exc, "filename2", None) else ""

@@ -7,7 +7,7 @@ import importlib
 import logging
 import sys
 
-from maw_reranker.cli.errors import DEBUG_ENV, debug_requested, describe
+from maw_reranker.cli.errors import DEBUG_ENV, debug_requested, describe, interrupted
 from maw_reranker.config import ConfigError, build_parser, parse_options
 
 # command name -> module; modules are imported lazily so `maw-rerank --help` stays fast.
@@ -73,6 +73,9 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - the one place that turns any failure into one line
         if debug_requested(args.debug):
             raise
+        if interrupted(exc):
+            print(f"maw-rerank {args.command}: interrupted", file=sys.stderr)
+            return 130
         print(f"maw-rerank {args.command}: error: {describe(exc)}", file=sys.stderr)
         return 2 if isinstance(exc, ConfigError) else 1
     return int(result or 0)

@@ -19,6 +19,41 @@ class ConfigError(ValueError):
     """A bad config file, key or value; the message names it."""
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """YAML's safe loader, except that a key given twice in one mapping is an error (YAML says so; PyYAML keeps the
+    last silently)."""
+
+
+def _no_duplicates(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen: dict = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r} (first on line {seen[key]})",
+                                                    key_node.start_mark)
+        seen[key] = key_node.start_mark.line + 1
+    return loader.construct_mapping(node, deep=deep)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _no_duplicates)
+
+
+def yaml_error(exc: yaml.YAMLError, where: str) -> str:
+    """One line: ``where:line:column: problem`` (PyYAML's own message spans several lines)."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    position = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
+    return f"{where}{position}: invalid YAML: {problem}"
+
+
+def parse_yaml(text: str, where: str):
+    """Parse YAML text (a file's or an option's) strictly; errors are one line naming ``where``."""
+    try:
+        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        raise ConfigError(yaml_error(exc, where)) from None
+
+
 def deep_merge(base: dict, override: dict) -> dict:
     out = dict(base)
     for key, value in override.items():
@@ -32,21 +67,22 @@ def deep_merge(base: dict, override: dict) -> dict:
 def load_yaml_config(path: str | Path, _seen: tuple = ()) -> dict:
     """Load one YAML config, resolving its ``defaults:`` list (files relative to it) first."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"config file {path} is a folder, not a YAML file")
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     if path.resolve() in _seen:
         raise ConfigError(f"{path}: circular 'defaults' include")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8-sig")) or {}
+        text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: invalid YAML: {exc}") from None
+    data = parse_yaml(text, str(path)) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a config file must hold a mapping of option: value")
     includes = data.pop("defaults", None) or []
-    if not isinstance(includes, list):
-        raise ConfigError(f"{path}: 'defaults' must be a list of config files")
+    if not isinstance(includes, list) or not all(isinstance(i, str) and i.strip() for i in includes):
+        raise ConfigError(f"{path}: 'defaults' must be a list of config file names, got {includes!r}")
     merged: dict = {}
     for include in includes:
         merged = deep_merge(merged, load_yaml_config(path.parent / str(include), _seen + (path.resolve(),)))
@@ -82,6 +118,11 @@ def find_config(entry: str | Path, kinds: str | tuple[str, ...]) -> Path | None:
 
 def require_config(entry: str | Path, kinds: str | tuple[str, ...], where: str = "config") -> Path:
     path = find_config(entry, kinds)
+    text = str(entry)
+    if path is None and Path(text).expanduser().is_dir():
+        raise ConfigError(f"{where}: {text} is a folder, not a YAML config file")
+    if path is None and ("/" in text or "\\" in text or text.endswith((".yaml", ".yml"))):
+        raise ConfigError(f"{where}: config file not found: {text}")
     if path is None:
         kinds = (kinds,) if isinstance(kinds, str) else tuple(kinds)
         looked = ", ".join(f"configs/{k}/{entry}.yaml" for k in kinds)

@@ -12,7 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import yaml
+from maw_reranker.config.files import parse_yaml
+from maw_reranker.config.parser import _convert, _fields
 
 AUTO = "auto"
 _OFF = ("none", "null", "false", "off", "")
@@ -28,10 +29,7 @@ def parse_maw(value: Any):
             return AUTO
         if text.lower() in _OFF:
             return None
-        try:
-            value = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise ValueError(f"option 'maw': not a mapping of MAWConfig fields: {exc}") from None
+        value = parse_yaml(text, "option 'maw'")
         if isinstance(value, str):
             return parse_maw(value) if value.strip().lower() in _OFF + (AUTO,) else _bad(value)
     if value is None or value is False:
@@ -40,6 +38,9 @@ def parse_maw(value: Any):
         return value
     if not isinstance(value, dict):
         _bad(value)
+    fields = {f.name: f for f in _fields(MAWConfig)}
+    # Each field is typed by the one option parser: 2.7 is no depth, "abc" no strength; errors name the field.
+    value = {k: (_convert(f"maw.{k}", v, fields[k], "option 'maw'") if k in fields else v) for k, v in value.items()}
     try:
         return MAWConfig.from_dict(dict(value))
     except (TypeError, ValueError) as exc:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import types
 import typing
 from pathlib import Path
@@ -19,7 +20,7 @@ from typing import Any, get_args, get_origin
 
 import yaml
 
-from maw_reranker.config.files import ConfigError, deep_merge, load_yaml_config, require_config
+from maw_reranker.config.files import ConfigError, deep_merge, load_yaml_config, parse_yaml, require_config
 
 
 def _base_type(tp: Any) -> Any:
@@ -45,6 +46,14 @@ def _choices(field: dataclasses.Field) -> list | None:
     if get_origin(tp) is typing.Literal:
         return list(get_args(tp))
     return field.metadata.get("choices")
+
+
+def _scalar(tp: type, value: Any) -> Any:
+    if isinstance(value, (dict, list, tuple)) or (tp is not str and isinstance(value, bool)):
+        raise ValueError(value)
+    if tp is int and isinstance(value, float) and not value.is_integer():
+        raise ValueError(value)
+    return tp(value)
 
 
 def _convert(name: str, value: Any, field: dataclasses.Field, source: str) -> Any:
@@ -73,18 +82,29 @@ def _convert(name: str, value: Any, field: dataclasses.Field, source: str) -> An
             if tp is int and isinstance(value, float) and not value.is_integer():
                 raise ValueError(value)
             value = tp(value)
+            if tp is float and not math.isfinite(value):  # inf/nan pass float() but no option means them
+                raise ConfigError(f"{source}: option '{name}' must be a finite number, got {value!r}")
         elif origin in (list, tuple) or tp in (list, tuple):
             if isinstance(value, str):  # YAML/JSON flow list, or comma-separated
-                value = yaml.safe_load(value) if value.strip().startswith("[") else [v for v in value.split(",") if v]
+                value = parse_yaml(value, f"{source}: option '{name}'") if value.strip().startswith("[") else \
+                    [v for v in value.split(",") if v]
+            if not isinstance(value, (list, tuple)):
+                raise ValueError(value)
             inner = get_args(tp)
             if inner and inner[0] in (int, float, str):
-                value = [inner[0](v) for v in value]
+                try:
+                    value = [_scalar(inner[0], v) for v in value]
+                except (TypeError, ValueError):
+                    raise ConfigError(f"{source}: option '{name}' expects a list of {inner[0].__name__}, got "
+                                      f"{value!r}") from None
             value = list(value)
         elif origin is dict or tp is dict:
             if isinstance(value, str):
-                value = yaml.safe_load(value) or {}
+                value = parse_yaml(value, f"{source}: option '{name}'") or {}
             if not isinstance(value, dict):
                 raise ValueError(value)
+    except ConfigError:
+        raise
     except (TypeError, ValueError, yaml.YAMLError) as exc:
         raise ConfigError(f"{source}: option '{name}' expects {getattr(tp, '__name__', tp)}, got {value!r}") from exc
     if allowed is not None:
@@ -122,8 +142,10 @@ def build_parser(options_cls: type, parser: argparse.ArgumentParser) -> argparse
     return parser
 
 
-def parse_options(options_cls: type, ns: argparse.Namespace | dict, config_files: list | None = None):
-    """Build an ``options_cls`` instance from config files and parsed flags; validate every key and value."""
+def parse_options(options_cls: type, ns: argparse.Namespace | dict, config_files: list | None = None,
+                  source: str = "command line"):
+    """Build an ``options_cls`` instance from config files and parsed flags (or a mapping, named by ``source`` in
+    errors); validate every key and value."""
     values = dict(vars(ns)) if isinstance(ns, argparse.Namespace) else dict(ns)
     files = list(config_files or []) + list(values.pop("config", []) or [])
     fields = {f.name: f for f in _fields(options_cls)}
@@ -139,7 +161,7 @@ def parse_options(options_cls: type, ns: argparse.Namespace | dict, config_files
                 _convert(key, data[key], fields[key], str(path))
         merged = deep_merge(merged, data)
     for key in values:
-        sources[key] = "command line"
+        sources[key] = source
     # A mapping given in Python is checked like a config file; argparse adds only known keys anyway.
     merged.update(values)
     renamed = getattr(options_cls, "RENAMED", {})

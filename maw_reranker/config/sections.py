@@ -18,6 +18,7 @@ from maw_reranker.config.maw_spec import AUTO, parse_maw
 Precision = Literal["fp32", "bf16", "fp16"]
 PoolEngine = Literal["auto", "pyserini", "bm25s"]
 BENCH_PREFIX = "bench:"
+MIN_LENGTH = 8  # tokens: [CLS] query [SEP] document [SEP] needs a few of each to mean anything
 
 
 def opt(default, help_text: str, **metadata):
@@ -81,8 +82,9 @@ class ModelOptions(_Section):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.max_length is not None and self.max_length < 1:
-            raise ValueError(f"option 'max_length' must be >= 1 or null, got {self.max_length}")
+        if self.max_length is not None and self.max_length < MIN_LENGTH:
+            raise ValueError(f"option 'max_length' must be >= {MIN_LENGTH} (room for a query, a document and the "
+                             f"special tokens) or null, got {self.max_length}")
         parse_maw(self.maw)  # a bad spec names its key now, before any file is read
 
     @property

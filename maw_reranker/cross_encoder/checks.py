@@ -37,6 +37,8 @@ def usable_positions(config: dict) -> int | None:
 
 def check_model_dir(path: str | Path, max_length: int | None = None, option: str = "model") -> None:
     """Raise :class:`ModelCheckError` for a local model folder that would load but not work; hub ids pass."""
+    if Path(path).is_file():
+        raise ModelCheckError(f"option '{option}': {path} is a file; give a model folder or a hub id")
     _check_model_dir(str(Path(path).absolute()) if Path(path).is_dir() else str(path), max_length, option)
 
 
@@ -52,6 +54,16 @@ def _check_model_dir(path: str, max_length: int | None, option: str) -> None:
         config = json.loads(config_file.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ModelCheckError(f"option '{option}': {config_file} is not valid JSON ({exc})") from None
+    if not isinstance(config, dict):
+        raise ModelCheckError(f"option '{option}': {config_file} must hold a JSON object (a model config)")
+    from transformers import AutoConfig
+
+    try:
+        AutoConfig.from_pretrained(str(folder))
+    except (ValueError, KeyError, TypeError, OSError) as exc:
+        raise ModelCheckError(f"option '{option}': {config_file} is not a usable model config: "
+                              f"{_first_line(exc)}") from None
+    _check_weights(folder, option)
     if not any((folder / name).is_file() for name in TOKENIZER_FILES):
         raise ModelCheckError(
             f"option '{option}': {folder} has no tokenizer files (none of {', '.join(TOKENIZER_FILES)}); "
@@ -59,7 +71,11 @@ def _check_model_dir(path: str, max_length: int | None, option: str) -> None:
             "this model was trained from into the folder")
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    except Exception as exc:  # noqa: BLE001 - tokenizers raise anything from JSON errors to Rust panics
+        raise ModelCheckError(f"option '{option}': the tokenizer files in {folder} cannot be loaded: "
+                              f"{_first_line(exc)}") from None
     vocab = config.get("vocab_size")
     if vocab is not None and len(tokenizer) > int(vocab):
         raise ModelCheckError(f"option '{option}': the tokenizer in {folder} has {len(tokenizer)} tokens but the "
@@ -71,6 +87,27 @@ def _check_model_dir(path: str, max_length: int | None, option: str) -> None:
     if max_length is not None and positions is not None and max_length > positions:
         raise ModelCheckError(f"option 'max_length' ({max_length}) exceeds the {positions} positions of {folder}; "
                               f"use at most {positions}")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _check_weights(folder: Path, option: str) -> None:
+    """The weights are there and their headers readable (a truncated download fails here, not mid-load)."""
+    safetensors = sorted(folder.glob("*.safetensors"))
+    if not safetensors and not any(folder.glob("*.bin")) and not any(folder.glob("*.pt")):
+        raise ModelCheckError(f"option '{option}': {folder} has no weights (no *.safetensors or *.bin file)")
+    from safetensors import safe_open
+
+    for path in safetensors:
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                handle.keys()
+        except Exception as exc:  # noqa: BLE001 - safetensors raises its own error type
+            raise ModelCheckError(f"option '{option}': {path} is not a readable safetensors file (truncated "
+                                  f"download?): {_first_line(exc)}") from None
 
 
 def check_device(device: str | None, option: str = "device") -> None:

@@ -40,6 +40,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import operator
 from typing import Any, Iterator, Mapping
 
 import torch
@@ -96,16 +97,29 @@ def split_layer(encoder: Any, k: int) -> int:
 
 def _check_start(encoder: Any, start: int) -> int:
     n = num_layers(encoder)
-    if not isinstance(start, int) or isinstance(start, bool) or not 0 <= start < n:
+    try:
+        index = operator.index(start) if not isinstance(start, bool) else None
+    except TypeError:
+        index = None
+    if index is None or not 0 <= index < n:
         raise ValueError(f"start (first top layer) must be an int in [0, {n - 1}] for this model, got {start!r}")
-    return start
+    return index
+
+
+def prefix_maw_layers(encoder: Any, start: int) -> list[int]:
+    """Indices of MAW layers that sit in the prefix (frozen, never trained by top-k training): a top-k run that
+    means to train MAW wants this empty (``k >= inject_last_k``)."""
+    from maw_reranker.maw.patcher import maw_layers
+
+    _check_start(encoder, start)
+    return sorted(m.layer_index for m in maw_layers(hf_model(encoder)).values() if m.layer_index < start)
 
 
 def prefix_modules(encoder: Any, start: int) -> list[nn.Module]:
     """The frozen prefix as a list of leaf-most whole modules: every direct child of the backbone and of its encoder
     except the top layers (``encoder.layer[start:]``), the layer list itself (its first ``start`` layers are listed
     instead) and the backbone's pooler. See the module docstring for what that covers per architecture."""
-    _check_start(encoder, start)
+    start = _check_start(encoder, start)
     base, enc, layers = _backbone(encoder)
     out: list[nn.Module] = []
     for name, child in base.named_children():
@@ -174,7 +188,7 @@ def prefix_states(encoder: Any, features: Mapping[str, torch.Tensor], start: int
     cost nothing. Module training flags are restored afterwards. Runs under ``no_grad``, not ``inference_mode``, so
     the states can enter an autograd graph later (the top's backward needs them saved).
     """
-    _check_start(encoder, start)
+    start = _check_start(encoder, start)
     model = hf_model(encoder)
     _, _, layers = _backbone(encoder)
     device = next(model.parameters()).device
@@ -218,7 +232,7 @@ class _GivenStates(nn.Module):
 def top_only(encoder: Any, start: int) -> Iterator[nn.Module]:
     """Within the block, the HF model (yielded) runs only layers ``>= start`` and the head, taking the input of layer
     ``start`` as ``inputs_embeds``. Restored on exit, also on error."""
-    _check_start(encoder, start)
+    start = _check_start(encoder, start)
     model = hf_model(encoder)
     base, enc, layers = _backbone(encoder)
     swaps: list[tuple[nn.Module, str, Any]] = []
@@ -298,7 +312,7 @@ def prefix_fingerprint(encoder: Any, start: int, tokenizer: Any = None) -> str:
 
     Hashing the weights (not the model path) means a fine-tuned copy, a re-download or an in-place edit can never
     reuse stale states; it costs one pass over the prefix weights (about 0.2 s for MiniLM-L12)."""
-    _check_start(encoder, start)
+    start = _check_start(encoder, start)
     model = hf_model(encoder)
     if tokenizer is None:
         tokenizer = getattr(encoder, "tokenizer", None)
@@ -307,9 +321,7 @@ def prefix_fingerprint(encoder: Any, start: int, tokenizer: Any = None) -> str:
     param = next(model.parameters())
     head = {"version": FINGERPRINT_VERSION, "start": start, "param_dtype": str(param.dtype), "config": config}
     maw = getattr(model, "maw_config", None)
-    from maw_reranker.maw.patcher import maw_layers
-
-    if maw is not None and any(m.layer_index < start for m in maw_layers(model).values()):
+    if maw is not None and prefix_maw_layers(encoder, start):
         head["maw"] = maw.to_dict()
     h.update(json.dumps(head, sort_keys=True, default=str).encode())
     h.update(hashlib.sha256(_tokenizer_description(tokenizer).encode()).digest())
@@ -320,5 +332,5 @@ def prefix_fingerprint(encoder: Any, start: int, tokenizer: Any = None) -> str:
 
 
 __all__ = ["STATE_KEYS", "SUPPORTED_MODEL_TYPES", "hf_model", "num_layers", "split_layer", "prefix_modules",
-           "freeze_prefix", "top_parameters", "train_top", "prefix_states", "top_only", "top_forward",
-           "split_forward", "prefix_fingerprint"]
+           "prefix_maw_layers", "freeze_prefix", "top_parameters", "train_top", "prefix_states", "top_only",
+           "top_forward", "split_forward", "prefix_fingerprint"]

@@ -24,8 +24,9 @@ Resumable and crash-safe. New states collect in memory and are written as a shar
 the end of :meth:`PrefixCache.fill`, on :meth:`PrefixCache.flush` and on leaving a ``with`` block. A shard is
 written to a hidden temporary and renamed into place, so a killed fill leaves complete shards only (at most the
 states pending since the last shard are lost; a half-written temporary is removed by a later open once ten minutes
-old) and the next fill computes only what is missing. Shard names are unique per writer, so two processes filling one folder never overwrite each other (a pair
-both computed is stored twice, with the same states; the first shard read wins).
+old) and the next fill computes only what is missing. Shard names are unique per writer, so two processes filling one
+folder never overwrite each other (a pair both computed is stored twice, with the same states; the first shard read
+wins).
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import torch
 
-from maw_reranker.cross_encoder.prefix import hf_model, prefix_fingerprint, prefix_states
+from maw_reranker.cross_encoder.prefix import _check_start, hf_model, prefix_fingerprint, prefix_states
 from maw_reranker.utils.io import atomic_write, write_json
 from maw_reranker.utils.progress import progress_bar
 
@@ -79,8 +80,12 @@ class PrefixCache:
 
     ``encoder`` is a :class:`CrossEncoderWithMAW` (its ``tokenize`` and ``max_length`` define the tokens). The
     encoder's prefix must not change while the cache is used (freeze it: :func:`freeze_prefix`); the fingerprint is
-    taken once, on open. Not safe to share one object between threads or DataLoader worker processes; several
-    processes may each open their own object on one folder.
+    taken once, on open (:meth:`verify` takes it again). Not safe to share one object between threads or DataLoader
+    worker processes (collate in the main process); several processes may each open their own object on one folder.
+
+    Options: ``dtype`` of the stored states (``fp16``, ``bf16``, ``fp32``); ``batch_size`` of the prefix forward
+    passes that fill it; ``shard_mb``, the pending states that make a shard; ``show_progress`` for :meth:`fill`;
+    ``fingerprint``, a precomputed :func:`prefix_fingerprint` (skips hashing the prefix weights).
     """
 
     def __init__(self, root: str | os.PathLike, encoder: Any, start: int, *, dtype: str = "fp16",
@@ -91,7 +96,7 @@ class PrefixCache:
         if batch_size < 1:
             raise ValueError(f"PrefixCache batch_size must be >= 1, got {batch_size}")
         self.encoder = encoder
-        self.start = int(start)
+        self.start = _check_start(encoder, start)
         self.dtype = dtype
         self.storage_dtype = CACHE_DTYPES[dtype]
         self.batch_size = int(batch_size)
@@ -152,6 +157,13 @@ class PrefixCache:
                 row += int(length)
             added += 1
         return added
+
+    def verify(self) -> None:
+        """Raise if the encoder's prefix (weights, config, tokenizer) no longer matches the cached states."""
+        now = prefix_fingerprint(self.encoder, self.start)
+        if now != self.fingerprint:
+            raise RuntimeError("the encoder's prefix changed since the prefix cache was opened: its states are stale "
+                               "(was the prefix frozen? see freeze_prefix)")
 
     # -- queries ------------------------------------------------------------------------------------------------
     def __len__(self) -> int:

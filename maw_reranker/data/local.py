@@ -221,13 +221,9 @@ def docs_files(docs: Path, queries: str | Path | None, qrels: str | Path | None,
     docs_comp = _docs_component(docs)
 
     def load_run():
-        candidates = read_run(run_path)
-        known = docs_comp.docs_store()._docs
-        for qid, ranked in candidates.items():
-            for docid in ranked:
-                if docid not in known:
-                    raise DataFormatError(f"{run_path}: document {docid!r} (query {qid!r}) is not in {docs}")
-        return candidates
+        # Documents of the run missing from the corpus are reported (or skipped, on_missing: skip) by whoever
+        # uses the candidates, like those of any other run.
+        return read_run(run_path)
 
     irds = IrdsDataset(docs_comp, LocalQueries(lambda: read_queries(queries_path)),
                        LocalQrels(lambda: read_qrels(qrels_path, duplicates=qrels_duplicates)) if qrels_path else None,

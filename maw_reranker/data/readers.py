@@ -151,6 +151,8 @@ def iter_records(path: str | Path, kind: str) -> Iterator[Record]:
             raise DataFormatError(f"{path}:{record.lineno}: duplicate {_SINGULAR[kind]} id {record.id!r} "
                                   f"(first seen on line {seen[record.id]})")
         seen[record.id] = record.lineno
+        if kind == "queries" and not record.text.strip():  # an empty query would be scored as if it were one
+            raise DataFormatError(f"{path}:{record.lineno}: query {record.id!r} has no text")
         count += 1
         yield record
     if count == 0:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections import defaultdict
 from pathlib import Path
 from typing import Iterator, Mapping
@@ -40,6 +41,21 @@ def _first_line(path: Path, qid: str, docid: str, doc_column: int) -> int:
     raise DataFormatError(f"{path}: the file changed while it was read")
 
 
+def _run_score(path: Path, lineno: int, parts: list[str]) -> float:
+    """The score of a run line; its rank must be an integer and its score a finite number (NaN has no order)."""
+    try:
+        int(parts[3])
+    except ValueError:
+        raise DataFormatError(f"{path}:{lineno}: rank is not an integer: {parts[3]!r}") from None
+    try:
+        value = float(parts[4])
+    except ValueError:
+        raise DataFormatError(f"{path}:{lineno}: score is not a number: {parts[4]!r}") from None
+    if not math.isfinite(value):
+        raise DataFormatError(f"{path}:{lineno}: score is not a finite number: {parts[4]!r}")
+    return value
+
+
 def read_run(path: str | Path) -> Run:
     """Read a TREC run (``qid Q0 docid rank score tag``). Duplicate (qid, docid) pairs are an error."""
     path = Path(path)
@@ -48,10 +64,7 @@ def read_run(path: str | Path) -> Run:
         if len(parts) != 6:
             raise DataFormatError(f"{path}:{lineno}: expected 6 columns 'qid Q0 docid rank score tag', got {len(parts)}")
         qid, _, docid, _rank, score, _tag = parts
-        try:
-            value = float(score)
-        except ValueError:
-            raise DataFormatError(f"{path}:{lineno}: score is not a number: {score!r}") from None
+        value = _run_score(path, lineno, parts)
         if docid in run[qid]:
             raise DataFormatError(f"{path}:{lineno}: duplicate document {docid!r} for query {qid!r} "
                                   f"(first at {path}:{_first_line(path, qid, docid, 2)})")
@@ -65,10 +78,7 @@ def iter_run_rows(path: str | Path) -> Iterator[tuple[str, str, float]]:
     for lineno, parts in _iter_fields(path, "run"):
         if len(parts) != 6:
             raise DataFormatError(f"{path}:{lineno}: expected 6 columns 'qid Q0 docid rank score tag', got {len(parts)}")
-        try:
-            yield parts[0], parts[2], float(parts[4])
-        except ValueError:
-            raise DataFormatError(f"{path}:{lineno}: score is not a number: {parts[4]!r}") from None
+        yield parts[0], parts[2], _run_score(path, lineno, parts)
 
 
 def read_qrels(path: str | Path, *, duplicates: str = "error") -> Qrels:
@@ -96,9 +106,13 @@ def read_qrels(path: str | Path, *, duplicates: str = "error") -> Qrels:
         else:
             raise DataFormatError(f"{path}:{lineno}: expected 'qid 0 docid grade' or 'qid docid grade', got {len(parts)} columns")
         try:
-            value = int(float(grade))
-        except ValueError:
-            raise DataFormatError(f"{path}:{lineno}: relevance grade is not a number: {grade!r}") from None
+            number = float(grade)
+            value = int(number)
+            if value != number:
+                raise ValueError(grade)
+        except (ValueError, OverflowError):
+            shape = " (a column missing? expected 'qid 0 docid grade')" if len(parts) == 3 else ""
+            raise DataFormatError(f"{path}:{lineno}: relevance grade must be an integer, got {grade!r}{shape}") from None
         if docid in qrels[qid]:
             if duplicates == "error":
                 earlier = _first_line(path, qid, docid, -2)

@@ -132,15 +132,47 @@ def plan_eval(options: EvalOptions, dataset=None) -> EvalPlan:
     check_model_dir(model_path, options.max_length)
     check_device(options.device)
     check_writable(options.out_dir, "out_dir")
+    check_writable(options.pools_dir, "pools_dir")
     if options.output_run:
-        check_writable(Path(options.output_run).expanduser().parent, "output_run")
+        check_writable(options.output_run, "output_run", is_file=True)
+        _check_not_an_input(options)
     maw = with_run_seed(parse_maw(options.maw), options.seed)
     ds = dataset if dataset is not None else dataset_from_options(options)
     variant = options.variant or default_variant_name(effective_maw(maw, model_path))
     artifacts = RunArtifacts.for_run(options.out_dir, ds.slug, variant, options.seed)
     options_dict = options_to_dict(options)
-    options_dict.update(maw=maw_to_dict(maw), variant=variant)  # the resolved mapping
+    options_dict.update(maw=maw_to_dict(maw), variant=variant,  # the resolved mapping
+                        input_files=input_files(options, model_path))
     return EvalPlan(options, model_path, maw, ds, run_measures(options, ds), variant, artifacts, options_dict)
+
+
+INPUT_OPTIONS = ("dataset", "queries", "qrels", "run", "candidates")
+
+
+def _check_not_an_input(options: EvalOptions) -> None:
+    """``output_run`` must not overwrite one of the run's own input files (e.g. the first-stage run)."""
+    target = Path(options.output_run).expanduser().resolve()
+    for name in INPUT_OPTIONS:
+        value = getattr(options, name)
+        if value and Path(value).expanduser().resolve() == target:
+            raise ValueError(f"option 'output_run' is the same file as option '{name}' ({target}): it would be "
+                             "overwritten; write the reranked run elsewhere")
+
+
+def input_files(options: EvalOptions, model_path: str) -> dict:
+    """Size and modification time of the run's local input files: a complete run made from files that have changed
+    since is not "the same run" (it is refused, or redone with force, rather than reported as complete)."""
+    stamps = {}
+    paths = {name: getattr(options, name) for name in INPUT_OPTIONS}
+    model = Path(model_path)
+    if model.is_dir():
+        paths.update({f"model/{p.name}": p for p in sorted(model.glob("*.safetensors")) + sorted(model.glob("*.bin"))})
+    for name, value in paths.items():
+        path = Path(value).expanduser() if value else None
+        if path is not None and path.is_file():
+            stat = path.stat()
+            stamps[name] = [stat.st_size, stat.st_mtime_ns]
+    return stamps
 
 
 def _comparable(options_dict: dict) -> dict:
@@ -160,6 +192,11 @@ def is_done(plan: EvalPlan) -> bool:
         return True
     old, new = _comparable(saved or {}), _comparable(plan.options_dict)
     differing = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    if differing == ["input_files"]:
+        changed = sorted(k for k in set(old["input_files"] or {}) | set(new["input_files"])
+                         if (old["input_files"] or {}).get(k) != new["input_files"].get(k))
+        raise RunConflictError(f"{artifacts.out_dir} holds a complete run made from input files that have changed "
+                               f"since ({', '.join(changed)}); pass force to redo it")
     raise RunConflictError(f"{artifacts.out_dir} holds a complete run made with other settings (differing: "
                            f"{', '.join(differing) or 'unreadable config.json'}); pass force to overwrite it, or "
                            "choose another variant name")
@@ -196,6 +233,8 @@ def execute(plan: EvalPlan, state: Any = "auto") -> EvalOutcome:
     state = distributed_state() if state == "auto" else state
     main = state is None or state.is_main_process
     candidates = candidates_from_options(options, ds)
+    if not candidates.run or not any(candidates.run.values()):
+        raise RerankError(f"the candidates ({candidates.description}) are empty: no (query, document) pair to rerank")
     qrels = ds.qrels()
     # Fail before any scoring when the qrels cannot match (mismatched ids), rather than after an hour.
     if qrels and candidates.run and not set(map(str, candidates.run)) & set(qrels):
@@ -209,26 +248,29 @@ def execute(plan: EvalPlan, state: Any = "auto") -> EvalOutcome:
 
     with atomic_directory(plan.artifacts.out_dir) as staging:
         outcome.metrics, outcome.info, run = _score_and_write(plan, candidates, qrels, RunArtifacts(staging), state)
-    if options.output_run:
-        from maw_reranker.data.trec import write_run
+        if options.output_run:  # inside: if it cannot be written, the earlier complete run stays
+            from maw_reranker.data.trec import write_run
 
-        write_run(Path(options.output_run).expanduser(), run, tag=plan.variant)
+            write_run(Path(options.output_run).expanduser(), run, tag=plan.variant)
     return outcome
 
 
 def _score(plan: EvalPlan, pool: dict, state):
     from maw_reranker.cross_encoder.model import CrossEncoderWithMAW
-    from maw_reranker.evaluate.rerank import rerank
+    from maw_reranker.evaluate.rerank import RerankError, rerank
 
     options = plan.options
     _seed_everything(options.seed)
     device = options.device or (str(state.device) if state is not None else None)
     model = CrossEncoderWithMAW.from_pretrained(plan.model_path, maw=plan.maw, max_length=options.max_length,
                                                 device=device)
-    result = rerank(model, pool, plan.dataset.queries(), plan.dataset.docs(), depth=options.depth,
-                    batch_size=options.batch_size, precision=options.precision, on_missing=options.on_missing,
-                    max_queries=options.max_queries, log_depth=options.log_depth, show_progress=options.progress,
-                    append_tail=options.append_tail, state=state)
+    try:
+        result = rerank(model, pool, plan.dataset.queries(), plan.dataset.docs(), depth=options.depth,
+                        batch_size=options.batch_size, precision=options.precision, on_missing=options.on_missing,
+                        max_queries=options.max_queries, log_depth=options.log_depth, show_progress=options.progress,
+                        append_tail=options.append_tail, state=state)
+    except RerankError as exc:  # name the data the ids came from
+        raise RerankError(f"{exc} [dataset {plan.dataset.source}]") from None
     return model, result
 
 

@@ -128,7 +128,7 @@ def plan_trainings(options: StudyOptions) -> list[TrainingRun]:
                 values = {"model": options.model, **spec, "seed": seed, "output_dir": str(out)}
                 where = f"study protocol {protocol['name']!r}, variant {variant['name']!r}"
                 try:
-                    train_options = parse_options(TrainOptions, values).validate()
+                    train_options = parse_options(TrainOptions, values, source=f"study {options.name!r}").validate()
                 except (ValueError, FileNotFoundError) as exc:
                     raise ConfigError(f"{where}: {exc}") from None
                 runs.append(TrainingRun(protocol["name"], variant["name"], seed, train_options, match))

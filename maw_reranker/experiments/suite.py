@@ -57,6 +57,14 @@ class SuiteOptions:
     alpha: float = field(default=0.05, metadata={"help": "Holm-adjusted significance level"})
     dry_run: bool = field(default=False, metadata={"help": "print the planned runs and exit"})
 
+    def __post_init__(self) -> None:
+        if self.n_resamples < 1:
+            raise ValueError(f"option 'n_resamples' must be >= 1, got {self.n_resamples}")
+        if not 0 < self.alpha < 1:
+            raise ValueError(f"option 'alpha' must be in (0, 1), got {self.alpha}")
+        if not str(self.out_dir).strip():
+            raise ValueError("option 'out_dir' is empty")
+
 
 def _with_config(entry: dict, kind: str, where: str) -> dict:
     entry = dict(entry)
@@ -75,7 +83,9 @@ def dataset_entries(entries: list) -> list[dict]:
     out = []
     for i, entry in enumerate(entries):
         if isinstance(entry, str):
-            path = find_config(entry, "datasets")
+            # A config only when it is one (a .yaml file or a config name); any other path is a dataset itself.
+            looks_like_config = entry.endswith((".yaml", ".yml")) or not Path(entry).expanduser().exists()
+            path = find_config(entry, "datasets") if looks_like_config else None
             out.append(load_yaml_config(path) if path is not None else {"dataset": entry})
         elif isinstance(entry, dict):
             out.append(_with_config(entry, "datasets", f"suite dataset #{i + 1}"))
@@ -152,7 +162,7 @@ def expand(options: SuiteOptions) -> list[EvalOptions]:
                     raise ConfigError(f"{_where(name, d_index, merged)}: unknown option '{unknown[0]}'; allowed: "
                                       f"{', '.join(sorted(allowed))}")
                 try:
-                    runs.append(parse_options(EvalOptions, merged))
+                    runs.append(parse_options(EvalOptions, merged, source=f"suite {options.name!r}"))
                 except ValueError as exc:
                     raise ConfigError(f"{_where(name, d_index, merged)}: {exc}") from None
     return runs

@@ -15,6 +15,7 @@ from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 
 # Order of the per-depth statistics everywhere in the package.
 STAT_NAMES = ("variance", "max", "entropy", "hhi")
@@ -319,21 +320,36 @@ def combine_depths(inp: DepthInputs, weights: torch.Tensor, dropout_p: float = 0
                 continue
             if index.numel() == selected.numel():
                 index = None
-            bias = inp.bias(d, index) if inp.bias is not None else None
-            q_d, k_d = _full_width(inp, d)
-            o_d = _sdpa(_rows(q_d, index), _rows(k_d, index), _rows(inp.v, index), inp.scale[d], bias,
-                        _rows(inp.allowed, index), dropout_p)
+            o_d = depth_attention(inp, d, index, dropout_p)
             if index is None:
                 return o_d
             out.index_copy_(0, index, o_d)
         return out
     for d in range(inp.depth):
         w_d = _weight_at(weights, d)
-        bias = inp.bias(d, None) if inp.bias is not None else None
-        q_d, k_d = _full_width(inp, d)
-        o_d = _sdpa(q_d, k_d, inp.v, inp.scale[d], bias, inp.allowed, dropout_p)
+        o_d = depth_attention(inp, d, None, dropout_p)
         out = out + w_d.to(o_d.dtype) * o_d
     return out
+
+
+def depth_attention(inp: DepthInputs, d: int, index: Optional[torch.Tensor], dropout_p: float) -> torch.Tensor:
+    """``A_d V`` for the examples in ``index`` (all when None), by one fused attention call.
+
+    Under autograd it is recomputed in backward instead of saved when saving would keep map-sized tensors: a score
+    bias (DeBERTa's relative-position terms and their gather indices: about 6 maps per depth) or attention dropout
+    on a CPU (the math kernel keeps scores, mask and dropped probabilities: 3 maps per depth). Fused GPU kernels
+    without a bias save no map, so they run as they are."""
+    if torch.is_grad_enabled() and (inp.bias is not None or (dropout_p > 0 and inp.v.device.type == "cpu")):
+        # The RNG state is restored for the recomputation, so dropout draws the same mask twice.
+        return torch.utils.checkpoint.checkpoint(_depth_attention, inp, d, index, dropout_p, use_reentrant=False)
+    return _depth_attention(inp, d, index, dropout_p)
+
+
+def _depth_attention(inp: DepthInputs, d: int, index: Optional[torch.Tensor], dropout_p: float) -> torch.Tensor:
+    bias = inp.bias(d, index) if inp.bias is not None else None
+    q_d, k_d = _full_width(inp, d)
+    return _sdpa(_rows(q_d, index), _rows(k_d, index), _rows(inp.v, index), inp.scale[d], bias,
+                 _rows(inp.allowed, index), dropout_p)
 
 
 def _full_width(inp: DepthInputs, d: int):

@@ -112,7 +112,8 @@ class DepthwiseMAWSelfAttention(nn.Module):
         inp, x_q = self.depth_inputs(bound, qkv)
         pooled = self._pooled(inp, x_q)
         batch, device = inp.v.shape[0], inp.v.device
-        needs_grad = torch.is_grad_enabled() and (inp.v.requires_grad or any(p.requires_grad for p in self.maw_parameters()))
+        needs_grad = torch.is_grad_enabled() and (inp.v.requires_grad
+                                                  or any(p.requires_grad for p in self.maw_parameters()))
         forced = self.gating.forced_depth is not None
         dropout_p = self.attention_dropout()
         query_valid = inp.key_valid[:, None, :, None]
@@ -172,7 +173,7 @@ class DepthwiseMAWSelfAttention(nn.Module):
 def lora_down_init(down: torch.Tensor) -> torch.Tensor:
     """LoRA's init for each ``[hidden, rank]`` down-projection in ``down [..., hidden, rank]``: Kaiming-uniform
     (a = sqrt 5) of the ``[rank, hidden]`` weight of ``nn.Linear(hidden, rank)``, so fan-in is the hidden size and
-    values are uniform in +-1/sqrt(hidden) (fan-in = rank, as a flat view would give, is ~sqrt(hidden/rank) too wide)."""
+    values are uniform in +-1/sqrt(hidden). (Fan-in = rank, as a flat view gives, is sqrt(hidden/rank) too wide.)"""
     with torch.no_grad():
         for matrix in down.view(-1, *down.shape[-2:]):
             nn.init.kaiming_uniform_(matrix.T, a=math.sqrt(5))

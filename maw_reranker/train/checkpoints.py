@@ -12,6 +12,7 @@ naming the file and line.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import shutil
@@ -19,9 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+import torch
+
 from maw_reranker.data.readers import DataFormatError
 from maw_reranker.train.data import DataPosition
-from maw_reranker.utils.io import atomic_write, write_json
+from maw_reranker.utils.io import DISK_FULL_HINTS, atomic_write, write_json
 
 log = logging.getLogger(__name__)
 STATE_FILE = "trainer_state.json"
@@ -91,18 +94,27 @@ def remove_stale_checkpoint_temps(output_dir: str | Path) -> list[Path]:
 
 
 def save_checkpoint(accelerator, state: TrainerState, output_dir: str | Path, keep: int) -> Path:
-    """Save on every process (RNG states are per process); the main process renames and prunes."""
+    """Save on every process (RNG states are per process); the main process renames and prunes. A save cut short
+    (a full disk, Ctrl-C) leaves no temporary behind and the earlier checkpoints as they were."""
     root = checkpoint_root(output_dir)
     final = root / f"{PREFIX}{state.step:07d}"
     tmp = root / f"{TMP_PREFIX}{final.name}"
+    try:
+        if accelerator.is_main_process:
+            remove_stale_checkpoint_temps(output_dir)  # this step's and those of saves killed at other steps
+            tmp.mkdir(parents=True)
+        accelerator.wait_for_everyone()
+        accelerator.save_state(str(tmp), safe_serialization=True)
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            write_json(tmp / STATE_FILE, state.state_dict())
+    except BaseException as exc:
+        if accelerator.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, RuntimeError) and any(h in str(exc) for h in DISK_FULL_HINTS):
+            raise OSError(errno.ENOSPC, "No space left on device", str(tmp)) from exc
+        raise
     if accelerator.is_main_process:
-        remove_stale_checkpoint_temps(output_dir)  # this step's and those of saves killed at other steps
-        tmp.mkdir(parents=True)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp), safe_serialization=True)
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        write_json(tmp / STATE_FILE, state.state_dict())
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)
         if keep > 0:
@@ -113,9 +125,35 @@ def save_checkpoint(accelerator, state: TrainerState, output_dir: str | Path, ke
     return final
 
 
+def _check_loadable(path: Path) -> dict:
+    """The checkpoint's own state and its RNG states must read back: accelerate skips an unreadable RNG state with a
+    log line, and the run would silently stop being an exact continuation."""
+    state_file = path / STATE_FILE
+    try:
+        info = json.loads(state_file.read_text(encoding="utf-8"))
+        if not isinstance(info, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise DataFormatError(f"{state_file}: unreadable checkpoint state ({exc}); resume from an earlier "
+                              "checkpoint (--resume PATH) or start over (--overwrite true)") from None
+    for rng in sorted(path.glob("random_states_*.pkl")):
+        try:
+            torch.load(rng, weights_only=False)
+        except Exception as exc:  # noqa: BLE001 - pickle/torch raise many kinds for a truncated file
+            raise DataFormatError(f"{rng}: unreadable RNG state ({type(exc).__name__}); resuming from this checkpoint "
+                                  "would not continue the run exactly: use an earlier one or start over") from None
+    return info
+
+
 def load_checkpoint(accelerator, path: Path) -> dict:
-    accelerator.load_state(str(path))
-    return json.loads((path / STATE_FILE).read_text())
+    info = _check_loadable(path)
+    try:
+        accelerator.load_state(str(path))
+    except (RuntimeError, KeyError, ValueError, EOFError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"checkpoint {path} does not fit the model as configured ({first}); resume with the "
+                         "options it was saved with (e.g. 'maw', 'trainable', 'lora_r'), see train_config.json") from None
+    return info
 
 
 def read_metrics(path: str | Path) -> list[dict]:

@@ -152,7 +152,10 @@ def _dev_set(opts, main_first) -> Optional[DevSet]:
     from maw_reranker.data import load_dataset
     from maw_reranker.retrieve.candidates import resolve_candidates
 
-    ds = load_dataset(opts.dev_dataset, opts.dev_split, queries=opts.dev_queries, qrels=opts.dev_qrels)
+    try:
+        ds = load_dataset(opts.dev_dataset, opts.dev_split, queries=opts.dev_queries, qrels=opts.dev_qrels)
+    except (ValueError, FileNotFoundError) as exc:
+        raise type(exc)(f"option 'dev_dataset': {exc}") from None
     qrels = ds.qrels()
     if not qrels:
         raise TrainingDataError(f"dev set {ds.name} has no qrels: it cannot select a checkpoint")

@@ -32,6 +32,9 @@ from maw_reranker.utils.progress import progress_bar
 from maw_reranker.train.sources import TrainingData, load_training_data
 
 log = logging.getLogger(__name__)
+PREVIOUS = ".previous"  # an overwritten run's outputs, kept until the new one completes
+RUN_OUTPUTS = ("checkpoints", "final", "best", "metrics.jsonl", "best.json", "train_summary.json", "train_config.json",
+               "logs")
 SCHEDULERS = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}
 
 
@@ -87,7 +90,10 @@ def load_encoder(opts: TrainOptions, device):
         if opts.lora_layers == "top":
             start = top_start(encoder.model, opts.top_layers)
             layers = list(range(start, int(encoder.model.config.num_hidden_layers)))
-        add_lora(encoder, opts.lora_r, opts.lora_alpha, opts.lora_dropout, opts.lora_target_modules, layers=layers)
+        try:
+            add_lora(encoder, opts.lora_r, opts.lora_alpha, opts.lora_dropout, opts.lora_target_modules, layers=layers)
+        except ValueError as exc:  # peft: "Target modules ... not found in the base model"
+            raise ValueError(f"option 'lora_target_modules' ({opts.lora_target_modules}): {exc}") from None
     return encoder
 
 
@@ -136,10 +142,20 @@ class Trainer:
         return None
 
     def _clear_previous(self) -> None:
-        """``overwrite``: the earlier checkpoints go only once data and model have passed every check."""
-        if self.opts.overwrite and not self.opts.resume and self.accelerator.is_main_process:
-            shutil.rmtree(self.out / "checkpoints", ignore_errors=True)
-            (self.out / "metrics.jsonl").unlink(missing_ok=True)
+        """``overwrite``: once data and model have passed every check, the earlier run's outputs move aside into
+        ``<output_dir>/.previous/`` (so no stale final model or summary sits beside the new run), and are deleted
+        only when the new training completes: an interrupted or failed start-over loses nothing."""
+        if not (self.opts.overwrite and not self.opts.resume and self.accelerator.is_main_process):
+            return
+        aside = self.out / PREVIOUS
+        earlier = [self.out / name for name in RUN_OUTPUTS if (self.out / name).exists()]
+        if not earlier:
+            return
+        shutil.rmtree(aside, ignore_errors=True)
+        aside.mkdir(parents=True)
+        for path in earlier:
+            path.rename(aside / path.name)
+        log.info("overwrite: the earlier run's outputs are in %s until this training completes", aside)
 
     def setup(self) -> None:
         from accelerate.utils import set_seed
@@ -169,6 +185,9 @@ class Trainer:
         if resume_from is not None:
             load_checkpoint(acc, resume_from)
             self.resumed_from = resume_from
+            if self.state.step > self.steps:
+                raise ValueError(f"option 'max_steps' ({self.steps}) is below the step of the checkpoint resumed "
+                                 f"({self.state.step}, {resume_from}): raise it, or resume an earlier checkpoint")
             log.info("resumed from %s (step %d, epoch %d, offset %d)", resume_from, self.state.step,
                      self.state.position.epoch, self.state.position.offset)
         self.objective = Objective(opts, self.encoder.maw_config)
@@ -313,6 +332,8 @@ class Trainer:
                 "parameters": dict(self.counts),
                 "pairs_per_second": round(pairs_per_step * done / train_time, 3) if train_time else None,
                 "last": history[-1] if history else None})
+        if acc.is_main_process:
+            shutil.rmtree(self.out / PREVIOUS, ignore_errors=True)  # the overwritten run, now replaced
         acc.wait_for_everyone()
         acc.end_training()
         rate = pairs_per_step * (state.step - start_step) / train_time if train_time else 0.0

@@ -26,6 +26,8 @@ from pathlib import Path
 from typing import IO, Iterator
 
 log = logging.getLogger(__name__)
+# What torch says when a write is cut short by a full disk (its own errors carry no errno).
+DISK_FULL_HINTS = ("unexpected pos", "PytorchStreamWriter failed", "file write failed")
 
 _TEMP_NAME = re.compile(r"^\.(?P<name>.+)\.(?P<rand>[a-z0-9_]{8})(?P<old>\.old)?\.tmp$")
 _RAND_CHARS = string.ascii_lowercase + string.digits + "_"  # tempfile's alphabet, so one pattern covers both
@@ -116,9 +118,11 @@ def atomic_write(path: str | Path, mode: str = "w", encoding: str | None = "utf-
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(exc, OSError) and exc.errno is not None:  # name the file asked for, not the temporary
+            raise OSError(exc.errno, exc.strerror, str(path)) from exc
         raise
     _fsync_dir(path.parent)
 
@@ -238,22 +242,29 @@ def write_jsonl(path: str | Path, rows) -> None:
             handle.write(json.dumps(row, default=str) + "\n")
 
 
-def check_writable(path: str | Path, option: str) -> None:
-    """Raise ``PermissionError`` naming ``option`` when the folder ``path`` could not be created or written.
+def check_writable(path: str | Path, option: str, is_file: bool = False) -> None:
+    """Raise ``PermissionError`` (or ``NotADirectoryError``/``IsADirectoryError``) naming ``option`` when ``path``
+    could not be created or written: a folder, or with ``is_file`` a file (which must not be a folder).
 
     Checked before any work starts, so a run does not find out after an hour of scoring. The nearest existing
     ancestor must be a writable folder (a read-only file system counts as not writable).
     """
     target = Path(path).expanduser().absolute()
-    probe = target
+    if not str(path).strip():
+        raise ValueError(f"option '{option}' is empty")
+    if is_file and target.is_dir():
+        raise IsADirectoryError(f"option '{option}': {target} is a folder; give a file name")
+    probe = target.parent if is_file else target
     while not probe.exists():
         if probe.parent == probe:
             break
         probe = probe.parent
     if probe.exists() and not probe.is_dir():
-        raise NotADirectoryError(f"option '{option}': {probe} is a file, not a folder")
+        raise NotADirectoryError(f"option '{option}': {probe} is a file, not a folder (needed for {target})")
     if not os.access(probe, os.W_OK | os.X_OK):
         raise PermissionError(f"option '{option}': {probe} is not writable (needed for {target})")
+    read_only = False
     with contextlib.suppress(OSError):
-        if os.statvfs(probe).f_flag & os.ST_RDONLY:
-            raise PermissionError(f"option '{option}': {probe} is on a read-only file system (needed for {target})")
+        read_only = bool(os.statvfs(probe).f_flag & os.ST_RDONLY)
+    if read_only:
+        raise PermissionError(f"option '{option}': {probe} is on a read-only file system (needed for {target})")

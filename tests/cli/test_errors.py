@@ -170,3 +170,60 @@ def test_debug_shows_the_traceback(data_args, model_dir, tmp_path, monkeypatch):
     assert _eval(args, model_dir, tmp_path / "exp") == 1
     with pytest.raises(ZeroDivisionError):
         main(["--debug", "eval", *args, "--model", model_dir, "--out-dir", str(tmp_path / "exp"), "--progress", "false"])
+
+
+def test_on_missing_skip_applies_to_a_dataset_run(data_args, model_dir, tmp_path, capsys):
+    paths, args = data_args
+    paths["run"].write_text(paths["run"].read_text() + "q1 Q0 d99 7 0.5 bm25\n")
+    assert _eval(args, model_dir, tmp_path / "a") == 1
+    _one_line_error(capsys.readouterr().err, "q1/d99", "on_missing")
+    assert _eval(args, model_dir, tmp_path / "b", "--on-missing", "skip") == 0
+
+
+def test_output_run_must_not_overwrite_an_input_or_be_a_folder(data_args, model_dir, tmp_path, capsys):
+    paths, args = data_args
+    before = paths["run"].read_bytes()
+    assert _eval(args, model_dir, tmp_path / "a", "--output-run", str(paths["run"])) == 1
+    _one_line_error(capsys.readouterr().err, "output_run", "option 'run'")
+    assert paths["run"].read_bytes() == before
+    assert _eval(args, model_dir, tmp_path / "a") == 0
+    run_dir = tmp_path / "a" / "tiny" / "v" / "seed_0"
+    complete = _snapshot(run_dir)
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    assert _eval(args, model_dir, tmp_path / "a", "--force", "true", "--output-run", str(folder)) == 1
+    _one_line_error(capsys.readouterr().err, "output_run", "is a folder")
+    assert _snapshot(run_dir) == complete
+
+
+def test_changed_input_files_are_not_the_same_run(data_args, model_dir, tmp_path, capsys):
+    import os
+
+    paths, args = data_args
+    assert _eval(args, model_dir, tmp_path / "a") == 0
+    stat = paths["run"].stat()
+    os.utime(paths["run"], ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # edited in place
+    capsys.readouterr()
+    assert _eval(args, model_dir, tmp_path / "a") == 1
+    _one_line_error(capsys.readouterr().err, "input files that have changed", "run")
+    assert _eval(args, model_dir, tmp_path / "a", "--force", "true") == 0
+
+
+def test_bad_values_name_the_field(data_args, model_dir, tmp_path, capsys):
+    _, args = data_args
+    for spec, needle in (("{depth_dim: 2.7}", "maw.depth_dim"), ("{maw_strength: abc}", "maw.maw_strength"),
+                         ("{layers: foo}", "maw.layers"), ("{depth_dim: 4", "invalid YAML")):
+        assert _eval(args, model_dir, tmp_path / "a", "--maw", spec) == 2
+        _one_line_error(capsys.readouterr().err, needle)
+    qrels = tmp_path / "q.txt"
+    for line, needle in (("q1 0 d1 1.5", "must be an integer"), ("q1 0 d1 inf", "must be an integer"),
+                         ("q1 0 d1", "a column missing")):
+        qrels.write_text(line + "\n")
+        assert main(["eval", *args[:4], "--qrels", str(qrels), *args[6:], "--model", model_dir,
+                     "--out-dir", str(tmp_path / "b"), "--progress", "false"]) == 1
+        _one_line_error(capsys.readouterr().err, f"{qrels}:1", needle)
+    queries = tmp_path / "queries.tsv"
+    queries.write_text("q1\t\nq2\tcats\n")
+    assert main(["eval", *args[:2], "--queries", str(queries), *args[4:], "--model", model_dir,
+                 "--out-dir", str(tmp_path / "c"), "--progress", "false"]) == 1
+    _one_line_error(capsys.readouterr().err, f"{queries}:1", "no text")

@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from maw_reranker import CrossEncoderWithMAW, MAWConfig
-from maw_reranker.cross_encoder.prefix import (freeze_prefix, num_layers, prefix_fingerprint, prefix_modules,
-                                               prefix_states, split_forward, split_layer, top_forward, top_parameters,
-                                               train_top)
+from maw_reranker.cross_encoder.prefix import (freeze_prefix, num_layers, prefix_fingerprint, prefix_maw_layers,
+                                               prefix_modules, prefix_states, split_forward, split_layer, top_forward,
+                                               top_parameters, train_top)
 from maw_reranker.cross_encoder.prefix_cache import PrefixCache, pair_key
 from maw_reranker.maw.config import GATING_MODES
 from maw_reranker.maw.patcher import maw_layers
@@ -111,6 +111,8 @@ def test_split_checks_its_arguments(arch_dirs):
             prefix_states(model, model.tokenize(PAIRS), bad)
     with pytest.raises(ValueError):
         split_layer(model, 0)
+    patched = load(arch_dirs["bert"], "stat")  # MAW in layers 1 and 2
+    assert prefix_maw_layers(patched, 1) == [] and prefix_maw_layers(patched, 2) == [1]
 
 
 # -- exactness, train mode with dropout, and gradients ---------------------------------------------------------------
@@ -159,6 +161,18 @@ def test_train_mode_cached_and_uncached_top_agree_under_one_seed(arch_dirs, tmp_
     for name in full_grads:
         torch.testing.assert_close(top_grads[name], full_grads[name], atol=1e-5, rtol=1e-4)
         torch.testing.assert_close(disk_grads[name], full_grads[name], atol=1e-4, rtol=1e-3)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_prefix_split_agrees_with_the_trainers_top_regime(arch_dirs, arch):
+    """What the trainer's ``trainable: top`` trains is exactly what lies outside the cached prefix (else a cache would
+    feed the top stale states)."""
+    from maw_reranker.train.params import select_trainable
+
+    model = load(arch_dirs[arch], "gate")
+    select_trainable(model, "top", top_layers=2)
+    trained = {n for n, p in model.model.named_parameters() if p.requires_grad}
+    assert trained == {n for n, _ in top_parameters(model, split_layer(model, 2))}
 
 
 def test_top_trained_model_saves_and_loads_as_a_full_model(arch_dirs, tmp_path):
@@ -243,6 +257,12 @@ def test_cache_is_keyed_by_prefix_weights_start_and_length(arch_dirs, tmp_path):
     with torch.no_grad():
         model.model.base_model.embeddings.word_embeddings.weight[3, 0] += 1e-3  # a prefix weight: another prefix
     assert prefix_fingerprint(model, 1) != base
+    first = PrefixCache(tmp_path, model, 1, dtype="fp16", show_progress=False)
+    first.verify()
+    with torch.no_grad():
+        model.model.base_model.encoder.layer[0].output.dense.bias.add_(0.1)
+    with pytest.raises(RuntimeError, match="stale"):
+        first.verify()
     first = PrefixCache(tmp_path, model, 1, dtype="fp16", show_progress=False)
     model.max_length = 8
     other = PrefixCache(tmp_path, model, 1, dtype="fp16", show_progress=False)

@@ -103,9 +103,15 @@ def test_bad_qrels_and_run_lines(tmp_path):
     ds = load_dataset(paths["docs"], queries=paths["queries"], run=paths["run"])
     with pytest.raises(DataFormatError, match=r"run.trec:2: duplicate document 'd1'"):
         ds.candidates()
+    # A run's documents missing from the corpus are left to the reranker's on_missing policy (error or skip),
+    # as for any other candidates (tests/cli/test_errors.py::test_on_missing_skip_applies_to_a_dataset_run).
     paths["run"].write_text("q1 Q0 d99 1 1.0 x\n")
-    with pytest.raises(DataFormatError, match="document 'd99'.*not in"):
-        load_dataset(paths["docs"], queries=paths["queries"], run=paths["run"]).candidates()
+    assert load_dataset(paths["docs"], queries=paths["queries"], run=paths["run"]).candidates() == {"q1": {"d99": 1.0}}
+    for line, problem in (("q1 Q0 d1 one 1.0 x", "rank is not an integer"), ("q1 Q0 d1 1 nan x", "score is not a finite number"),
+                          ("q1 Q0 d1 1 abc x", "score is not a number")):
+        paths["run"].write_text(line + "\n")
+        with pytest.raises(DataFormatError, match=f"run.trec:1: {problem}"):
+            load_dataset(paths["docs"], queries=paths["queries"], run=paths["run"]).candidates()
 
 
 def test_bad_candidates_json(tmp_path):

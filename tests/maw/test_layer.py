@@ -160,3 +160,45 @@ def test_stale_controls_are_gone():
     gate = DepthGating(MAWConfig(gating_mode="grpo", depth_dim=4), 8, 2)
     assert not hasattr(gate, "log_prob")
     assert not hasattr(gate, "policy_mode") and not hasattr(gate, "last_hard")
+
+
+@pytest.mark.parametrize("arch,dropout", [("bert", 0.3), ("deberta-v2", 0.0), ("deberta-v2", 0.3)])
+def test_training_saves_at_most_two_maps_per_depth(monkeypatch, arch, dropout):
+    """What the training path saves for backward: at most 2 map-sized tensors per depth (before: 3 per depth for
+    BERT with attention dropout on a CPU, about 6 for DeBERTa's bias); the recomputed path gives the same output and
+    gradients as saving would, dropout included."""
+    from maw_reranker.maw import functional
+
+    extra = {"position_buckets": -1} if arch == "deberta-v2" else {}
+    model, layer = patched(arch, gating_mode="learned", depth_dim=3, maw_strength=1.0,
+                           model_kwargs=dict(attention_probs_dropout_prob=dropout, **extra))
+    with torch.no_grad():
+        layer.gating.theta.normal_(0, 1.0)
+    inputs = batch(size=3, length=48)
+    bound = bound_arguments(model, layer, inputs)
+    layer.train()
+    one_map = 3 * 4 * 48 * 48 * 4  # bytes of one float32 attention map of this batch
+    saved = {}
+
+    def pack(t):
+        saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    def run():
+        torch.manual_seed(0)
+        x = bound["hidden_states"].detach().requires_grad_()
+        out, _ = layer.maw_output(dict(bound, hidden_states=x))
+        grads = torch.autograd.grad((out * torch.arange(out.shape[-1])).sum(), [x, layer.gating.theta])
+        return out.detach(), grads
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        torch.manual_seed(0)
+        layer.maw_output(dict(bound, hidden_states=bound["hidden_states"].detach().requires_grad_()))
+    maps = sum(n for n in saved.values() if n >= one_map / 2) / one_map
+    assert maps <= 2 * 3, maps
+    out, grads = run()
+    monkeypatch.setattr(functional, "depth_attention", functional._depth_attention)  # save instead of recompute
+    out_saved, grads_saved = run()
+    assert torch.allclose(out, out_saved, atol=1e-6)
+    for g, h in zip(grads, grads_saved):
+        assert torch.allclose(g, h, atol=1e-5)

@@ -79,7 +79,7 @@ def test_bad_config_values(tmp_path):
     task = write_task(tmp_path / "t")
     cases = [
         ({"maw": {"gating_mode": "learned", "depthdim": 4}}, r"option 'maw': unknown MAWConfig field\(s\) \['depthdim'\]"),
-        ({"maw": {"gating_mode": "magic"}}, "gating_mode='magic'"),
+        ({"maw": {"gating_mode": "magic"}}, "gating_mode' got 'magic'"),
         ({"neg_rank_min": 50, "neg_rank_max": 10}, "'neg_rank_max' .* is below 'neg_rank_min'"),
         ({"router_oracle_weight": 1.0}, "router_oracle_weight' applies to maw.gating_mode 'router' only"),
         ({"trainable": "maw_only"}, "needs a MAW variant"),

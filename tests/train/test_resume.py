@@ -88,3 +88,34 @@ def test_resume_drops_a_torn_last_metrics_line(tmp_path, caplog):
     rows = [json.loads(line) for line in metrics.read_text().splitlines()]
     assert [r["step"] for r in rows if "dev" in r] == [2, 4] and str(metrics) in caplog.text
     assert [r["step"] for r in rows] == sorted(r["step"] for r in rows)
+
+
+def test_interrupted_overwrite_keeps_the_earlier_run_aside(tmp_path):
+    task = write_task(tmp_path / "task")
+    model = tiny_model_dir(tmp_path / "model")
+    train(options(tmp_path / "o", task, model, max_steps=2, checkpoint_every=1))
+    out = tmp_path / "o" / "out"
+    before = sorted(p.name for p in (out / "checkpoints").iterdir())
+    with pytest.raises(Killed):
+        train(options(tmp_path / "o", task, model, max_steps=4, overwrite=True),
+              callbacks=[lambda step, row: _raise() if step == 1 else None])
+    assert not (out / "final").exists() and not (out / "train_summary.json").exists()  # nothing stale beside it
+    assert sorted(p.name for p in (out / ".previous" / "checkpoints").iterdir()) == before
+    train(options(tmp_path / "o", task, model, max_steps=4, overwrite=True))
+    assert not (out / ".previous").exists() and (out / "final").is_dir()
+
+
+def test_resume_checks_the_checkpoint(tmp_path):
+    task = write_task(tmp_path / "task")
+    model = tiny_model_dir(tmp_path / "model")
+    train(options(tmp_path / "o", task, model, max_steps=3, checkpoint_every=3))
+    with pytest.raises(ValueError, match="'max_steps' \\(2\\) is below the step of the checkpoint resumed \\(3"):
+        train(options(tmp_path / "o", task, model, max_steps=2, resume="latest"))
+    step = tmp_path / "o" / "out" / "checkpoints" / "step_0000003"
+    rng = next(step.glob("random_states_*.pkl"))
+    rng.write_bytes(rng.read_bytes()[:50])
+    with pytest.raises(ValueError, match=f"{rng}: unreadable RNG state"):
+        train(options(tmp_path / "o", task, model, max_steps=4, resume="latest"))
+    (step / "trainer_state.json").write_text("{bad")
+    with pytest.raises(ValueError, match="trainer_state.json: unreadable checkpoint state"):
+        train(options(tmp_path / "o", task, model, max_steps=4, resume="latest"))
