@@ -334,6 +334,10 @@ class PrefixCache:
                 m.training = training
         return scores
 
+    def lengths(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
+        """Token counts of cached (or pending) pairs: what batching by length needs."""
+        return np.array([self._length(pair_key(*p)) for p in pairs], dtype=np.int64)
+
     def _length(self, key: str) -> int:
         pending = self._pending.get(key)
         return int(pending.shape[0]) if pending is not None else self._index[key][2]

@@ -34,6 +34,12 @@ class TrainOptions(PoolOptions, ModelOptions, DatasetOptions):
     lora_dropout: float = opt(0.0, "LoRA dropout")
     lora_target_modules: Optional[list[str]] = opt(None, "module names to adapt; None = peft's default for the architecture")
     lora_layers: Literal["all", "top"] = opt("all", "encoder layers LoRA adapts: all, or the last top_layers")
+    prefix_cache: Optional[str] = opt(None, "folder of the frozen-prefix cache: with a frozen prefix (trainable: top, "
+                                            "maw_only, or lora on the top layers) the input of the first of the last "
+                                            "top_layers layers is computed once per pair and kept there, and training "
+                                            "and dev evaluation run only the top (one process)")
+    prefix_cache_dtype: Literal["fp16", "bf16", "fp32"] = opt("fp16", "storage precision of the prefix cache (fp32: "
+                                                                     "exact; fp16 moves logits by ~1e-3)")
     # -- training data (also: the DatasetOptions and PoolOptions sections) -----------------------------------------
     source: Literal["pool", "triples"] = opt(
         "pool", "pool = positives from qrels, hard negatives sampled from a candidate pool; triples = stream the "
@@ -166,6 +172,10 @@ class TrainOptions(PoolOptions, ModelOptions, DatasetOptions):
         if self.trainable == "maw_only" and maw is None:
             raise ValueError("option 'trainable: maw_only' needs a MAW variant (option 'maw'); with no MAW only the "
                              "head would train")
+        if self.prefix_cache and not (self.trainable in ("top", "maw_only")
+                                      or (self.trainable == "lora" and self.lora_layers == "top")):
+            raise ValueError(f"option 'prefix_cache' needs a frozen prefix: trainable top or maw_only, or lora with "
+                             f"lora_layers: top (got trainable: {self.trainable}, lora_layers: {self.lora_layers})")
         if self.source == "triples" and self.n_negatives != 1:
             raise ValueError("option 'source: triples' gives one negative per group; set n_negatives: 1 (or use "
                              "source: pool for more negatives per group)")

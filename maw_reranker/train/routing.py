@@ -36,7 +36,8 @@ def oracle_depths(model: torch.nn.Module, features: dict, groups: int, group_siz
                   loss_fn: Callable) -> torch.Tensor:
     """``[groups]`` index of the depth whose forced use gives the lowest ranking loss of each group."""
     gates = routing_gates(model, ("router",))
-    was_training = model.training
+    # Each module's own flag is restored (a frozen prefix stays in eval mode), not model.train(was_training).
+    modes = [(m, m.training) for m in model.modules()]
     model.eval()
     pairs = groups * group_size
     device = features["input_ids"].device
@@ -48,7 +49,8 @@ def oracle_depths(model: torch.nn.Module, features: dict, groups: int, group_siz
             losses.append(loss_fn(scores))
     finally:
         set_forced_depth(gates, None)
-        model.train(was_training)
+        for module, training in modes:
+            module.training = training
     # argmin takes the first minimum: ties (e.g. identical depths at init) resolve to the lowest depth.
     return torch.stack(losses, dim=1).argmin(dim=1)
 
@@ -104,8 +106,6 @@ def grpo_step(model: torch.nn.Module, features: dict, groups: int, group_size: i
     objective and what to log. Rewards are ``-loss`` of each group under each sampled choice.
     """
     gates = gates if gates is not None else routing_gates(model, ("grpo",))
-    for gate in gates:
-        gate.policy_mode = "sample"
     scores = model(**repeat_features(features, samples)).float().view(samples, groups, group_size)
     per_sample = torch.stack([loss_fn(scores[g]) for g in range(samples)], dim=1)  # [groups, G]
     rewards = -per_sample.detach()

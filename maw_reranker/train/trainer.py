@@ -28,6 +28,8 @@ from maw_reranker.train.objective import Objective
 from maw_reranker.train.params import make_optimizer, select_trainable, top_start
 from maw_reranker.config.sections import resolve_model_path
 from maw_reranker.cross_encoder.checks import check_model_dir
+from maw_reranker.cross_encoder.prefix import train_top
+from maw_reranker.cross_encoder.top import CachedScorer, TopModel, cached_features
 from maw_reranker.utils.progress import progress_bar
 from maw_reranker.train.sources import TrainingData, load_training_data
 
@@ -178,7 +180,12 @@ class Trainer:
         # Not prepared: accelerate would step a prepared scheduler once per process; we step it once per update.
         self.scheduler = get_scheduler(SCHEDULERS[opts.scheduler], optimizer, num_warmup_steps=warmup,
                                        num_training_steps=self.steps)
-        self.model, self.optimizer = acc.prepare(self.encoder, optimizer)
+        self.start, self.cache, self.unwrapped = None, None, self.encoder
+        if opts.trainable == "top" or opts.prefix_cache:
+            self.start = top_start(self.encoder.model, opts.top_layers)
+        if opts.prefix_cache:
+            self.cache, self.unwrapped = self._open_cache(acc)
+        self.model, self.optimizer = acc.prepare(self.unwrapped, optimizer)
         self.state = TrainerState()
         acc.register_for_checkpointing(self.scheduler, self.state)
         self.resumed_from = None
@@ -192,6 +199,9 @@ class Trainer:
                      self.state.position.epoch, self.state.position.offset)
         self.objective = Objective(opts, self.encoder.maw_config)
         self.collator = GroupCollator(self.encoder.tokenize, self.data.queries, self.data.docs)
+        if self.cache is not None:  # the same pairs, as cached states of the frozen prefix
+            pairs_of = self.collator.pairs
+            self.collator = lambda groups: cached_features(self.cache, pairs_of(groups))
         if acc.is_main_process:
             self._write_run_info()
         if opts.report_to:
@@ -211,6 +221,25 @@ class Trainer:
         truncate_metrics(self.out / "metrics.jsonl", self.state.step)
 
     # -- loop -----------------------------------------------------------------------------------------------
+    def _open_cache(self, acc):
+        """The prefix cache and the top model (training runs layers >= start only)."""
+        from maw_reranker.cross_encoder.prefix_cache import PrefixCache
+
+        if acc.num_processes > 1:
+            raise ValueError("option 'prefix_cache' runs in a single process (fill it once, then train); leave it out "
+                             "under accelerate launch with several processes")
+        cache = PrefixCache(self.opts.prefix_cache, self.encoder, self.start, dtype=self.opts.prefix_cache_dtype,
+                            show_progress=self.opts.progress_bar)
+        log.info("prefix cache: %s (%d pairs cached; layers >= %d train)", cache.path, len(cache), self.start)
+        return cache, TopModel(self.encoder, self.start)
+
+    def _train_mode(self) -> None:
+        """Train mode; with a frozen prefix (trainable: top, or the cache) the prefix stays in eval mode, so cached and
+        uncached top-layer training draw the same dropout."""
+        self.model.train()
+        if self.start is not None:
+            train_top(self.encoder, self.start)
+
     def _features(self, groups):
         acc, bs = self.accelerator, self.opts.batch_size
         mine = groups[acc.process_index * bs:(acc.process_index + 1) * bs]
@@ -231,7 +260,7 @@ class Trainer:
         for _ in range(opts.grad_accum):
             features = self._features(next(batches))
             with acc.accumulate(self.model), acc.autocast():
-                loss, logs = self.objective(self.model, self.encoder, features, self.state.step)
+                loss, logs = self.objective(self.model, self.unwrapped, features, self.state.step)
                 acc.backward(loss)
                 if acc.sync_gradients and opts.max_grad_norm > 0:
                     norm = acc.clip_grad_norm_(self.model.parameters(), opts.max_grad_norm)
@@ -254,8 +283,9 @@ class Trainer:
             return None
         value = None
         if acc.is_main_process:
-            value, aggregate = evaluate_dev(self.encoder, dev, opts.dev_measure, opts.dev_batch_size,
-                                            opts.precision)
+            scorer = CachedScorer(self.encoder, self.cache) if self.cache is not None else self.encoder
+            value, aggregate = evaluate_dev(scorer, dev, opts.dev_measure, opts.dev_batch_size, opts.precision)
+            self._train_mode()  # predict() restores the flags it found; the prefix must stay in eval mode
             row = {"step": self.state.step, "dev": aggregate}
             improved = self.state.best_metric is None or value > self.state.best_metric
             if improved:
@@ -286,7 +316,7 @@ class Trainer:
         bar = progress_bar(self.steps, opts.progress_bar and acc.is_local_main_process, "train", unit="step",
                            initial=state.step)
         history, window, train_time, start_step, saved_at = [], [], 0.0, state.step, state.step
-        self.model.train()
+        self._train_mode()
         while state.step < self.steps:
             t0 = time.perf_counter()
             logs = self._step(batches)
@@ -332,6 +362,8 @@ class Trainer:
                 "parameters": dict(self.counts),
                 "pairs_per_second": round(pairs_per_step * done / train_time, 3) if train_time else None,
                 "last": history[-1] if history else None})
+        if self.cache is not None:
+            self.cache.close()  # states computed since the last shard
         if acc.is_main_process:
             shutil.rmtree(self.out / PREVIOUS, ignore_errors=True)  # the overwritten run, now replaced
         acc.wait_for_everyone()

@@ -58,8 +58,8 @@ def layer_arguments(model, inputs):
 
 
 def check_eval_and_train(model, inputs, device, dtype):
-    """Eval (no autograd; with a requested map on eager attention) and train with backward: finite outputs on the
-    model's device, and every MAW parameter gets a gradient of its own dtype there."""
+    """Eval (no autograd) and train (attention dropout on) with backward: finite outputs on the model's device, MAW
+    parameters in the model's dtype there, and their gradients too."""
     model.eval()
     with torch.no_grad():
         logits = model(**inputs).logits
@@ -77,7 +77,8 @@ def check_eval_and_train(model, inputs, device, dtype):
 
 
 def check_layer_alone(layer, bound, dtype):
-    """MAW's own computation (no call into the wrapped module) in eval and in train with backward."""
+    """MAW's own computation (no call into the wrapped module), attention map included, in eval and in train with
+    backward."""
     layer.eval()
     with torch.no_grad():
         out, _ = layer.maw_output(bound, want_map=True)

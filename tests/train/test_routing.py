@@ -69,7 +69,7 @@ def test_grpo_step_wires_rewards_log_probs_and_advantages():
     from maw_reranker.train.losses import listwise_softmax_ce
     from maw_reranker.train.routing import grpo_step
 
-    gate = SimpleNamespace(policy_mode=None, last_log_prob=None, last_logits=None)
+    gate = SimpleNamespace(last_log_prob=None, last_logits=None)
 
     def model(input_ids):  # G=2 samples x 1 group x (1 positive + 1 negative), sample-major
         assert input_ids.shape[0] == 4
@@ -80,7 +80,6 @@ def test_grpo_step_wires_rewards_log_probs_and_advantages():
     out = grpo_step(model, {"input_ids": torch.zeros(2, 5, dtype=torch.long)}, groups=1, group_size=2,
                     loss_fn=listwise_softmax_ce, samples=2, beta=0.0, eta=0.0, eps=1e-6, gates=[gate])
     losses = [math.log(1 + math.exp(-2.0)), math.log(1 + math.exp(1.0))]
-    assert gate.policy_mode == "sample"
     assert math.isclose(out["rank"].item(), sum(losses) / 2, rel_tol=1e-6)
     assert math.isclose(out["reward"].item(), -sum(losses) / 2, rel_tol=1e-6)
     std = abs(losses[0] - losses[1]) / 2
