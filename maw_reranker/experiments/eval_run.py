@@ -66,6 +66,11 @@ class EvalOptions(PoolOptions, ModelOptions, DatasetOptions):
     plots: bool = opt(True, "plot depth usage of MAW runs (depth_usage.png)")
     force: bool = opt(False, "redo the run even if its folder is complete")
     progress: bool = opt(True, "show a progress bar (pairs/s)")
+    prefix_cache: Optional[str] = opt(None, "folder of the frozen-prefix cache (see train): the input of the first "
+                                            "of the last top_layers layers is computed once per pair and reused by "
+                                            "every model with the same prefix; only the top layers run per model")
+    top_layers: int = opt(1, "prefix_cache: how many of the last layers run per model (they must include MAW's)")
+    prefix_cache_dtype: Literal["fp16", "bf16", "fp32"] = opt("fp16", "storage precision of the prefix cache")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -264,14 +269,40 @@ def _score(plan: EvalPlan, pool: dict, state):
     device = options.device or (str(state.device) if state is not None else None)
     model = CrossEncoderWithMAW.from_pretrained(plan.model_path, maw=plan.maw, max_length=options.max_length,
                                                 device=device)
+    queries, docs = plan.dataset.queries(), plan.dataset.docs()
+    scorer, cache = model, None
     try:
-        result = rerank(model, pool, plan.dataset.queries(), plan.dataset.docs(), depth=options.depth,
-                        batch_size=options.batch_size, precision=options.precision, on_missing=options.on_missing,
-                        max_queries=options.max_queries, log_depth=options.log_depth, show_progress=options.progress,
-                        append_tail=options.append_tail, state=state)
+        if options.prefix_cache:
+            scorer, cache = _cached_scorer(model, pool, queries, docs, options, state)
+        result = rerank(scorer, pool, queries, docs, depth=options.depth, batch_size=options.batch_size,
+                        precision=options.precision, on_missing=options.on_missing, max_queries=options.max_queries,
+                        log_depth=options.log_depth, show_progress=options.progress, append_tail=options.append_tail,
+                        state=state)
     except RerankError as exc:  # name the data the ids came from
         raise RerankError(f"{exc} [dataset {plan.dataset.source}]") from None
+    finally:
+        if cache is not None:
+            cache.close()
     return model, result
+
+
+def _cached_scorer(model, pool: dict, queries, docs, options: EvalOptions, state):
+    """Score through the frozen-prefix cache: the states of every pair to rerank are filled once (shared by every
+    variant and seed whose prefix is the same), then only the top layers run."""
+    from maw_reranker.cross_encoder.prefix_cache import PrefixCache
+    from maw_reranker.cross_encoder.top import CachedScorer
+    from maw_reranker.evaluate.rerank import build_pairs
+    from maw_reranker.train.params import top_start
+
+    if state is not None and state.num_processes > 1:
+        raise ValueError("option 'prefix_cache' runs in a single process; leave it out under accelerate launch")
+    start = top_start(model.model, options.top_layers)
+    cache = PrefixCache(options.prefix_cache, model, start, dtype=options.prefix_cache_dtype,
+                        batch_size=options.batch_size, show_progress=options.progress)
+    pairs = build_pairs(pool, queries, docs, depth=options.depth, on_missing=options.on_missing,
+                        max_queries=options.max_queries).pairs
+    cache.fill([(p.query, p.doc) for p in pairs])
+    return CachedScorer(model, cache), cache
 
 
 def _score_and_write(plan: EvalPlan, candidates, qrels: dict, artifacts: RunArtifacts, state) -> tuple:

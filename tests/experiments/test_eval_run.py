@@ -162,3 +162,22 @@ def test_suite_runs_summarises_plots_and_is_idempotent(collection, model_dir, tm
     monkeypatch.setattr(eval_run_mod, "candidates_from_options", lambda *a: pytest.fail("complete runs must be skipped"))
     again = run_suite(runs, "base", name="t", n_resamples=200)
     assert [o.status for o in again.runs] == ["skipped"] * 4
+
+
+@pytest.mark.parametrize("maw", [None, {"depth_dim": 2, "gating_mode": "learned", "maw_strength": 0.5}])
+def test_reranking_through_the_prefix_cache_equals_the_full_model(collection, model_dir, tmp_path, maw):
+    full = run_eval(options(collection, model_dir, tmp_path / "full", maw=maw, variant="v"))
+    cached = run_eval(options(collection, model_dir, tmp_path / "cached", maw=maw, variant="v",
+                              prefix_cache=str(tmp_path / "cache"), prefix_cache_dtype="fp32"))
+    a = {(r[0], r[1]): float(r[2]) for r in _scores(full.run_dir)}
+    b = {(r[0], r[1]): float(r[2]) for r in _scores(cached.run_dir)}
+    assert a.keys() == b.keys() and max(abs(a[k] - b[k]) for k in a) < 1e-4
+    assert (cached.run_dir / "depth_log.jsonl").is_file() == (maw is not None)
+    again = run_eval(options(collection, model_dir, tmp_path / "again", maw=maw, variant="v",
+                             prefix_cache=str(tmp_path / "cache"), prefix_cache_dtype="fp32"))
+    assert again.metrics == cached.metrics  # the second model scores from the states the first one filled
+
+
+def _scores(run_dir):
+    lines = (run_dir / "scores.tsv").read_text().splitlines()[1:]
+    return [line.split("\t") for line in lines]
