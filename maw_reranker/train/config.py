@@ -53,6 +53,9 @@ class TrainOptions(PoolOptions, ModelOptions, DatasetOptions):
     max_negative_grade: int = opt(0, "pool documents judged at most this grade may be negatives (0 = judged-relevant "
                                     "documents never are; with graded qrels, e.g. threshold 2 and 1 here, the model "
                                     "learns to put grade 2 above grade 1); must be < relevance_threshold")
+    missing_positives: Literal["error", "skip"] = opt(
+        "error", "judged positives whose text is not in the corpus: error, or skip them (e.g. a candidates file that "
+                 "holds only the retrieved texts, such as TREC DL's BM25 top-100)")
     allow_missing_positives: bool = opt(True, "skip (with a warning) queries without a positive; false = error")
     streaming: bool = opt(False, "stream groups (run file / docpairs read lazily, bounded shuffle buffer) instead of "
                                 "holding the pool in memory: for MS MARCO-size data; needs max_steps")

@@ -51,11 +51,24 @@ def _subset(qids, size: int) -> list[str]:
     return [qids[i] for i in order[:size]]
 
 
+def _known_positives(positives: dict, docs, label: str) -> dict:
+    """Positives whose text is in the corpus (a candidates file holds only the retrieved texts); the rest dropped."""
+    wanted = {d for p in positives.values() for d in p}
+    found = set(docs.get_many(wanted) if hasattr(docs, "get_many") else (d for d in wanted if d in docs))
+    kept = {q: [d for d in p if d in found] for q, p in positives.items()}
+    dropped = len(wanted - found)
+    if dropped:
+        log.warning("%s: %d judged positives are not in the corpus and are left out (missing_positives: skip)",
+                    label, dropped)
+    return {q: p for q, p in kept.items() if p}
+
+
 def _check_docs(docs, docids: set, what: str) -> None:
     found = docs.get_many(docids) if hasattr(docs, "get_many") else {d: None for d in docids if d in docs}
     missing = set(docids) - set(found)
     if missing:
-        raise TrainingDataError(f"{len(missing)} {what} missing from the corpus: {preview(missing)}")
+        hint = "; set missing_positives: skip to leave them out" if what.startswith("positive") else ""
+        raise TrainingDataError(f"{len(missing)} {what} missing from the corpus: {preview(missing)}{hint}")
 
 
 def load_training_data(opts, main_first=None) -> TrainingData:
@@ -74,6 +87,8 @@ def load_training_data(opts, main_first=None) -> TrainingData:
     docs = ds.docs()
     positives = {q: positives_of(j, opts.relevance_threshold) for q, j in qrels.items()}
     positives = {q: p for q, p in positives.items() if p}
+    if opts.missing_positives == "skip":
+        positives = _known_positives(positives, docs, label)
     if not positives:
         raise TrainingDataError(f"{label}: no query has a positive (a qrels grade >= relevance_threshold="
                                 f"{opts.relevance_threshold}); check the threshold or the qrels")

@@ -97,3 +97,15 @@ def test_too_little_data_for_one_step(tmp_path):
     task = write_task(tmp_path / "t", n_queries=3)
     with pytest.raises(ValueError, match="3 training groups make less than one optimizer step"):
         train(options(tmp_path, task, NO_MODEL, batch_size=4, max_steps=None))
+
+
+def test_positives_missing_from_the_corpus_error_or_skip(tmp_path):
+    task = write_task(tmp_path / "t")
+    qrels = task["dataset"] / "qrels" / "train.tsv"
+    qrels.write_text(qrels.read_text() + "q0\td404\t1\n")
+    with pytest.raises(TrainingDataError, match="positive documents of the qrels missing.*d404.*missing_positives"):
+        train(options(tmp_path, task, NO_MODEL))
+    from maw_reranker.train.sources import load_training_data
+
+    data = load_training_data(options(tmp_path, task, NO_MODEL, missing_positives="skip"))
+    assert data.description["queries_with_positive"] == 12  # q0 keeps its other positive
