@@ -2,6 +2,7 @@
 
 # No `from __future__ import annotations`: the options parser reads the field types at runtime.
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Optional
 
 import yaml
@@ -23,7 +24,13 @@ def run(options: Options) -> int:
         print(f"# {path}")
         print(yaml.safe_dump(load_yaml_config(path), sort_keys=False).rstrip())
         return 0
-    print(f"packaged configs ({CONFIGS_DIR}); a configs/<kind>/ folder in the working directory comes first:")
+    print(f"packaged configs ({CONFIGS_DIR}):")
     for kind in KINDS:
         print(f"  {kind}: {', '.join(list_configs(kind))}")
+    local = {kind: sorted(p.stem for p in (Path.cwd() / "configs" / kind).glob("*.yaml")) for kind in KINDS}
+    if any(local.values()):
+        print(f"in {Path.cwd() / 'configs'} (these come first):")
+        for kind, names in local.items():
+            if names:
+                print(f"  {kind}: {', '.join(names)}")
     return 0

@@ -112,7 +112,7 @@ class EvalOutcome:
 
 
 def default_variant_name(maw) -> str:
-    if maw is None:
+    if maw is None or not maw.use_maw:
         return "non_maw"
     return f"maw-{maw.gating_mode}-d{maw.depth_dim}-k{maw.inject_last_k}-a{maw.maw_strength:g}"
 

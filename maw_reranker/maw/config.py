@@ -6,14 +6,16 @@ import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Literal, Optional, get_args
 
 from maw_reranker.utils.io import write_json
 
-GATING_MODES = ("uniform", "random", "stat", "argmax", "learned", "gate", "router", "grpo")
+GatingMode = Literal["uniform", "random", "stat", "argmax", "learned", "gate", "router", "grpo"]
+DepthSource = Literal["split", "project"]
+GATING_MODES = get_args(GatingMode)
 LEARNED_MODES = ("learned", "gate", "router", "grpo")
 STAT_MODES = ("stat", "argmax", "router", "grpo")  # modes whose weights need per-depth attention statistics
-DEPTH_SOURCES = ("split", "project")
+DEPTH_SOURCES = get_args(DepthSource)
 CONFIG_NAME = "maw_config.json"
 
 
@@ -24,9 +26,9 @@ class MAWConfig:
 
     use_maw: bool = True
     depth_dim: int = 8
-    depth_source: Literal["split", "project"] = "split"
+    depth_source: DepthSource = "split"
     depth_rank: int = 8
-    gating_mode: Literal["uniform", "random", "stat", "argmax", "learned", "gate", "router", "grpo"] = "stat"
+    gating_mode: GatingMode = "stat"
     maw_strength: float = 0.15
     inject_last_k: int = 1
     layers: Optional[list[int]] = None
