@@ -17,7 +17,6 @@ _OS_REASONS = {
     errno.EROFS: "read-only file system",
     errno.ENOSPC: "no space left on device",
     errno.EDQUOT: "disk quota exceeded",
-    errno.ENOENT: "no such file or directory",
     errno.EISDIR: "is a folder, not a file",
     errno.ENOTDIR: "not a folder",
 }

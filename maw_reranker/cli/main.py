@@ -8,7 +8,8 @@ import logging
 import sys
 
 from maw_reranker.cli.errors import DEBUG_ENV, debug_requested, describe, interrupted
-from maw_reranker.config import ConfigError, build_parser, parse_options
+from maw_reranker.config import build_parser, parse_options
+from maw_reranker.utils.errors import OptionError
 
 # command name -> module; modules are imported lazily so `maw-rerank --help` stays fast.
 COMMANDS = {
@@ -77,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"maw-rerank {args.command}: interrupted", file=sys.stderr)
             return 130
         print(f"maw-rerank {args.command}: error: {describe(exc)}", file=sys.stderr)
-        return 2 if isinstance(exc, ConfigError) else 1
+        return 2 if isinstance(exc, OptionError) else 1
     return int(result or 0)
 
 

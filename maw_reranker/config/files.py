@@ -11,11 +11,13 @@ from pathlib import Path
 
 import yaml
 
+from maw_reranker.utils.errors import OptionError
+
 CONFIGS_DIR = Path(__file__).resolve().parent.parent / "configs"
 KINDS = ("datasets", "models", "suites", "training", "studies")
 
 
-class ConfigError(ValueError):
+class ConfigError(OptionError):
     """A bad config file, key or value; the message names it."""
 
 

@@ -42,9 +42,10 @@ def parse_maw(value: Any):
     # Each field is typed by the one option parser: 2.7 is no depth, "abc" no strength; errors name the field.
     value = {k: (_convert(f"maw.{k}", v, fields[k], "option 'maw'") if k in fields else v) for k, v in value.items()}
     try:
-        return MAWConfig.from_dict(dict(value))
+        config = MAWConfig.from_dict(dict(value))
     except (TypeError, ValueError) as exc:
         raise ValueError(f"option 'maw': {exc}") from None
+    return config if config.use_maw else None  # {use_maw: false} is the unpatched model, as null
 
 
 def _bad(value):

@@ -48,7 +48,13 @@ def _choices(field: dataclasses.Field) -> list | None:
     return field.metadata.get("choices")
 
 
+def _optional(tp: Any) -> bool:
+    origin = get_origin(tp)
+    return (origin is typing.Union or origin is types.UnionType) and type(None) in get_args(tp)
+
+
 def _scalar(tp: type, value: Any) -> Any:
+    # A mapping or list is never a scalar (e.g. `model: {name: x}`), and YAML's yes/no is not a number.
     if isinstance(value, (dict, list, tuple)) or (tp is not str and isinstance(value, bool)):
         raise ValueError(value)
     if tp is int and isinstance(value, float) and not value.is_integer():
@@ -61,7 +67,9 @@ def _convert(name: str, value: Any, field: dataclasses.Field, source: str) -> An
     tp = _base_type(field.type)
     allowed = _choices(field)
     if value is None:
-        return None
+        if _optional(field.type) or tp is Any:
+            return None
+        raise ConfigError(f"{source}: option '{name}' must be set (it has no 'null' value)")
     origin = get_origin(tp)
     try:
         if origin is typing.Literal:
@@ -74,14 +82,11 @@ def _convert(name: str, value: Any, field: dataclasses.Field, source: str) -> An
                 if low not in {"true", "false", "1", "0", "yes", "no"}:
                     raise ValueError(value)
                 value = low in {"true", "1", "yes"}
+            elif not isinstance(value, bool) and value not in (0, 1):
+                raise ValueError(value)
             value = bool(value)
         elif tp in (int, float, str):
-            # A mapping or list is never a scalar (e.g. `model: {name: x}`), and YAML's yes/no is not a number.
-            if isinstance(value, (dict, list, tuple)) or (tp is not str and isinstance(value, bool)):
-                raise ValueError(value)
-            if tp is int and isinstance(value, float) and not value.is_integer():
-                raise ValueError(value)
-            value = tp(value)
+            value = _scalar(tp, value)
             if tp is float and not math.isfinite(value):  # inf/nan pass float() but no option means them
                 raise ConfigError(f"{source}: option '{name}' must be a finite number, got {value!r}")
         elif origin in (list, tuple) or tp in (list, tuple):

@@ -93,6 +93,30 @@ class ModelOptions(_Section):
         return parse_maw(self.maw)
 
 
+CacheDtype = Literal["fp16", "bf16", "fp32"]
+
+
+@dataclass
+class PrefixCacheOptions(_Section):
+    top_layers: int = opt(1, "how many of the last encoder layers run per model (they must include the MAW layers): "
+                             "trainable: top trains them, lora_layers: top adapts them, prefix_cache caches the "
+                             "input of the first of them")
+    prefix_cache: Optional[str] = opt(None, "folder of the frozen-prefix cache: the input of the first of the last "
+                                            "top_layers layers, computed once per pair and shared by every model with "
+                                            "the same prefix; then only the top layers run (one process)")
+    prefix_cache_dtype: CacheDtype = opt("fp16", "storage precision of the prefix cache (fp32: exact; fp16 moves "
+                                                 "logits by ~1e-3)")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.top_layers < 1:
+            raise ValueError(f"option 'top_layers' must be >= 1, got {self.top_layers}")
+        if self.prefix_cache is not None:
+            from maw_reranker.utils.io import check_writable
+
+            check_writable(self.prefix_cache, "prefix_cache")
+
+
 def resolve_model_path(model: str) -> str:
     """``bench:NAME`` -> ``$MAW_BENCH_MODELS/NAME``; ``~`` and ``$VARS`` expanded; hub ids pass through."""
     if not str(model).strip():

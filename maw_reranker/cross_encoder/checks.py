@@ -11,6 +11,8 @@ import functools
 import json
 from pathlib import Path
 
+from maw_reranker.utils.errors import OptionError
+
 # Any one of these makes a folder loadable by AutoTokenizer (fast JSON, WordPiece, BPE, SentencePiece).
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", "sentencepiece.bpe.model",
                    "spm.model", "tokenizer.model")
@@ -85,7 +87,7 @@ def _check_model_dir(path: str, max_length: int | None, option: str) -> None:
                               f"a model with {vocab}: its vocabulary file is empty or unreadable")
     positions = usable_positions(config)
     if max_length is not None and positions is not None and max_length > positions:
-        raise ModelCheckError(f"option 'max_length' ({max_length}) exceeds the {positions} positions of {folder}; "
+        raise OptionError(f"option 'max_length' ({max_length}) exceeds the {positions} positions of {folder}; "
                               f"use at most {positions}")
 
 

@@ -115,6 +115,24 @@ def prefix_maw_layers(encoder: Any, start: int) -> list[int]:
     return sorted(m.layer_index for m in maw_layers(hf_model(encoder)).values() if m.layer_index < start)
 
 
+def top_start(encoder: Any, top_layers: int) -> int:
+    """The first of the last ``top_layers`` layers (option ``top_layers``), which must hold every MAW layer."""
+    n = num_layers(encoder)
+    if not 1 <= top_layers <= n:
+        raise ValueError(f"option 'top_layers' must be in 1..{n} (the model's layers), got {top_layers}")
+    start = n - top_layers
+    below = prefix_maw_layers(encoder, start)
+    if below:
+        raise ValueError(f"option 'top_layers' ({top_layers}) must cover the MAW layers: layer(s) {below} lie below "
+                         f"the top {top_layers}; raise top_layers to at least {n - below[0]}")
+    return start
+
+
+def top_layer_indices(encoder: Any, top_layers: int) -> list[int]:
+    """Indices of the last ``top_layers`` layers (e.g. for LoRA on the same layers)."""
+    return list(range(top_start(encoder, top_layers), num_layers(encoder)))
+
+
 def prefix_modules(encoder: Any, start: int) -> list[nn.Module]:
     """The frozen prefix as a list of leaf-most whole modules: every direct child of the backbone and of its encoder
     except the top layers (``encoder.layer[start:]``), the layer list itself (its first ``start`` layers are listed
@@ -331,6 +349,7 @@ def prefix_fingerprint(encoder: Any, start: int, tokenizer: Any = None) -> str:
     return h.hexdigest()
 
 
-__all__ = ["STATE_KEYS", "SUPPORTED_MODEL_TYPES", "hf_model", "num_layers", "split_layer", "prefix_modules",
+__all__ = ["STATE_KEYS", "SUPPORTED_MODEL_TYPES", "hf_model", "num_layers", "split_layer", "top_start",
+           "top_layer_indices", "prefix_modules",
            "prefix_maw_layers", "freeze_prefix", "top_parameters", "train_top", "prefix_states", "top_only",
            "top_forward", "split_forward", "prefix_fingerprint"]

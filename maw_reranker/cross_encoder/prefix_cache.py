@@ -76,7 +76,7 @@ class PrefixCache:
     >>> with PrefixCache("cache/prefix", encoder, start, dtype="fp16") as cache:
     ...     cache.fill(all_training_pairs)                 # progress bar; resumes a killed fill
     ...     batch = cache.get_or_compute(batch_pairs)      # {"hidden_states", "attention_mask"} on the model's device
-    ...     logits = top_forward(encoder, batch, start)
+    ...     logits = top_forward(encoder, batch, start)   # or: CachedScorer(encoder, cache).predict(pairs)
 
     ``encoder`` is a :class:`CrossEncoderWithMAW` (its ``tokenize`` and ``max_length`` define the tokens). The
     encoder's prefix must not change while the cache is used (freeze it: :func:`freeze_prefix`); the fingerprint is
@@ -124,7 +124,11 @@ class PrefixCache:
         _remove_old_temps(self.path)  # temporaries of shards a killed fill was writing
         meta_file = self.path / META_NAME
         if meta_file.is_file():
-            found = json.loads(meta_file.read_text())
+            try:
+                found = json.loads(meta_file.read_text(encoding="utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+                raise ValueError(f"{meta_file}: unreadable prefix-cache metadata ({exc}); remove the folder "
+                                 f"{self.path} (it is rebuilt)") from None
             keys = ("format", "fingerprint", "start", "max_length", "dtype", "hidden_size")
             if any(found.get(k) != self.meta[k] for k in keys):
                 raise ValueError(f"{self.path} holds a different prefix cache ({META_NAME} does not match this "
@@ -302,37 +306,6 @@ class PrefixCache:
         pairs = [tuple(p) for p in pairs]
         self._compute(self.missing(pairs), show_progress)
         return self.get(pairs, device=device, dtype=dtype)
-
-    def predict(self, pairs: Sequence[tuple[str, str]], batch_size: int = 32,
-                show_progress: bool = False) -> np.ndarray:
-        """Eval-mode relevance logits (float32 ``[N]``) of ``pairs`` through the cache and the top only, computing
-        missing states first: :meth:`CrossEncoderWithMAW.predict` for a top-k model (dev evaluation, reranking).
-        Batches are formed from length-sorted pairs; the model's train/eval flags are restored afterwards."""
-        from maw_reranker.cross_encoder.prefix import top_forward
-
-        pairs = [tuple(p) for p in pairs]
-        scores = np.zeros(len(pairs), dtype=np.float32)
-        if not pairs:
-            return scores
-        self._compute(self.missing(pairs), show_progress)
-        lengths = np.array([self._length(pair_key(*p)) for p in pairs])
-        order = np.argsort(-lengths, kind="stable")
-        model = hf_model(self.encoder)
-        modes = [(m, m.training) for m in model.modules()]
-        bar = progress_bar(len(pairs), enabled=show_progress, desc="scoring (cached prefix)")
-        try:
-            model.eval()
-            with torch.inference_mode():
-                for first in range(0, len(pairs), batch_size):
-                    idx = order[first:first + batch_size]
-                    batch = self.get([pairs[i] for i in idx])
-                    scores[idx] = top_forward(self.encoder, batch, self.start).float().cpu().numpy()
-                    bar.update(len(idx))
-        finally:
-            bar.close()
-            for m, training in modes:
-                m.training = training
-        return scores
 
     def lengths(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
         """Token counts of cached (or pending) pairs: what batching by length needs."""

@@ -61,7 +61,8 @@ class CachedScorer:
     def predict(self, pairs: Sequence[tuple[str, str]], batch_size: int = 32, precision: str = "fp32",
                 show_progress_bar: bool = False, return_depth: bool = False):
         pairs = [tuple(p) for p in pairs]
-        layers = {m.layer_index: m for m in maw_layers(self.model).values()}
+        # MAW layers of the top only: one inside the prefix ran when its states were cached, not now
+        layers = {m.layer_index: m for m in maw_layers(self.model).values() if m.layer_index >= self.cache.start}
         depth = {i: {"weights": np.zeros((len(pairs), m.depth), np.float32),
                      "selected": np.zeros(len(pairs), np.int64)} for i, m in layers.items()} if return_depth else {}
         scores = np.zeros(len(pairs), dtype=np.float32)

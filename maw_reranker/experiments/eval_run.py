@@ -18,8 +18,8 @@ from typing import Any, Literal, Optional
 
 from maw_reranker.config.maw_spec import effective_maw, maw_to_dict, parse_maw, with_run_seed
 from maw_reranker.config.parser import options_to_dict
-from maw_reranker.config.sections import (DatasetOptions, ModelOptions, PoolOptions, Precision, candidates_from_options,
-                                          dataset_from_options, opt, resolve_model_path)
+from maw_reranker.config.sections import (DatasetOptions, ModelOptions, PoolOptions, Precision, PrefixCacheOptions,
+                                          candidates_from_options, dataset_from_options, opt, resolve_model_path)
 from maw_reranker.evaluate.artifacts import RunArtifacts
 from maw_reranker.evaluate.metrics import check_measures, measure_names, standard_measures
 
@@ -37,7 +37,7 @@ class RunConflictError(ValueError):
 
 
 @dataclass
-class EvalOptions(PoolOptions, ModelOptions, DatasetOptions):
+class EvalOptions(PrefixCacheOptions, PoolOptions, ModelOptions, DatasetOptions):
     CONFIG_KINDS = ("models", "datasets")
 
     variant: Optional[str] = opt(None, "variant name (the run folder); default: non_maw, or "
@@ -66,11 +66,6 @@ class EvalOptions(PoolOptions, ModelOptions, DatasetOptions):
     plots: bool = opt(True, "plot depth usage of MAW runs (depth_usage.png)")
     force: bool = opt(False, "redo the run even if its folder is complete")
     progress: bool = opt(True, "show a progress bar (pairs/s)")
-    prefix_cache: Optional[str] = opt(None, "folder of the frozen-prefix cache (see train): the input of the first "
-                                            "of the last top_layers layers is computed once per pair and reused by "
-                                            "every model with the same prefix; only the top layers run per model")
-    top_layers: int = opt(1, "prefix_cache: how many of the last layers run per model (they must include MAW's)")
-    prefix_cache_dtype: Literal["fp16", "bf16", "fp32"] = opt("fp16", "storage precision of the prefix cache")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -157,6 +152,10 @@ INPUT_OPTIONS = ("dataset", "queries", "qrels", "run", "candidates")
 def _check_not_an_input(options: EvalOptions) -> None:
     """``output_run`` must not overwrite one of the run's own input files (e.g. the first-stage run)."""
     target = Path(options.output_run).expanduser().resolve()
+    run_dir = Path(options.out_dir).expanduser().resolve()
+    if run_dir in target.parents:
+        raise ValueError(f"option 'output_run' ({target}) lies inside out_dir ({run_dir}), where run folders are "
+                         "replaced as a whole; write it elsewhere")
     for name in INPUT_OPTIONS:
         value = getattr(options, name)
         if value and Path(value).expanduser().resolve() == target:
@@ -231,6 +230,11 @@ def execute(plan: EvalPlan, state: Any = "auto") -> EvalOutcome:
     if not options.force and is_done(plan):
         logger.info("complete already, skipping: %s (force to redo)", plan.artifacts.out_dir)
         outcome.status = "skipped"
+        if options.output_run:  # asked for now: the complete run's reranked run
+            from maw_reranker.utils.io import atomic_write
+
+            with atomic_write(Path(options.output_run).expanduser()) as handle:
+                handle.write(plan.artifacts.path(RunArtifacts.RUN).read_text(encoding="utf-8"))
         metrics_path = plan.artifacts.path(RunArtifacts.METRICS)
         outcome.metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else None
         return outcome
@@ -273,7 +277,8 @@ def _score(plan: EvalPlan, pool: dict, state):
     scorer, cache = model, None
     try:
         if options.prefix_cache:
-            scorer, cache = _cached_scorer(model, pool, queries, docs, options, state)
+            cache = _open_cache(model, options, state)
+            scorer = _filled_scorer(model, cache, pool, queries, docs, options)
         result = rerank(scorer, pool, queries, docs, depth=options.depth, batch_size=options.batch_size,
                         precision=options.precision, on_missing=options.on_missing, max_queries=options.max_queries,
                         log_depth=options.log_depth, show_progress=options.progress, append_tail=options.append_tail,
@@ -286,23 +291,26 @@ def _score(plan: EvalPlan, pool: dict, state):
     return model, result
 
 
-def _cached_scorer(model, pool: dict, queries, docs, options: EvalOptions, state):
-    """Score through the frozen-prefix cache: the states of every pair to rerank are filled once (shared by every
-    variant and seed whose prefix is the same), then only the top layers run."""
+def _open_cache(model, options: EvalOptions, state):
+    from maw_reranker.cross_encoder.prefix import top_start
     from maw_reranker.cross_encoder.prefix_cache import PrefixCache
-    from maw_reranker.cross_encoder.top import CachedScorer
-    from maw_reranker.evaluate.rerank import build_pairs
-    from maw_reranker.train.params import top_start
 
     if state is not None and state.num_processes > 1:
         raise ValueError("option 'prefix_cache' runs in a single process; leave it out under accelerate launch")
-    start = top_start(model.model, options.top_layers)
-    cache = PrefixCache(options.prefix_cache, model, start, dtype=options.prefix_cache_dtype,
-                        batch_size=options.batch_size, show_progress=options.progress)
+    return PrefixCache(options.prefix_cache, model, top_start(model.model, options.top_layers),
+                       dtype=options.prefix_cache_dtype, batch_size=options.batch_size, show_progress=options.progress)
+
+
+def _filled_scorer(model, cache, pool: dict, queries, docs, options: EvalOptions):
+    """Score through the frozen-prefix cache: the states of every pair to rerank are filled once (shared by every
+    variant and seed whose prefix is the same), then only the top layers run."""
+    from maw_reranker.cross_encoder.top import CachedScorer
+    from maw_reranker.evaluate.rerank import build_pairs
+
     pairs = build_pairs(pool, queries, docs, depth=options.depth, on_missing=options.on_missing,
                         max_queries=options.max_queries).pairs
     cache.fill([(p.query, p.doc) for p in pairs])
-    return CachedScorer(model, cache), cache
+    return CachedScorer(model, cache)
 
 
 def _score_and_write(plan: EvalPlan, candidates, qrels: dict, artifacts: RunArtifacts, state) -> tuple:

@@ -14,6 +14,7 @@ study continues where it stopped.
 """
 
 # No `from __future__ import annotations`: the options parser reads the field types at runtime.
+import dataclasses
 import json
 import logging
 import time
@@ -27,6 +28,9 @@ from maw_reranker.config.sections import opt
 
 logger = logging.getLogger(__name__)
 MATCH = "match:"
+# Training options that change how a run is executed or logged, not the model it produces.
+EXECUTION_KEYS = frozenset({"progress_bar", "report_to", "resume", "overwrite", "log_every", "checkpoint_every",
+                            "keep_checkpoints", "prefix_cache", "dev_batch_size", "output_dir"})
 
 
 @dataclass
@@ -51,6 +55,18 @@ class StudyOptions:
     dry_run: bool = opt(False, "list the planned trainings and evaluations and exit")
     only: Optional[list[str]] = opt(None, "run only these protocols (names)")
 
+    def __post_init__(self) -> None:
+        if not str(self.name).strip():
+            raise ValueError("option 'name' is empty")
+        if self.n_resamples < 1:
+            raise ValueError(f"option 'n_resamples' must be >= 1, got {self.n_resamples}")
+        if not 0 < self.alpha < 1:
+            raise ValueError(f"option 'alpha' must be in (0, 1), got {self.alpha}")
+        fields = {f.name for f in dataclasses.fields(self)}
+        unknown = sorted(set(self.quick or {}) - fields)
+        if unknown:
+            raise ValueError(f"option 'quick' has unknown keys {unknown}; allowed: the study's own options")
+
 
 @dataclass
 class TrainingRun:
@@ -63,6 +79,26 @@ class TrainingRun:
     @property
     def done(self) -> bool:
         return (Path(self.options.output_dir) / "train_summary.json").is_file()
+
+    @property
+    def started(self) -> bool:
+        """Checkpoints of an interrupted training: it resumes from the latest."""
+        from maw_reranker.train.checkpoints import complete_checkpoints
+
+        return not self.done and bool(complete_checkpoints(self.options.output_dir))
+
+    def check_same_settings(self) -> None:
+        """A complete training is reused only when it was made with the same settings (else: an error)."""
+        path = Path(self.options.output_dir) / "train_config.json"
+        if not self.done or not path.is_file():
+            return
+        saved = json.loads(path.read_text(encoding="utf-8")).get("options", {})
+        ignored = EXECUTION_KEYS | ({"lora_r"} if self.match else set())
+        now = json.loads(json.dumps(self.options.to_dict(), default=str))
+        differing = sorted(k for k in set(saved) | set(now) if k not in ignored and saved.get(k) != now.get(k))
+        if differing:
+            raise ConfigError(f"{self.options.output_dir} holds a training of this study made with other settings "
+                              f"(differing: {', '.join(differing)}); remove it, or give the study another name")
 
 
 @dataclass
@@ -132,6 +168,14 @@ def plan_trainings(options: StudyOptions) -> list[TrainingRun]:
                 except (ValueError, FileNotFoundError) as exc:
                     raise ConfigError(f"{where}: {exc}") from None
                 runs.append(TrainingRun(protocol["name"], variant["name"], seed, train_options, match))
+    from maw_reranker.experiments.suite import expand
+
+    for protocol in options.protocols:  # the evaluation side is checked too, before any training starts
+        if not options.only or protocol["name"] in options.only:
+            try:
+                expand(suite_for(options, protocol))
+            except ValueError as exc:
+                raise ConfigError(f"study protocol {protocol['name']!r}, evaluation: {exc}") from None
     return runs
 
 
@@ -151,49 +195,67 @@ def suite_for(options: StudyOptions, protocol: dict):
                         alpha=options.alpha)
 
 
+def _test_options(options: StudyOptions, protocol: dict):
+    """The evaluation options of a protocol's test set (as its suite builds them)."""
+    from maw_reranker.experiments.suite import expand
+
+    return expand(suite_for(options, protocol))[0]
+
+
 def _matched_rank(run: TrainingRun, trainings: list[TrainingRun]) -> int:
     """The LoRA rank closest to the trainable MAW parameter count of the matched variant (same protocol, seed)."""
     from maw_reranker.cross_encoder.model import CrossEncoderWithMAW
     from maw_reranker.config.sections import resolve_model_path
     from maw_reranker.train.lora import rank_for_budget
-    from maw_reranker.train.params import top_start
+    from maw_reranker.cross_encoder.prefix import top_layer_indices
 
     source = next(t for t in trainings if (t.protocol, t.variant, t.seed) == (run.protocol, run.match, run.seed))
     summary = json.loads((Path(source.options.output_dir) / "train_summary.json").read_text(encoding="utf-8"))
     target = int(summary["parameters"]["maw"])
+    if target < 1:
+        raise ConfigError(f"study variant {run.variant!r}: lora_r match:{run.match} names a variant without trainable "
+                          "MAW parameters")
     encoder = CrossEncoderWithMAW.from_pretrained(resolve_model_path(run.options.model), maw=None, device="cpu")
-    layers = None
-    if run.options.lora_layers == "top":
-        start = top_start(encoder.model, run.options.top_layers)
-        layers = list(range(start, int(encoder.model.config.num_hidden_layers)))
+    top = run.options.lora_layers == "top" or run.options.top_lora
+    layers = top_layer_indices(encoder.model, run.options.top_layers) if top else None
     return rank_for_budget(encoder.model, target, run.options.lora_target_modules, layers)
 
 
 def run_study(options: StudyOptions) -> StudyResult:
     """Train (or reuse) every run, evaluate each protocol as a suite, write the report."""
-    import dataclasses
-
-    from maw_reranker.experiments.suite import plan, run_suite
+    from maw_reranker.config.sections import dataset_from_options
+    from maw_reranker.experiments.suite import expand, plan_runs, run_suite
     from maw_reranker.train.trainer import train
 
     if options.quick_run:
         options = apply_quick(options)
     trainings = plan_trainings(options)
+    for run in trainings:
+        run.check_same_settings()
+    for protocol in options.protocols:  # test sets readable before hours of training
+        if not options.only or protocol["name"] in options.only:
+            dataset_from_options(_test_options(options, protocol))
     started = time.perf_counter()
+    trained: set = set()  # models (re)trained now: their evaluations are redone
     for i, run in enumerate(trainings, 1):
         if run.done:
             logger.info("study: training %d/%d complete already: %s", i, len(trainings), run.options.output_dir)
             continue
         if run.match:
             run.options = dataclasses.replace(run.options, lora_r=_matched_rank(run, trainings))
+        if run.started:  # interrupted: continue where it stopped
+            run.options = dataclasses.replace(run.options, resume="latest")
         logger.info("study: training %d/%d: %s / %s / seed %d", i, len(trainings), run.protocol, run.variant, run.seed)
         train(run.options)
+        trained.add((run.protocol, run.variant, run.seed))
     result = StudyResult(Path(options.out_dir) / "_studies" / options.name / "report.md", trainings)
     for protocol in options.protocols:
         if options.only and protocol["name"] not in options.only:
             continue
         suite_options = suite_for(options, protocol)
-        outcome = run_suite(plan(suite_options), options.baseline, name=suite_options.name,
+        runs = [dataclasses.replace(r, force=True) if (protocol["name"], r.variant, r.seed) in trained else r
+                for r in expand(suite_options)]
+        outcome = run_suite(plan_runs(runs), options.baseline, name=suite_options.name,
                             n_resamples=options.n_resamples, alpha=options.alpha)
         result.summaries[protocol["name"]] = outcome.summaries
     write_report(options, result, time.perf_counter() - started)

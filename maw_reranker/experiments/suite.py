@@ -32,10 +32,12 @@ from maw_reranker.config.files import ConfigError, deep_merge, find_config, load
 from maw_reranker.config.parser import parse_options
 from maw_reranker.config.sections import DatasetOptions, dataset_from_options
 from maw_reranker.evaluate.artifacts import RunArtifacts
-from maw_reranker.experiments.eval_run import EvalOptions, EvalPlan, execute, plan_eval
+from maw_reranker.experiments.eval_run import EvalOptions, EvalPlan, execute, is_done, plan_eval
+from maw_reranker.utils.errors import with_context
 from maw_reranker.utils.text import slugify
 
 logger = logging.getLogger(__name__)
+RESERVED = {"variant", "seed", "out_dir", "force"}  # set per run by the suite itself
 
 
 @dataclass
@@ -64,6 +66,14 @@ class SuiteOptions:
             raise ValueError(f"option 'alpha' must be in (0, 1), got {self.alpha}")
         if not str(self.out_dir).strip():
             raise ValueError("option 'out_dir' is empty")
+        if self.summary_measures is not None:
+            from maw_reranker.data.measures import check_measures
+
+            check_measures(self.summary_measures, "summary_measures")
+        reserved = sorted(set(self.overrides or {}) & RESERVED)
+        if reserved:
+            raise ValueError(f"option 'overrides' cannot set {reserved}: they are the suite's own options "
+                             "(set them on the suite)")
 
 
 def _with_config(entry: dict, kind: str, where: str) -> dict:
@@ -191,9 +201,11 @@ def plan_runs(runs: list[EvalOptions]) -> list[EvalPlan]:
             if key not in loaded:
                 loaded[key] = dataset_from_options(run_options)
             plans.append(plan_eval(run_options, dataset=loaded[key]))
+            if not run_options.force:
+                is_done(plans[-1])  # a complete run of other settings is refused now, not after the others ran
         except (ValueError, OSError) as exc:
-            raise ConfigError(f"suite variant {run_options.variant!r}, seed {run_options.seed}, dataset "
-                              f"{run_options.dataset!r}: {exc}") from None
+            raise with_context(exc, f"suite variant {run_options.variant!r}, seed {run_options.seed}, dataset "
+                                    f"{run_options.dataset!r}") from None
     folders = [r.artifacts.out_dir for r in plans]
     clashes = sorted({str(f) for f in folders if folders.count(f) > 1})
     if clashes:

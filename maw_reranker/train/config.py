@@ -9,15 +9,16 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Literal, Optional
 
+from maw_reranker.config.files import ConfigError
 from maw_reranker.config.maw_spec import AUTO, effective_maw, parse_maw
-from maw_reranker.config.sections import (DatasetOptions, ModelOptions, PoolOptions, Precision, opt,
-                                          resolve_model_path)
+from maw_reranker.config.sections import (DatasetOptions, ModelOptions, PoolOptions, Precision, PrefixCacheOptions,
+                                          opt, resolve_model_path)
 from maw_reranker.maw.config import MAWConfig
 from maw_reranker.train.losses import Loss
 
 
 @dataclass
-class TrainOptions(PoolOptions, ModelOptions, DatasetOptions):
+class TrainOptions(PrefixCacheOptions, PoolOptions, ModelOptions, DatasetOptions):
     CONFIG_KINDS = ("training",)
     RENAMED = {"negatives_run": "use 'candidates' (the TREC run to sample negatives from)",
                "mixed_precision": "use 'precision' with fp32 (was: no), bf16 or fp16"}
@@ -27,19 +28,14 @@ class TrainOptions(PoolOptions, ModelOptions, DatasetOptions):
         "full", "full = every parameter; top = the last top_layers encoder layers + MAW parameters + classification "
                 "head (everything below frozen); maw_only = backbone frozen, MAW parameters + head; lora = peft LoRA "
                 "adapters (on lora_layers) + MAW parameters + head (merged before saving)")
-    top_layers: int = opt(1, "trainable: top: how many of the last encoder layers train (they must include the MAW "
-                             "layers); lora_layers: top adapts the same layers")
     lora_r: int = opt(8, "LoRA rank")
     lora_alpha: int = opt(16, "LoRA alpha (scale = alpha / r)")
     lora_dropout: float = opt(0.0, "LoRA dropout")
     lora_target_modules: Optional[list[str]] = opt(None, "module names to adapt; None = peft's default for the architecture")
     lora_layers: Literal["all", "top"] = opt("all", "encoder layers LoRA adapts: all, or the last top_layers")
-    prefix_cache: Optional[str] = opt(None, "folder of the frozen-prefix cache: with a frozen prefix (trainable: top, "
-                                            "maw_only, or lora on the top layers) the input of the first of the last "
-                                            "top_layers layers is computed once per pair and kept there, and training "
-                                            "and dev evaluation run only the top (one process)")
-    prefix_cache_dtype: Literal["fp16", "bf16", "fp32"] = opt("fp16", "storage precision of the prefix cache (fp32: "
-                                                                     "exact; fp16 moves logits by ~1e-3)")
+    top_lora: bool = opt(False, "trainable: top, plus LoRA adapters (rank lora_r) on the same layers: the same "
+                                "trainable layers with extra parameters, a control for MAW's parameter count")
+
     # -- training data (also: the DatasetOptions and PoolOptions sections) -----------------------------------------
     source: Literal["pool", "triples"] = opt(
         "pool", "pool = positives from qrels, hard negatives sampled from a candidate pool; triples = stream the "
@@ -129,7 +125,15 @@ class TrainOptions(PoolOptions, ModelOptions, DatasetOptions):
         return 1 + self.n_negatives
 
     def validate(self) -> "TrainOptions":
-        """Raise ValueError naming the option for any setting the parser cannot check on its own."""
+        """Raise ConfigError (a ValueError) naming the option for any setting the parser cannot check on its own."""
+        try:
+            return self._validate()
+        except ConfigError:
+            raise
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+
+    def _validate(self) -> "TrainOptions":
         if not str(self.model).strip():
             raise ValueError("option 'model' is empty; give a cross-encoder hub id or directory")
         if not str(self.dataset).strip():
@@ -137,7 +141,7 @@ class TrainOptions(PoolOptions, ModelOptions, DatasetOptions):
         maw = self.maw_config
         positive = {"n_negatives": self.n_negatives, "batch_size": self.batch_size, "grad_accum": self.grad_accum,
                     "pool_k": self.pool_k, "neg_rank_min": self.neg_rank_min, "grpo_group_size": self.grpo_group_size,
-                    "oracle_every": self.oracle_every, "shuffle_buffer": self.shuffle_buffer, "top_layers": self.top_layers,
+                    "oracle_every": self.oracle_every, "shuffle_buffer": self.shuffle_buffer,
                     "lora_r": self.lora_r, "log_every": self.log_every, "dev_depth": self.dev_depth,
                     "dev_batch_size": self.dev_batch_size}
         for name, value in positive.items():
@@ -179,6 +183,8 @@ class TrainOptions(PoolOptions, ModelOptions, DatasetOptions):
                                       or (self.trainable == "lora" and self.lora_layers == "top")):
             raise ValueError(f"option 'prefix_cache' needs a frozen prefix: trainable top or maw_only, or lora with "
                              f"lora_layers: top (got trainable: {self.trainable}, lora_layers: {self.lora_layers})")
+        if self.top_lora and self.trainable != "top":
+            raise ValueError(f"option 'top_lora' adds LoRA to trainable: top (got trainable: {self.trainable})")
         if self.source == "triples" and self.n_negatives != 1:
             raise ValueError("option 'source: triples' gives one negative per group; set n_negatives: 1 (or use "
                              "source: pool for more negatives per group)")

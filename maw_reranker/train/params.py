@@ -8,6 +8,7 @@ import re
 import torch
 from torch import nn
 
+from maw_reranker.cross_encoder.prefix import top_start
 from maw_reranker.maw.patcher import maw_named_parameters
 
 log = logging.getLogger(__name__)
@@ -19,21 +20,6 @@ def layer_of(name: str) -> int | None:
     """The encoder layer index a parameter belongs to (None outside the layers: embeddings, head, shared parts)."""
     match = _LAYER.search(name)
     return int(match.group(1)) if match else None
-
-
-def top_start(hf_model: nn.Module, top_layers: int) -> int:
-    """Index of the first of the last ``top_layers`` encoder layers; MAW layers must lie within them."""
-    from maw_reranker.maw.patcher import maw_layers
-
-    total = int(hf_model.config.num_hidden_layers)
-    if not 1 <= top_layers <= total:
-        raise ValueError(f"option 'top_layers' must be in 1..{total} (the model's layers), got {top_layers}")
-    start = total - top_layers
-    below = sorted(m.layer_index for m in maw_layers(hf_model).values() if m.layer_index < start)
-    if below:
-        raise ValueError(f"option 'top_layers' ({top_layers}) must cover the MAW layers: layer(s) {below} lie below "
-                         f"the top {top_layers}; raise top_layers to at least {total - below[0]}")
-    return start
 
 
 def head_parameter_names(hf_model: nn.Module) -> set[str]:

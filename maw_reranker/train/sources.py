@@ -15,6 +15,7 @@ import numpy as np
 from maw_reranker.config.sections import candidates_from_options, dataset_from_options
 from maw_reranker.train.data import (PoolGroups, StreamingPoolGroups, TripleGroups, negative_window, positives_of,
                                      rank_candidates)
+from maw_reranker.utils.errors import with_context
 from maw_reranker.utils.text import preview
 
 log = logging.getLogger(__name__)
@@ -168,9 +169,10 @@ def _dev_set(opts, main_first) -> Optional[DevSet]:
     from maw_reranker.retrieve.candidates import resolve_candidates
 
     try:
-        ds = load_dataset(opts.dev_dataset, opts.dev_split, queries=opts.dev_queries, qrels=opts.dev_qrels)
+        ds = load_dataset(opts.dev_dataset, opts.dev_split, queries=opts.dev_queries, qrels=opts.dev_qrels,
+                          qrels_duplicates=opts.qrels_duplicates)
     except (ValueError, FileNotFoundError) as exc:
-        raise type(exc)(f"option 'dev_dataset': {exc}") from None
+        raise with_context(exc, "option 'dev_dataset'") from None
     qrels = ds.qrels()
     if not qrels:
         raise TrainingDataError(f"dev set {ds.name} has no qrels: it cannot select a checkpoint")

@@ -25,10 +25,10 @@ from maw_reranker.train.config import TrainOptions
 from maw_reranker.train.data import GroupCollator, iter_batches
 from maw_reranker.train.dev import evaluate_dev
 from maw_reranker.train.objective import Objective
-from maw_reranker.train.params import make_optimizer, select_trainable, top_start
+from maw_reranker.train.params import make_optimizer, select_trainable
 from maw_reranker.config.sections import resolve_model_path
 from maw_reranker.cross_encoder.checks import check_model_dir
-from maw_reranker.cross_encoder.prefix import train_top
+from maw_reranker.cross_encoder.prefix import top_layer_indices, top_start, train_top
 from maw_reranker.cross_encoder.top import CachedScorer, TopModel, cached_features
 from maw_reranker.utils.progress import progress_bar
 from maw_reranker.train.sources import TrainingData, load_training_data
@@ -85,13 +85,11 @@ def load_encoder(opts: TrainOptions, device):
 
     encoder = CrossEncoderWithMAW.from_pretrained(resolve_model_path(opts.model), maw=opts.maw_spec,
                                                   max_length=opts.max_length, device=device)
-    if opts.trainable == "lora":
+    if opts.trainable == "lora" or opts.top_lora:
         from maw_reranker.train.lora import add_lora
 
-        layers = None
-        if opts.lora_layers == "top":
-            start = top_start(encoder.model, opts.top_layers)
-            layers = list(range(start, int(encoder.model.config.num_hidden_layers)))
+        top = opts.lora_layers == "top" or opts.top_lora
+        layers = top_layer_indices(encoder.model, opts.top_layers) if top else None
         try:
             add_lora(encoder, opts.lora_r, opts.lora_alpha, opts.lora_dropout, opts.lora_target_modules, layers=layers)
         except ValueError as exc:  # peft: "Target modules ... not found in the base model"

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+import numpy as np
 import torch
 
 from maw_reranker import CrossEncoderWithMAW, MAWConfig
@@ -216,15 +217,21 @@ def test_disk_cache_logits_equal_full_model(arch_dirs, tmp_path, arch):
     assert len({p.name for p in tmp_path.iterdir()}) == 3  # one folder per dtype
 
 
-def test_cache_predict_matches_model_predict(arch_dirs, tmp_path):
+def test_cached_scorer_matches_model_predict(arch_dirs, tmp_path):
+    from maw_reranker.cross_encoder.top import CachedScorer
+
     model = load(arch_dirs["deberta-v2"], "router")
-    expected = model.predict(PAIRS, batch_size=2)
+    expected, depth = model.predict(PAIRS, batch_size=2, return_depth=True)
     model.train()  # predict() scores in eval mode and restores the flags
-    cache = PrefixCache(tmp_path, model, 2, dtype="fp32", show_progress=False)
-    torch.testing.assert_close(torch.from_numpy(cache.predict(PAIRS, batch_size=3)), torch.from_numpy(expected),
-                               atol=1e-4, rtol=0)
+    scorer = CachedScorer(model, PrefixCache(tmp_path, model, 2, dtype="fp32", show_progress=False))
+    scores, cached_depth = scorer.predict(PAIRS, batch_size=3, return_depth=True)
+    torch.testing.assert_close(torch.from_numpy(scores), torch.from_numpy(expected), atol=1e-4, rtol=0)
+    assert set(cached_depth) == {2}  # the MAW layers of the top (layer 1 sits in the prefix)
+    for layer, info in cached_depth.items():  # the depth log, pair by pair, as predict() gives it
+        assert (depth[layer]["selected"] == info["selected"]).all()
+        np.testing.assert_allclose(depth[layer]["weights"], info["weights"], atol=1e-5)
     assert model.training and model.model.base_model.encoder.layer[0].training
-    assert cache.predict([]).shape == (0,)
+    assert scorer.predict([]).shape == (0,)
 
 
 def test_cache_batches_keep_order_duplicates_and_padding(arch_dirs, tmp_path):

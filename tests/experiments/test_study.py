@@ -21,8 +21,7 @@ def study(tmp_path, **overrides):
         variants=[{"name": "topk", "train": {"maw": None}},
                   {"name": "maw_project", "train": {"maw": {"gating_mode": "learned", "depth_dim": 2,
                                                             "depth_source": "project", "depth_rank": 2}}},
-                  {"name": "lora_matched", "train": {"maw": None, "trainable": "lora", "lora_layers": "top",
-                                                     "lora_r": "match:maw_project"}}],
+                  {"name": "lora_matched", "train": {"maw": None, "top_lora": True, "lora_r": "match:maw_project"}}],
         quick={"seeds": [5], "train": {"max_steps": 1}},
         runs_dir=str(tmp_path / "runs"), out_dir=str(tmp_path / "exp"), n_resamples=100)
     base.update(overrides)
@@ -41,6 +40,9 @@ def test_study_trains_evaluates_and_reports(tmp_path):
                                      "train_summary.json").read_text())["parameters"] for t in result.trainings}
     lora, maw = params["lora_matched"]["lora"], params["maw_project"]["maw"]
     assert 0 < maw and abs(lora - maw) / maw < 0.6  # the closest rank; every report prints the counts
+    # same trainable layers as the baseline, plus as many extra parameters as MAW adds: a parameter-count control
+    assert params["lora_matched"]["trainable"] == params["topk"]["trainable"] + lora
+    assert params["maw_project"]["trainable"] == params["topk"]["trainable"] + maw
     assert f"{params['topk']['trainable']:,}" in report
     mtime = (tmp_path / "runs" / "tiny" / "self" / "topk" / "seed_0" / "train_summary.json").stat().st_mtime
     run_study(options)  # complete trainings and runs are reused
@@ -59,3 +61,21 @@ def test_quick_runs_apart_and_plan_errors(tmp_path):
         plan_trainings(study(tmp_path / "c", baseline="nope"))
     with pytest.raises(ConfigError, match="lrr"):
         plan_trainings(study(tmp_path / "d", train={"lrr": 1}))
+    with pytest.raises(ConfigError, match="evaluation.*bogus"):
+        plan_trainings(study(tmp_path / "e", eval={"bogus": 1}))
+    with pytest.raises(ValueError, match="quick.*trian"):
+        study(tmp_path / "f", quick={"trian": {}})
+
+
+def test_changed_settings_are_refused_and_an_interrupted_training_resumes(tmp_path):
+    import dataclasses
+
+    options = study(tmp_path, variants=[{"name": "topk", "train": {"maw": None}}])
+    run_study(options)
+    changed = dataclasses.replace(options, train={**options.train, "max_steps": 3})
+    with pytest.raises(ConfigError, match="other settings.*max_steps"):
+        run_study(changed)
+    summary = tmp_path / "runs" / "tiny" / "self" / "topk" / "seed_0" / "train_summary.json"
+    summary.unlink()  # as if killed after its last checkpoint, before the summary
+    result = run_study(options)
+    assert summary.is_file() and result.trainings[0].done
