@@ -18,6 +18,7 @@ from torch import nn
 from maw_reranker.maw.config import CONFIG_NAME, MAWConfig
 from maw_reranker.maw.patcher import (load_maw_state_dict, maw_layers, maw_state_dict, patch_model, repatch,
                                       set_maw_strength, unpatch_model)
+from maw_reranker.utils.progress import progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -171,7 +172,7 @@ class CrossEncoderWithMAW(nn.Module):
         layers = {m.layer_index: m for m in maw_layers(self.model).values()}
         depth = {i: {"weights": np.zeros((len(pairs), m.depth), np.float32),
                      "selected": np.zeros(len(pairs), np.int64)} for i, m in layers.items()} if return_depth else {}
-        progress = _progress(len(pairs), show_progress_bar)
+        progress = progress_bar(len(pairs), show_progress_bar, "scoring")
         keys = list(encoded.keys())
         for start in range(0, len(pairs), batch_size):
             idx = order[start:start + batch_size]
@@ -205,12 +206,6 @@ class CrossEncoderWithMAW(nn.Module):
         """Depth weights and selected depth of each MAW layer's last forward pass."""
         return {m.layer_index: {"weights": m.last_depth_weights.tolist(), "selected": m.last_selected_depth.tolist()}
                 for m in maw_layers(self.model).values() if m.last_depth_weights is not None}
-
-
-def _progress(total: int, enabled: bool):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, disable=not enabled, unit="pair", desc="scoring", smoothing=0.1)
 
 
 def _swap_in(tmp: Path, directory: Path) -> None:
