@@ -29,6 +29,8 @@ class Options(DatasetOptions):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if not str(self.out_dir).strip():
+            raise ValueError("option 'out_dir' is empty")
         if self.k < 1:
             raise ValueError(f"option 'k' must be >= 1, got {self.k}")
         if self.threads < 0:

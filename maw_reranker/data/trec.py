@@ -69,6 +69,8 @@ def read_run(path: str | Path) -> Run:
             raise DataFormatError(f"{path}:{lineno}: duplicate document {docid!r} for query {qid!r} "
                                   f"(first at {path}:{_first_line(path, qid, docid, 2)})")
         run[qid][docid] = value
+    if not run:
+        raise DataFormatError(f"{path}: the run is empty (no 'qid Q0 docid rank score tag' line)")
     return dict(run)
 
 

@@ -136,6 +136,8 @@ class TrainOptions(PrefixCacheOptions, PoolOptions, ModelOptions, DatasetOptions
     def _validate(self) -> "TrainOptions":
         if not str(self.model).strip():
             raise ValueError("option 'model' is empty; give a cross-encoder hub id or directory")
+        if not str(self.output_dir).strip():
+            raise ValueError("option 'output_dir' is empty")
         if not str(self.dataset).strip():
             raise ValueError("option 'dataset' is empty; give the training dataset (name or path)")
         maw = self.maw_config

@@ -151,6 +151,12 @@ class Trainer:
         earlier = [self.out / name for name in RUN_OUTPUTS if (self.out / name).exists()]
         if not earlier:
             return
+        if aside.is_dir() and not (self.out / "train_summary.json").is_file():
+            # The folder holds an earlier start-over that never completed; the complete run is still aside.
+            for path in earlier:
+                shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+            log.info("overwrite: an incomplete start-over removed; the complete run stays in %s", aside)
+            return
         shutil.rmtree(aside, ignore_errors=True)
         aside.mkdir(parents=True)
         for path in earlier:

@@ -95,7 +95,7 @@ def test_model_folder_without_tokenizer_is_refused(data_args, model_dir, tmp_pat
 def test_max_length_beyond_positions_and_zero(data_args, model_dir, tmp_path, capsys):
     _, args = data_args
     positions = json.loads((Path(model_dir) / "config.json").read_text())["max_position_embeddings"]
-    assert _eval(args, model_dir, tmp_path / "exp", "--max-length", str(positions + 1)) == 1
+    assert _eval(args, model_dir, tmp_path / "exp", "--max-length", str(positions + 1)) == 2  # a bad option value
     _one_line_error(capsys.readouterr().err, "max_length", str(positions))
     assert _eval(args, model_dir, tmp_path / "exp", "--max-length", "0") == 2
     _one_line_error(capsys.readouterr().err, "max_length")
@@ -227,3 +227,13 @@ def test_bad_values_name_the_field(data_args, model_dir, tmp_path, capsys):
     assert main(["eval", *args[:2], "--queries", str(queries), *args[4:], "--model", model_dir,
                  "--out-dir", str(tmp_path / "c"), "--progress", "false"]) == 1
     _one_line_error(capsys.readouterr().err, f"{queries}:1", "no text")
+
+
+def test_empty_run_and_empty_output_folders(data_args, model_dir, tmp_path, capsys):
+    paths, args = data_args
+    paths["run"].write_text("\n\n")
+    assert _eval(args, model_dir, tmp_path / "a") == 1
+    _one_line_error(capsys.readouterr().err, str(paths["run"]), "empty")
+    beir = write_beir(tmp_path / "beir")
+    assert main(["build-pools", "--dataset", str(beir), "--engine", "bm25s", "--out-dir", ""]) == 2
+    _one_line_error(capsys.readouterr().err, "out_dir", "empty")

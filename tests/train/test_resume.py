@@ -119,3 +119,17 @@ def test_resume_checks_the_checkpoint(tmp_path):
     (step / "trainer_state.json").write_text("{bad")
     with pytest.raises(ValueError, match="trainer_state.json: unreadable checkpoint state"):
         train(options(tmp_path / "o", task, model, max_steps=4, resume="latest"))
+
+
+def test_a_second_interrupted_overwrite_keeps_the_complete_run(tmp_path):
+    task = write_task(tmp_path / "task")
+    model = tiny_model_dir(tmp_path / "model")
+    train(options(tmp_path / "o", task, model, max_steps=2, checkpoint_every=1))
+    out = tmp_path / "o" / "out"
+    complete = sorted(p.name for p in (out / "checkpoints").iterdir())
+    for _ in range(2):
+        with pytest.raises(Killed):
+            train(options(tmp_path / "o", task, model, max_steps=4, overwrite=True, checkpoint_every=1),
+                  callbacks=[lambda step, row: _raise() if step == 2 else None])
+    assert (out / ".previous" / "train_summary.json").is_file()
+    assert sorted(p.name for p in (out / ".previous" / "checkpoints").iterdir()) == complete
