@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from maw_reranker.data.trec import DataFormatError
-
 from maw_reranker.config import ConfigError, parse_options
+from maw_reranker.data.trec import DataFormatError
 from maw_reranker.train import train
 from maw_reranker.train.config import TrainOptions
 from maw_reranker.train.sources import TrainingDataError
@@ -109,3 +108,17 @@ def test_positives_missing_from_the_corpus_error_or_skip(tmp_path):
 
     data = load_training_data(options(tmp_path, task, NO_MODEL, missing_positives="skip"))
     assert data.description["queries_with_positive"] == 12  # q0 keeps its other positive
+
+
+def test_a_docs_file_dev_set(tmp_path):
+    from maw_reranker.train.sources import load_training_data
+    from tests.data.fixtures import write_tsv_layout
+
+    task = write_task(tmp_path / "t")
+    dev = write_tsv_layout(tmp_path / "dev")
+    data = load_training_data(options(tmp_path, task, NO_MODEL, dev_dataset=str(dev["docs"]),
+                                      dev_queries=str(dev["queries"]), dev_qrels=str(dev["qrels"]),
+                                      dev_run=str(dev["run"])))
+    assert set(data.dev.queries) == {"q1", "q2"} and data.dev.candidates["q1"] == ["d2", "d1"]
+    with pytest.raises(ValueError, match="option 'dev_dataset'.*queries"):  # named, and what it needs
+        load_training_data(options(tmp_path, task, NO_MODEL, dev_dataset=str(dev["docs"])))
