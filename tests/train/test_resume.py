@@ -64,11 +64,17 @@ def test_fresh_start_refuses_existing_checkpoints(tmp_path):
         train(options(tmp_path / "empty", task, model, max_steps=1, resume="latest"))
 
 
-def test_failed_overwrite_keeps_the_earlier_checkpoints(tmp_path):
+def _trained(tmp_path):
+    """A complete 2-step training with a checkpoint per step: (task, model, output folder, checkpoint names)."""
     task = write_task(tmp_path / "task")
     model = tiny_model_dir(tmp_path / "model")
     train(options(tmp_path / "o", task, model, max_steps=2, checkpoint_every=1))
-    before = sorted(p.name for p in (tmp_path / "o" / "out" / "checkpoints").iterdir())
+    out = tmp_path / "o" / "out"
+    return task, model, out, sorted(p.name for p in (out / "checkpoints").iterdir())
+
+
+def test_failed_overwrite_keeps_the_earlier_checkpoints(tmp_path):
+    task, model, _, before = _trained(tmp_path)
     bad = write_task(tmp_path / "bad", no_positive=True)
     with pytest.raises(ValueError, match="no query has a positive"):
         train(options(tmp_path / "o", bad, model, max_steps=2, overwrite=True))
@@ -91,11 +97,7 @@ def test_resume_drops_a_torn_last_metrics_line(tmp_path, caplog):
 
 
 def test_interrupted_overwrite_keeps_the_earlier_run_aside(tmp_path):
-    task = write_task(tmp_path / "task")
-    model = tiny_model_dir(tmp_path / "model")
-    train(options(tmp_path / "o", task, model, max_steps=2, checkpoint_every=1))
-    out = tmp_path / "o" / "out"
-    before = sorted(p.name for p in (out / "checkpoints").iterdir())
+    task, model, out, before = _trained(tmp_path)
     with pytest.raises(Killed):
         train(options(tmp_path / "o", task, model, max_steps=4, overwrite=True),
               callbacks=[lambda step, row: _raise() if step == 1 else None])
@@ -122,11 +124,7 @@ def test_resume_checks_the_checkpoint(tmp_path):
 
 
 def test_a_second_interrupted_overwrite_keeps_the_complete_run(tmp_path):
-    task = write_task(tmp_path / "task")
-    model = tiny_model_dir(tmp_path / "model")
-    train(options(tmp_path / "o", task, model, max_steps=2, checkpoint_every=1))
-    out = tmp_path / "o" / "out"
-    complete = sorted(p.name for p in (out / "checkpoints").iterdir())
+    task, model, out, complete = _trained(tmp_path)
     for _ in range(2):
         with pytest.raises(Killed):
             train(options(tmp_path / "o", task, model, max_steps=4, overwrite=True, checkpoint_every=1),
