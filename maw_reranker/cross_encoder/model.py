@@ -170,8 +170,7 @@ class CrossEncoderWithMAW(nn.Module):
         order = np.argsort(-lengths, kind="stable")
         scores = np.zeros(len(pairs), dtype=np.float32)
         layers = {m.layer_index: m for m in maw_layers(self.model).values()}
-        depth = {i: {"weights": np.zeros((len(pairs), m.depth), np.float32),
-                     "selected": np.zeros(len(pairs), np.int64)} for i, m in layers.items()} if return_depth else {}
+        depth = depth_buffers(layers, len(pairs)) if return_depth else {}
         progress = progress_bar(len(pairs), show_progress_bar, "scoring")
         keys = list(encoded.keys())
         for start in range(0, len(pairs), batch_size):
@@ -181,10 +180,8 @@ class CrossEncoderWithMAW(nn.Module):
             with self.autocast(precision):
                 logits = self(**batch)
             scores[idx] = logits.float().cpu().numpy()
-            for i, m in layers.items():
-                if return_depth:
-                    depth[i]["weights"][idx] = m.last_depth_weights.cpu().numpy()
-                    depth[i]["selected"][idx] = m.last_selected_depth.cpu().numpy()
+            if return_depth:
+                record_depth(depth, layers, idx)
             progress.update(len(idx))
         progress.close()
         self.train(was_training)
@@ -206,6 +203,19 @@ class CrossEncoderWithMAW(nn.Module):
         """Depth weights and selected depth of each MAW layer's last forward pass."""
         return {m.layer_index: {"weights": m.last_depth_weights.tolist(), "selected": m.last_selected_depth.tolist()}
                 for m in maw_layers(self.model).values() if m.last_depth_weights is not None}
+
+
+def depth_buffers(layers: dict, n: int) -> dict:
+    """``{layer_index: {"weights": [n, D], "selected": [n]}}`` to fill batch by batch with :func:`record_depth`."""
+    return {i: {"weights": np.zeros((n, m.depth), np.float32), "selected": np.zeros(n, np.int64)}
+            for i, m in layers.items()}
+
+
+def record_depth(depth: dict, layers: dict, idx) -> None:
+    """The depth weights and selected depth of each MAW layer's last forward, at positions ``idx``."""
+    for i, m in layers.items():
+        depth[i]["weights"][idx] = m.last_depth_weights.float().cpu().numpy()
+        depth[i]["selected"][idx] = m.last_selected_depth.cpu().numpy()
 
 
 def _swap_in(tmp: Path, directory: Path) -> None:

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from maw_reranker.cross_encoder.model import depth_buffers, record_depth
 from maw_reranker.cross_encoder.prefix import top_forward, train_top
 from maw_reranker.maw.patcher import maw_layers
 
@@ -63,8 +64,7 @@ class CachedScorer:
         pairs = [tuple(p) for p in pairs]
         # MAW layers of the top only: one inside the prefix ran when its states were cached, not now
         layers = {m.layer_index: m for m in maw_layers(self.model).values() if m.layer_index >= self.cache.start}
-        depth = {i: {"weights": np.zeros((len(pairs), m.depth), np.float32),
-                     "selected": np.zeros(len(pairs), np.int64)} for i, m in layers.items()} if return_depth else {}
+        depth = depth_buffers(layers, len(pairs)) if return_depth else {}
         scores = np.zeros(len(pairs), dtype=np.float32)
         if not pairs:
             return (scores, depth) if return_depth else scores
@@ -79,10 +79,8 @@ class CachedScorer:
                 with self.encoder.autocast(precision):
                     logits = top_forward(self.encoder, batch, self.cache.start)
                 scores[idx] = logits.float().cpu().numpy()
-                for i, m in layers.items():
-                    if return_depth:
-                        depth[i]["weights"][idx] = m.last_depth_weights.float().cpu().numpy()
-                        depth[i]["selected"][idx] = m.last_selected_depth.cpu().numpy()
+                if return_depth:
+                    record_depth(depth, layers, idx)
         finally:
             self.encoder.train(was_training)
         return (scores, depth) if return_depth else scores

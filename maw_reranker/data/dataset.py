@@ -31,6 +31,21 @@ def slugify(name: str) -> str:
     return _slugify(name, empty="dataset")
 
 
+def fetch_texts(docs: Mapping[str, str], docids: Iterable[str]) -> dict[str, str]:
+    """Texts of the docids found in ``docs`` (a :class:`DocsMapping` or a plain mapping), missing ones left out;
+    one batched docstore pass when the mapping offers ``get_many``."""
+    docids = list(dict.fromkeys(docids))
+    if hasattr(docs, "get_many"):
+        return dict(docs.get_many(docids))
+    found = {}
+    for docid in docids:
+        try:
+            found[docid] = docs[docid]
+        except KeyError:
+            pass
+    return found
+
+
 class DatasetDownloadError(FileNotFoundError):
     """A named dataset is neither in the ir_datasets cache nor downloadable (typically: offline)."""
 

@@ -15,10 +15,11 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, NamedTuple, Sequence
+from typing import Any, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
+from maw_reranker.data.dataset import fetch_texts
 from maw_reranker.utils.progress import progress_bar
 from maw_reranker.utils.text import preview
 
@@ -78,20 +79,6 @@ class RerankResult:
                 "n_skipped_docs": sum(len(v) for v in self.skipped_docs.values())}
 
 
-def _fetch_texts(docs: Mapping[str, str], docids: Iterable[str]) -> dict[str, str]:
-    """Texts of the docids found in ``docs``; one batched docstore pass when the mapping offers ``get_many``."""
-    docids = list(dict.fromkeys(docids))
-    if hasattr(docs, "get_many"):
-        return dict(docs.get_many(docids))
-    found = {}
-    for docid in docids:
-        try:
-            found[docid] = docs[docid]
-        except KeyError:
-            pass
-    return found
-
-
 def ranked_pool(candidates: Mapping[str, float]) -> list[tuple[str, float]]:
     """A query's candidates in first-stage order: score descending, ties by docid (as ``write_run`` orders)."""
     return sorted(((str(d), float(s)) for d, s in candidates.items()), key=lambda kv: (-kv[1], kv[0]))
@@ -129,7 +116,7 @@ def build_pairs(pool: Mapping[str, Mapping[str, float]], queries: Mapping[str, s
 
     ranked = {q: ranked_pool(pool[q]) for q in qids}
     head = {q: r[:depth] if depth is not None else r for q, r in ranked.items()}
-    texts = _fetch_texts(docs, (d for r in head.values() for d, _ in r))
+    texts = fetch_texts(docs, (d for r in head.values() for d, _ in r))
     missing = {q: [d for d, _ in r if d not in texts] for q, r in head.items()}
     missing = {q: ds for q, ds in missing.items() if ds}
     if missing:

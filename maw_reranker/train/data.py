@@ -14,6 +14,8 @@ from typing import Callable, Iterable, Iterator, Mapping, Optional, Sequence
 
 import numpy as np
 
+from maw_reranker.data.dataset import fetch_texts
+
 log = logging.getLogger(__name__)
 
 
@@ -234,8 +236,7 @@ class GroupCollator:
 
     def texts(self, docids: Sequence[str]) -> dict[str, str]:
         wanted = list(dict.fromkeys(docids))
-        found = self.docs.get_many(wanted) if hasattr(self.docs, "get_many") else {
-            d: self.docs[d] for d in wanted if d in self.docs}
+        found = fetch_texts(self.docs, wanted)
         missing = [d for d in wanted if d not in found]
         if missing:
             raise KeyError(f"training documents missing from the corpus: {missing[:10]}")

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import torch
 
+from maw_reranker.data.dataset import fetch_texts
 from maw_reranker.evaluate.metrics import evaluate_run
 from maw_reranker.evaluate.rerank import score_pairs
 from maw_reranker.train.sources import DevSet
 
 
 def rerank_dev(encoder, dev: DevSet, batch_size: int = 64, precision: str = "fp32") -> dict[str, dict[str, float]]:
-    texts = dev.docs.get_many({d for c in dev.candidates.values() for d in c}) if hasattr(dev.docs, "get_many") \
-        else dev.docs
+    texts = fetch_texts(dev.docs, (d for c in dev.candidates.values() for d in c))
     keys = [(qid, docid) for qid, docids in dev.candidates.items() for docid in docids]
     pairs = [(dev.queries[qid], texts[docid]) for qid, docid in keys]
     # fork_rng: evaluation must not advance the training RNG, or a resumed run (which may evaluate at a different

@@ -13,6 +13,7 @@ from typing import Mapping, Optional
 import numpy as np
 
 from maw_reranker.config.sections import candidates_from_options, dataset_from_options
+from maw_reranker.data.dataset import fetch_texts
 from maw_reranker.train.data import (PoolGroups, StreamingPoolGroups, TripleGroups, negative_window, positives_of,
                                      rank_candidates)
 from maw_reranker.utils.errors import with_context
@@ -55,7 +56,7 @@ def _subset(qids, size: int) -> list[str]:
 def _known_positives(positives: dict, docs, label: str) -> dict:
     """Positives whose text is in the corpus (a candidates file holds only the retrieved texts); the rest dropped."""
     wanted = {d for p in positives.values() for d in p}
-    found = set(docs.get_many(wanted) if hasattr(docs, "get_many") else (d for d in wanted if d in docs))
+    found = set(fetch_texts(docs, wanted))
     kept = {q: [d for d in p if d in found] for q, p in positives.items()}
     dropped = len(wanted - found)
     if dropped:
@@ -65,7 +66,7 @@ def _known_positives(positives: dict, docs, label: str) -> dict:
 
 
 def _check_docs(docs, docids: set, what: str) -> None:
-    found = docs.get_many(docids) if hasattr(docs, "get_many") else {d: None for d in docids if d in docs}
+    found = fetch_texts(docs, docids)
     missing = set(docids) - set(found)
     if missing:
         hint = "; set missing_positives: skip to leave them out" if what.startswith("positive") else ""

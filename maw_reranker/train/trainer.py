@@ -30,6 +30,7 @@ from maw_reranker.config.sections import resolve_model_path
 from maw_reranker.cross_encoder.checks import check_model_dir
 from maw_reranker.cross_encoder.prefix import top_layer_indices, top_start, train_top
 from maw_reranker.cross_encoder.top import CachedScorer, TopModel, cached_features
+from maw_reranker.utils.io import remove_path
 from maw_reranker.utils.progress import progress_bar
 from maw_reranker.train.sources import TrainingData, load_training_data
 
@@ -154,7 +155,7 @@ class Trainer:
         if aside.is_dir() and not (self.out / "train_summary.json").is_file():
             # The folder holds an earlier start-over that never completed; the complete run is still aside.
             for path in earlier:
-                shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+                remove_path(path)
             log.info("overwrite: an incomplete start-over removed; the complete run stays in %s", aside)
             return
         shutil.rmtree(aside, ignore_errors=True)

@@ -55,7 +55,8 @@ def _fsync_dir(folder: Path) -> None:
             os.close(fd)
 
 
-def _remove(path: Path) -> None:
+def remove_path(path: Path) -> None:
+    """Remove a file or a folder (a symlink: only the link), if it is there."""
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path, ignore_errors=True)
     else:
@@ -94,7 +95,7 @@ def remove_stale_temps(folder: str | Path, name: str | None = None) -> list[Path
             log.warning("%s: restored from %s, left by an interrupted swap", target, newest.name)
             temps = [(p, old) for p, old in temps if p != newest]
         for path, _ in temps:
-            _remove(path)
+            remove_path(path)
             removed.append(path)
             log.info("removed a stale temporary of an interrupted run: %s", path)
     return removed
@@ -190,7 +191,7 @@ class AtomicDirectory:
         self.tmp = None
         _fsync_dir(self.path.parent)
         if old is not None:
-            _remove(old)  # a symlinked output: only the link goes, not what it pointed to
+            remove_path(old)  # a symlinked output: only the link goes, not what it pointed to
         return self.path
 
     def abort(self) -> None:
