@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 
 from maw_reranker.cli.errors import DEBUG_ENV, debug_requested, describe, interrupted
@@ -65,6 +66,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         options = parse_options(module.Options, values)
         result = module.run(options)
+    except BrokenPipeError:  # the reader went away (`maw-rerank configs | head`): nothing left to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         if debug_requested(args.debug):
             raise

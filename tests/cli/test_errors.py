@@ -237,3 +237,12 @@ def test_empty_run_and_empty_output_folders(data_args, model_dir, tmp_path, caps
     beir = write_beir(tmp_path / "beir")
     assert main(["build-pools", "--dataset", str(beir), "--engine", "bm25s", "--out-dir", ""]) == 2
     _one_line_error(capsys.readouterr().err, "out_dir", "empty")
+
+
+def test_a_closed_pipe_is_not_an_error():
+    import subprocess
+    import sys
+
+    proc = subprocess.run(f"{sys.executable} -m maw_reranker.cli.main configs | head -1", shell=True,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.stdout.startswith("packaged configs") and proc.stderr == ""
