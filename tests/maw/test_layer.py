@@ -165,8 +165,9 @@ def test_stale_controls_are_gone():
 @pytest.mark.parametrize("arch,dropout", [("bert", 0.3), ("deberta-v2", 0.0), ("deberta-v2", 0.3)])
 def test_training_saves_at_most_two_maps_per_depth(monkeypatch, arch, dropout):
     """What the training path saves for backward: at most 2 map-sized tensors per depth (before: 3 per depth for
-    BERT with attention dropout on a CPU, about 6 for DeBERTa's bias); the recomputed path gives the same output and
-    gradients as saving would, dropout included."""
+    BERT with attention dropout on a CPU, about 6 for DeBERTa's bias). BERT with dropout takes the combined path
+    (it keeps one boolean mask); for DeBERTa the recomputed fused path gives the same output and gradients as saving
+    would, dropout included."""
     from maw_reranker.maw import functional
 
     extra = {"position_buckets": -1} if arch == "deberta-v2" else {}

@@ -1,0 +1,138 @@
+"""The explicit training path (combined_attention) against the plain reference, with autograd."""
+
+import pytest
+import torch
+
+from maw_reranker.maw.combined_attention import combined_attention
+from maw_reranker.maw.reference import reference_maw
+
+from tests.maw.test_functional import make_inputs
+
+
+
+def _inputs(depth, per_head=False, width=10, seed=0):
+    inp = make_inputs(depth, width=width, seed=seed)
+    q = torch.cat(inp.q, -1).double().requires_grad_()
+    k = torch.cat(inp.k, -1).double().requires_grad_()
+    v = inp.v.double().requires_grad_()
+    bounds, start = [], 0
+    for t in inp.q:
+        bounds.append((start, start + t.shape[-1]))
+        start += t.shape[-1]
+    inp.q = [q[..., s:e] for s, e in bounds]
+    inp.k = [k[..., s:e] for s, e in bounds]
+    inp.v = v
+    shape = (v.shape[0], v.shape[1], depth) if per_head else (v.shape[0], depth)
+    theta = torch.randn(*shape, generator=torch.Generator().manual_seed(seed + 1), dtype=torch.float64,
+                        requires_grad=True)
+    return inp, (q, k, v, theta)
+
+
+@pytest.mark.parametrize("depth", [1, 3, 8])
+@pytest.mark.parametrize("per_head", [False, True])
+@pytest.mark.parametrize("chunk", [0, 1, 3])
+def test_output_and_gradients_match_the_reference(depth, per_head, chunk):
+    inp, leaves = _inputs(depth, per_head)
+    weights = torch.softmax(leaves[3], -1)
+    valid = inp.key_valid[:, None, :, None]
+    out = combined_attention(inp, weights, chunk=chunk) * valid
+    ref, _, _ = reference_maw(inp, lambda b, s: weights[b])
+    ref = ref * valid
+    assert torch.allclose(out, ref, atol=1e-10)
+    grad = torch.randn_like(out)
+    mine = torch.autograd.grad(out, leaves, grad, retain_graph=True)
+    theirs = torch.autograd.grad(ref, leaves, grad)
+    for name, a, b in zip("qkvw", mine, theirs):
+        assert torch.allclose(a, b, atol=1e-9), name
+
+
+def test_dropout_is_one_mask_on_the_combined_map():
+    """With dropout, the output is dropout(A_sel) @ V: a second run with the same seed gives the same output, and
+    its expectation is the output without dropout (one mask over the combined map, scaled by 1/(1-p))."""
+    inp, (q, k, v, theta) = _inputs(4)
+    weights = torch.softmax(theta, -1)
+    torch.manual_seed(3)
+    first = combined_attention(inp, weights, dropout_p=0.5)
+    torch.manual_seed(3)
+    second = combined_attention(inp, weights, dropout_p=0.5)
+    assert torch.equal(first, second)
+    plain = combined_attention(inp, weights)
+    assert not torch.allclose(first, plain)
+    # Dropping an entry of A_sel removes that key from every depth at once: with V = identity-like one-hot values,
+    # out[..., j] = kept * A_sel[..., j] / (1 - p) exactly, so every entry is 0 or twice the plain one.
+    n = v.shape[-2]
+    eye = torch.eye(n, dtype=v.dtype).expand(v.shape[0], v.shape[1], n, n).contiguous()
+    inp.v = eye
+    torch.manual_seed(5)
+    dropped = combined_attention(inp, weights, dropout_p=0.5).detach()
+    full = combined_attention(inp, weights).detach()
+    ratio_ok = torch.isclose(dropped, 2 * full, atol=1e-12) | (dropped == 0)
+    assert bool(ratio_ok.all())
+    assert 0.3 < float((dropped[full > 0] == 0).double().mean()) < 0.7
+
+
+def test_gradients_with_dropout_match_autograd_of_the_same_mask():
+    """Backward recomputes the maps; with the saved mask it equals autograd through the reference with that mask."""
+    inp, leaves = _inputs(3)
+    weights = torch.softmax(leaves[3], -1)
+    torch.manual_seed(7)
+    out = combined_attention(inp, weights, dropout_p=0.3)
+    grad = torch.randn_like(out)
+    mine = torch.autograd.grad(out, leaves, grad, retain_graph=True)
+    # The same mask, found from a run with one-hot values (entries are 0 exactly where the mask dropped).
+    v_eye = torch.eye(inp.v.shape[-2], dtype=torch.float64).expand_as(
+        torch.empty(*inp.v.shape[:2], inp.v.shape[-2], inp.v.shape[-2])).contiguous()
+    saved_v, inp.v = inp.v, v_eye
+    torch.manual_seed(7)
+    keep = combined_attention(inp, weights.detach(), dropout_p=0.3).detach() != 0
+    inp.v = saved_v
+    _, a_sel, _ = reference_maw(inp, lambda b, s: weights[b])
+    ref = (a_sel * keep / 0.7) @ saved_v
+    valid = inp.key_valid[:, None, :, None]
+    assert torch.allclose(out * valid, ref * valid, atol=1e-10)
+    theirs = torch.autograd.grad(ref * valid, leaves, grad * valid, retain_graph=True)
+    mine = torch.autograd.grad(combined_attention_again(inp, weights, 7) * valid, leaves, grad * valid)
+    for name, a, b in zip("qkvw", mine, theirs):
+        assert torch.allclose(a, b, atol=1e-9), name
+
+
+def combined_attention_again(inp, weights, seed):
+    torch.manual_seed(seed)
+    return combined_attention(inp, weights, dropout_p=0.3)
+
+
+def test_bf16_inputs_with_float_weights():
+    inp = make_inputs(4)
+    inp.q = [t.bfloat16().requires_grad_() for t in inp.q]
+    inp.k = [t.bfloat16() for t in inp.k]
+    inp.v = inp.v.bfloat16()
+    theta = torch.zeros(4, requires_grad=True)
+    weights = torch.softmax(theta, -1).expand(inp.v.shape[0], 4)
+    out = combined_attention(inp, weights, dropout_p=0.1)
+    assert out.dtype == torch.bfloat16
+    out.float().sum().backward()
+    assert theta.grad is not None and theta.grad.dtype == torch.float32
+
+
+def test_a_score_bias_is_refused():
+    inp = make_inputs(2, bias=True)
+    with pytest.raises(ValueError, match="bias"):
+        combined_attention(inp, torch.full((inp.v.shape[0], 2), 0.5))
+
+
+@pytest.mark.parametrize("chunk", [0, 1])
+def test_hard_weights_compute_each_example_at_its_depth(chunk):
+    """One-hot weights (sampled or forced depths): the per-depth path equals the full combination, and examples
+    that share a depth are computed together."""
+    inp, (q, k, v, _) = _inputs(4)
+    selected = torch.tensor([2, 0, 2, 3])
+    one_hot = torch.nn.functional.one_hot(selected, 4).double()
+    hard = combined_attention(inp, one_hot, chunk=chunk, hard=True)
+    soft = combined_attention(inp, one_hot, chunk=chunk)
+    valid = inp.key_valid[:, None, :, None]
+    assert torch.allclose(hard * valid, soft * valid, atol=1e-12)
+    grad = torch.randn_like(hard)
+    for a, b in zip(torch.autograd.grad(hard * valid, (q, k, v), grad), torch.autograd.grad(soft * valid, (q, k, v), grad)):
+        assert torch.allclose(a, b, atol=1e-10)
+    same = combined_attention(inp, torch.nn.functional.one_hot(torch.full((4,), 1), 4).double(), hard=True)
+    assert torch.allclose(same * valid, combined_attention(inp, torch.nn.functional.one_hot(torch.full((4,), 1), 4).double()) * valid)
