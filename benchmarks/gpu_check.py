@@ -6,7 +6,9 @@ Steps (``--dry-run`` lists them with the resolved device, model and data):
   alpha0  alpha = 0 reproduces the unpatched logits, every gating mode, fp32 and bf16 weights;
   rerank  DL19 BM25 top-100 (synthetic pairs when the data is absent): non_maw and maw_default in fp32 and bf16,
           pairs/s beside sentence-transformers' CrossEncoder.predict on the same pairs, peak device memory;
-  train   20 training steps under bf16 autocast for learned, gate, router (oracle supervision) and grpo.
+  train   20 training steps under bf16 autocast for learned, gate, router (oracle supervision) and grpo;
+  paths   which O_maw path is faster on this device (explicit vs one fused call per depth), the measurement behind
+          maw/layer.py FUSED_INFERENCE_DEVICES.
 
 Model: ms-marco-MiniLM-L-12-v2 from $MAW_BENCH_MODELS (default ~/.cache/maw-bench-models; prepared by
 ../shared/tools/get-models.sh), or a tiny random-weight BERT when it is absent or with --quick.
@@ -37,6 +39,7 @@ STEPS = {
     "alpha0": "alpha = 0 identity, every gating mode, fp32 and bf16",
     "rerank": "rerank non_maw / maw_default, fp32 / bf16, vs sentence-transformers; peak memory",
     "train": "bf16-autocast training steps: learned, gate, router (oracle), grpo",
+    "paths": "explicit vs fused O_maw path, inference and training (benchmarks/bench_maw_paths.py), fp32 / bf16",
 }
 MODES = ("uniform", "random", "stat", "argmax", "learned", "gate", "router", "grpo")
 LEARNED = ("learned", "gate", "router", "grpo")
@@ -329,7 +332,31 @@ def step_train(args, device, model_path, pairs, sizes, **_):
     return rows
 
 
-RUNNERS = {"tests": step_tests, "alpha0": step_alpha0, "rerank": step_rerank, "train": step_train}
+def step_paths(args, device, **_):
+    """The explicit-vs-fused table of bench_maw_paths.py on this device (quick sizes: the GPU is fast either way,
+    the rule only needs the winner). Rows are INFO; the markdown table is printed as it is measured."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import bench_maw_paths
+
+    kind = "cuda" if device.startswith("cuda") else "cpu"
+    rows = []
+    for dtype in ("fp32", "bf16"):
+        start = time.perf_counter()
+        try:
+            lines = bench_maw_paths.table(kind, dtype, quick=args.quick or kind == "cpu")
+        except Exception as exc:  # noqa: BLE001 - reported as a failed row
+            rows.append(Row("paths", dtype, "FAIL", f"{type(exc).__name__}: {exc}"[:70], time.perf_counter() - start))
+            continue
+        for line in lines[2:]:
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            rows.append(Row("paths", f"{dtype} {cells[0]} B={cells[1]} L={cells[2]}", "INFO",
+                            f"fused/explicit {cells[5]} ({cells[6]} faster)", 0.0))
+        rows[-1].seconds = time.perf_counter() - start
+    return rows
+
+
+RUNNERS = {"tests": step_tests, "alpha0": step_alpha0, "rerank": step_rerank, "train": step_train,
+           "paths": step_paths}
 
 
 # -- output -----------------------------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ COMMANDS = {
     "eval": "maw_reranker.cli.eval",
     "suite": "maw_reranker.cli.suite",
     "train": "maw_reranker.cli.train",
+    "mine-negatives": "maw_reranker.cli.mine",
     "study": "maw_reranker.cli.study",
     "demo": "maw_reranker.cli.demo",
     "datasets": "maw_reranker.cli.datasets",

@@ -31,29 +31,31 @@ runs with ``inputs_embeds=hidden_states`` and the real attention mask, so it bui
 DeBERTa its own relative positions (they depend only on the sequence length). Everything is restored in a
 ``finally``. Nothing else depends on a layer's position: MAW layers keep their ``layer_index``.
 
+ModernBERT keeps its layers in ``model.layers`` (no ``encoder``) and normalizes after the last layer
+(``final_norm``, which belongs to the top as the pooler does); its top runs the same way: the model builds each
+layer's mask (global, or the sliding window) and rotary embeddings (global or local base) from the attention mask and
+the sequence length, and each layer picks its own by its type, wherever it sits in the shortened list.
+
 Supported: the architectures :mod:`maw_reranker.utils.tiny_models` builds (BERT/MiniLM, RoBERTa, XLM-RoBERTa,
-ELECTRA, DeBERTa-v2); ``0 <= start < num_layers`` (at least one trainable layer).
+ELECTRA, DeBERTa-v2, ModernBERT); ``0 <= start < num_layers`` (at least one trainable layer).
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import operator
 from typing import Any, Iterator, Mapping
 
 import torch
 from torch import nn
 
+from maw_reranker.cross_encoder.fingerprint import config_entries, fingerprint
+
 STATE_KEYS = ("hidden_states", "attention_mask")
-SUPPORTED_MODEL_TYPES = ("bert", "roberta", "xlm-roberta", "camembert", "electra", "deberta-v2")
+SUPPORTED_MODEL_TYPES = ("bert", "roberta", "xlm-roberta", "camembert", "electra", "deberta-v2", "modernbert")
+# Backbone modules outside the layers that act after the last layer: they belong to the top, not the prefix.
+_TOP_MODULES = ("pooler", "final_norm")
 FINGERPRINT_VERSION = 1
-# Config entries that do not change the prefix states (names, bookkeeping, the head, the attention kernel).
-_CONFIG_IGNORED = {"_name_or_path", "transformers_version", "_commit_hash", "architectures", "id2label", "label2id",
-                   "num_labels", "problem_type", "_attn_implementation", "_attn_implementation_autoset",
-                   "attn_implementation", "torch_dtype", "dtype", "classifier_dropout", "use_cache", "return_dict",
-                   "output_attentions", "output_hidden_states", "tie_word_embeddings"}
 
 
 class _PrefixDone(BaseException):
@@ -70,16 +72,24 @@ def hf_model(encoder: Any) -> nn.Module:
 
 
 def _backbone(encoder: Any) -> tuple[nn.Module, nn.Module, nn.ModuleList]:
-    """(backbone, its encoder, the encoder's layer list), or a ValueError for an unsupported model."""
+    """(backbone, the module holding the layer list, the layer list), or a ValueError for an unsupported model.
+    The holder is ``backbone.encoder`` (``.layer``), or for ModernBERT the backbone itself (``.layers``)."""
     model = hf_model(encoder)
     base = getattr(model, "base_model", None)
     enc = getattr(base, "encoder", None)
     layers = getattr(enc, "layer", None)
+    if enc is None and isinstance(getattr(base, "layers", None), nn.ModuleList):  # ModernBERT
+        enc, layers = base, base.layers
     if not isinstance(layers, nn.ModuleList) or not hasattr(base, "embeddings"):
         kind = getattr(getattr(model, "config", None), "model_type", type(model).__name__)
         raise ValueError(f"cannot split model type {kind!r} into a prefix and a top: supported are "
-                         f"{', '.join(SUPPORTED_MODEL_TYPES)} (a backbone with .embeddings and .encoder.layer)")
+                         f"{', '.join(SUPPORTED_MODEL_TYPES)} (a backbone with .embeddings and .encoder.layer or "
+                         ".layers)")
     return base, enc, layers
+
+
+def _layers_name(enc: nn.Module, layers: nn.ModuleList) -> str:
+    return "layers" if getattr(enc, "layers", None) is layers else "layer"
 
 
 def num_layers(encoder: Any) -> int:
@@ -136,15 +146,16 @@ def top_layer_indices(encoder: Any, top_layers: int) -> list[int]:
 def prefix_modules(encoder: Any, start: int) -> list[nn.Module]:
     """The frozen prefix as a list of leaf-most whole modules: every direct child of the backbone and of its encoder
     except the top layers (``encoder.layer[start:]``), the layer list itself (its first ``start`` layers are listed
-    instead) and the backbone's pooler. See the module docstring for what that covers per architecture."""
+    instead) and the backbone's pooler (ModernBERT: its ``final_norm``). See the module docstring for what that
+    covers per architecture."""
     start = _check_start(encoder, start)
     base, enc, layers = _backbone(encoder)
     out: list[nn.Module] = []
     for name, child in base.named_children():
-        if child is enc or name == "pooler" or child is None:
+        if child is enc or child is layers or name in _TOP_MODULES or child is None:
             continue
         out.append(child)
-    for child in enc.children():
+    for child in (enc.children() if enc is not base else ()):
         if child is not layers and child is not None:
             out.append(child)
     out.extend(layers[:start])
@@ -261,7 +272,7 @@ def top_only(encoder: Any, start: int) -> Iterator[nn.Module]:
 
     try:
         swap(base, "embeddings", _GivenStates())
-        swap(enc, "layer", nn.ModuleList(list(layers)[start:]))
+        swap(enc, _layers_name(enc, layers), nn.ModuleList(list(layers)[start:]))
         if getattr(base, "embeddings_project", None) is not None:  # ELECTRA: the cache is taken after it
             swap(base, "embeddings_project", nn.Identity())
         if start > 0 and getattr(enc, "conv", None) is not None:  # DeBERTa-v2: conv belongs to layer 0
@@ -300,28 +311,6 @@ def split_forward(encoder: Any, features: Mapping[str, torch.Tensor], start: int
 
 
 # -- identity of a prefix (the cache key) ---------------------------------------------------------------------
-def _tensor_bytes(tensor: torch.Tensor) -> bytes:
-    t = tensor.detach().to("cpu").contiguous()
-    return t.view(torch.uint8).numpy().tobytes() if t.numel() else b""
-
-
-def _tokenizer_description(tokenizer: Any) -> str:
-    if tokenizer is None:
-        return "none"
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is not None and hasattr(backend, "to_str"):
-        spec = json.loads(backend.to_str())
-        spec.pop("truncation", None)  # per-call state the last tokenizer call left (max_length is keyed apart)
-        spec.pop("padding", None)
-        body = json.dumps(spec, sort_keys=True)
-    else:
-        body = json.dumps(sorted(tokenizer.get_vocab().items()))
-    extra = {"class": type(tokenizer).__name__, "padding_side": getattr(tokenizer, "padding_side", None),
-             "truncation_side": getattr(tokenizer, "truncation_side", None),
-             "special": {k: str(v) for k, v in sorted((getattr(tokenizer, "special_tokens_map", {}) or {}).items())}}
-    return json.dumps(extra, sort_keys=True) + "\n" + body
-
-
 def prefix_fingerprint(encoder: Any, start: int, tokenizer: Any = None) -> str:
     """A sha256 hex digest of everything the prefix states of a pair depend on, apart from ``max_length`` and the
     storage dtype (which :class:`PrefixCache` adds): the model config (less names, head and attention-kernel
@@ -334,19 +323,13 @@ def prefix_fingerprint(encoder: Any, start: int, tokenizer: Any = None) -> str:
     model = hf_model(encoder)
     if tokenizer is None:
         tokenizer = getattr(encoder, "tokenizer", None)
-    h = hashlib.sha256()
-    config = {k: v for k, v in model.config.to_dict().items() if k not in _CONFIG_IGNORED}
     param = next(model.parameters())
-    head = {"version": FINGERPRINT_VERSION, "start": start, "param_dtype": str(param.dtype), "config": config}
+    head = {"version": FINGERPRINT_VERSION, "start": start, "param_dtype": str(param.dtype),
+            "config": config_entries(model.config)}
     maw = getattr(model, "maw_config", None)
     if maw is not None and prefix_maw_layers(encoder, start):
         head["maw"] = maw.to_dict()
-    h.update(json.dumps(head, sort_keys=True, default=str).encode())
-    h.update(hashlib.sha256(_tokenizer_description(tokenizer).encode()).digest())
-    for name, tensor in _prefix_named_tensors(encoder, start):
-        h.update(f"\n{name}:{tuple(tensor.shape)}:{tensor.dtype}\n".encode())
-        h.update(_tensor_bytes(tensor))
-    return h.hexdigest()
+    return fingerprint(head, tokenizer, _prefix_named_tensors(encoder, start))
 
 
 __all__ = ["STATE_KEYS", "SUPPORTED_MODEL_TYPES", "hf_model", "num_layers", "split_layer", "top_start",

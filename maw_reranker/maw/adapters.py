@@ -1,5 +1,6 @@
 """Per-architecture glue: how to read Q/K/V, the mask and (DeBERTa) relative-position terms from a wrapped
-self-attention module, how to call it for ``O_orig``, and how to shape the result like it does."""
+self-attention module, how to call it for ``O_orig``, and how to shape the result like it does. ModernBERT's adapter
+lives in ``adapters_modernbert.py``."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
+from maw_reranker.maw.functional import depth_slices
+
 SUPPORTED_ARCHITECTURES = {
     # model_type -> self-attention class name
     "bert": "BertSelfAttention",
@@ -17,6 +20,7 @@ SUPPORTED_ARCHITECTURES = {
     "camembert": "CamembertSelfAttention",
     "electra": "ElectraSelfAttention",
     "deberta-v2": "DisentangledSelfAttention",
+    "modernbert": "ModernBertAttention",
 }
 
 
@@ -42,6 +46,15 @@ class AttentionAdapter:
     def heads(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, L, H*Dh] -> [B, H, L, Dh]``."""
         return x.view(x.shape[0], x.shape[1], self.num_heads, self.head_dim).transpose(1, 2)
+
+    def depth_slices(self, width: int, depth: int) -> list[tuple[int, int]]:
+        """The ``depth_source='split'`` feature slices of the q and k that :meth:`project` returns."""
+        return depth_slices(width, depth)
+
+    def encode_positions(self, bound: dict, x: torch.Tensor) -> torch.Tensor:
+        """What :meth:`project` does to q and k after the linear map, applied to a per-depth delta ``[B, H, L, Dh]``
+        of ``depth_source='project'`` (nothing here; ModernBERT's rotary embedding)."""
+        return x
 
     def inputs(self, bound: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """(hidden states that make keys/values, hidden states that make queries)."""
@@ -79,6 +92,15 @@ class AttentionAdapter:
         if asked is None:
             asked = getattr(getattr(base, "config", None), "output_attentions", False)
         return bool(asked)
+
+    def attention_dropout(self, base: nn.Module) -> float:
+        """The wrapped layer's attention-probability dropout."""
+        return float(getattr(getattr(base, "dropout", None), "p", 0.0))
+
+    def finish(self, base: nn.Module, out: torch.Tensor) -> torch.Tensor:
+        """What the wrapped module does after attention, applied once to the blended output (nothing here;
+        ModernBERT's output projection)."""
+        return out
 
     def call_original(self, base: nn.Module, args: tuple, kwargs: dict, bound: dict, qkv: tuple):
         """``O_orig`` and the original attention map (or None), through the model's own attention function.
@@ -208,7 +230,13 @@ class DebertaV2Adapter(AttentionAdapter):
         return bias
 
 
-_ADAPTERS = {"DisentangledSelfAttention": DebertaV2Adapter}
+def _modernbert_adapter(module: nn.Module) -> AttentionAdapter:
+    from maw_reranker.maw.adapters_modernbert import ModernBertAdapter  # its own module (it imports this one)
+
+    return ModernBertAdapter(module)
+
+
+_ADAPTERS = {"DisentangledSelfAttention": DebertaV2Adapter, "ModernBertAttention": _modernbert_adapter}
 
 
 def adapter_for(module: nn.Module) -> AttentionAdapter:

@@ -8,7 +8,7 @@ and the combined map gets the layer's dropout, like the original attention's. No
 backward but the dropout mask (one boolean map of the batch, not one per depth): backward recomputes the chunk's
 maps and applies the softmax gradient of all depths in place.
 
-Measured on 2 CPU cores (B=64, H=12, L=128, D=8, forward + backward, ``benchmarks/bench_maw_layer.py --train``):
+Measured on 2 CPU cores (B=64, H=12, L=128, D=8, forward + backward; ``benchmarks/bench_maw_paths.py``):
 0.67 s with dropout 0.1 against 2.75 s for fused calls per depth, and the same time as those without dropout.
 """
 

@@ -16,9 +16,15 @@ from torch import nn
 from maw_reranker.maw.adapters import AttentionAdapter, adapter_for
 from maw_reranker.maw.combined_attention import combined_attention
 from maw_reranker.maw.config import MAWConfig
-from maw_reranker.maw.functional import (DepthInputs, combine_depths, depth_slices, depth_statistics, explicit_maw,
-                                         fix_empty_rows, selected_attention)
+from maw_reranker.maw.functional import (DepthInputs, combine_depths, depth_statistics, explicit_maw, fix_empty_rows,
+                                         selected_attention)
 from maw_reranker.maw.gating import DepthGating, GateDecision
+
+
+# Devices on which inference without statistics takes one fused attention call per depth instead of the explicit
+# chunked path (which does D times less A @ V work but keeps maps in memory); see benchmarks/bench_maw_paths.py and
+# docs/maw.md for the measurements behind it.
+FUSED_INFERENCE_DEVICES = frozenset({"cuda"})
 
 
 class DepthwiseMAWSelfAttention(nn.Module):
@@ -39,7 +45,7 @@ class DepthwiseMAWSelfAttention(nn.Module):
         ref = base_layer.get_submodule(self.adapter.q_name).weight
         factory = {"device": ref.device, "dtype": ref.dtype}
         if config.depth_source == "split":
-            self.feature_slices = depth_slices(width, self.depth)
+            self.feature_slices = self.adapter.depth_slices(width, self.depth)
         else:
             self.feature_slices = [(0, width)] * self.depth
             hidden, rank, out = self.adapter.hidden_size, config.depth_rank, heads * width
@@ -76,17 +82,19 @@ class DepthwiseMAWSelfAttention(nn.Module):
             q_list = [q[..., s:e] for s, e in self.feature_slices]
             k_list = [k[..., s:e] for s, e in self.feature_slices]
         else:
-            q_list = self._projected(q, x_q, 0)
-            k_list = self._projected(k, x_kv, 1)
+            q_list = self._projected(q, x_q, 0, bound)
+            k_list = self._projected(k, x_kv, 1, bound)
         scales = [adapter.score_scale(e - s) for s, e in self.feature_slices]
         bias = adapter.depth_bias(base, bound, q_list, k_list, self.feature_slices)
         return DepthInputs(q=q_list, k=k_list, scale=scales, v=v, allowed=allowed, key_valid=key_valid,
                            bias=bias), x_q
 
-    def _projected(self, base_heads: torch.Tensor, x: torch.Tensor, which: int) -> list[torch.Tensor]:
+    def _projected(self, base_heads: torch.Tensor, x: torch.Tensor, which: int, bound: dict) -> list[torch.Tensor]:
         delta = torch.einsum("bli,dir->bldr", x, self.maw_down[which].to(x.dtype))
         delta = torch.einsum("bldr,dro->bldo", delta, self.maw_up[which].to(x.dtype))
-        return [base_heads + self.adapter.heads(delta[:, :, d]) for d in range(self.depth)]
+        # The delta gets the position encoding q and k got (ModernBERT's rotary embedding), as W_Q + U V^T would.
+        encode, heads = self.adapter.encode_positions, self.adapter.heads
+        return [base_heads + encode(bound, heads(delta[:, :, d])) for d in range(self.depth)]
 
     def _pooled(self, inp: DepthInputs, x_q: torch.Tensor) -> Optional[torch.Tensor]:
         if self.gating.mode != "gate":
@@ -104,7 +112,7 @@ class DepthwiseMAWSelfAttention(nn.Module):
 
     def attention_dropout(self) -> float:
         """The wrapped layer's attention-dropout probability in training mode, 0 in eval mode."""
-        return float(getattr(getattr(self.base_layer, "dropout", None), "p", 0.0)) if self.training else 0.0
+        return self.adapter.attention_dropout(self.base_layer) if self.training else 0.0
 
     def maw_output(self, bound: dict, want_map: bool = False, qkv: Optional[tuple] = None):
         """``(O_maw [B, L, H*Dh], A_sel or None)`` for the bound forward arguments.
@@ -118,7 +126,14 @@ class DepthwiseMAWSelfAttention(nn.Module):
         forced = self.gating.forced_depth is not None
         dropout_p = self.attention_dropout()
         query_valid = inp.key_valid[:, None, :, None]
-        if not needs_grad and not forced and dropout_p == 0.0:
+        if (not needs_grad and not forced and dropout_p == 0.0 and not want_map and not self.gating.needs_stats
+                and device.type in FUSED_INFERENCE_DEVICES):
+            # Inference without statistics where fused kernels win (benchmarks/bench_maw_paths.py): one fused
+            # attention call per depth, no map in memory.
+            decision = self.gating.decide(batch, None, pooled, device)
+            self._record(decision)
+            o, a_sel = combine_depths(inp, decision.weights), None
+        elif not needs_grad and not forced and dropout_p == 0.0:
             # Inference: each depth's map computed once per chunk, statistics and combination fused.
             parts = []
 
@@ -161,7 +176,7 @@ class DepthwiseMAWSelfAttention(nn.Module):
         want_map = attn_orig is not None and self.adapter.wants_attentions(self.base_layer, bound)
         out_maw, a_sel = self.maw_output(bound, want_map, qkv)
         alpha = self.maw_strength
-        out = (1.0 - alpha) * out_orig + alpha * out_maw.to(out_orig.dtype)
+        out = self.adapter.finish(self.base_layer, (1.0 - alpha) * out_orig + alpha * out_maw.to(out_orig.dtype))
         attn = None
         if want_map:
             attn = (1.0 - alpha) * attn_orig + alpha * a_sel.to(attn_orig.dtype)

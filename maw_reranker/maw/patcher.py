@@ -15,7 +15,8 @@ from maw_reranker.maw.adapters import SUPPORTED_ARCHITECTURES, unsupported_error
 from maw_reranker.maw.config import MAWConfig, resolve_layers
 from maw_reranker.maw.layer import DepthwiseMAWSelfAttention, wrap_attention
 
-_LAYER_INDEX = re.compile(r"\.(\d+)\.attention\.self$")
+# BERT family and DeBERTa: encoder.layer.<i>.attention.self; ModernBERT: layers.<i>.attn.
+_LAYER_INDEX = re.compile(r"\.(\d+)\.(?:attention\.self|attn)$")
 
 
 def find_attention_modules(model: nn.Module) -> "OrderedDict[int, tuple[str, nn.Module]]":

@@ -37,9 +37,10 @@ class TrainOptions(PrefixCacheOptions, PoolOptions, ModelOptions, DatasetOptions
                                 "trainable layers with extra parameters, a control for MAW's parameter count")
 
     # -- training data (also: the DatasetOptions and PoolOptions sections) -----------------------------------------
-    source: Literal["pool", "triples"] = opt(
+    source: Literal["pool", "triples", "hf"] = opt(
         "pool", "pool = positives from qrels, hard negatives sampled from a candidate pool; triples = stream the "
-                "dataset's official (query, positive, negative) docpairs (MS MARCO triples-small)")
+                "dataset's official (query, positive, negative) docpairs (MS MARCO triples-small); hf = groups from "
+                "a Hugging Face dataset or local parquet/jsonl/csv files (hf_dataset)")
     n_negatives: int = opt(7, "negatives per group (group = 1 positive + n negatives)")
     neg_rank_min: int = opt(1, "highest pool rank (1-based) a negative may come from")
     neg_rank_max: int = opt(100, "lowest pool rank a negative may come from")
@@ -58,10 +59,40 @@ class TrainOptions(PrefixCacheOptions, PoolOptions, ModelOptions, DatasetOptions
     shuffle_buffer: int = opt(10000, "streaming: groups held for shuffling")
     max_queries: Optional[int] = opt(None, "use only this many training queries (deterministic subset by seed)")
     holdout_queries: int = opt(0, "hold this many training queries out of training as the dev set")
+    # -- source: hf (Hugging Face datasets; docs/training.md "Hugging Face datasets") ---------------------------
+    hf_dataset: Optional[str] = opt(None, "source: hf: a hub dataset id, optionally with its config as ID:CONFIG "
+                                          "(e.g. lightonai/ms-marco-en-bge:train), or local .parquet/.jsonl/.json/"
+                                          ".csv/.tsv file(s) (comma-separated) or a folder of them")
+    hf_split: str = opt("train", "split of hf_dataset, hf_queries and hf_corpus")
+    hf_layout: Literal["auto", "tuples", "labeled", "scored"] = opt(
+        "auto", "rows of hf_dataset: tuples = (query, positive, negatives...); labeled = (query, document, label) "
+                "rows grouped by query; scored = (query, document ids, teacher scores); auto = from the columns")
+    hf_columns: dict = opt({}, "column of each role when it differs from the usual names, e.g. {query: q, positive: "
+                               "pos, negatives: negs}; roles: query, positive, negatives, document, label, score, "
+                               "documents, scores, positive_score, negative_scores, queries_id, queries_text, "
+                               "corpus_id, corpus_text")
+    hf_queries: Optional[str] = opt(None, "query texts (ID:CONFIG or a file; columns id + text) when hf_dataset "
+                                          "holds query ids; default: the queries of 'dataset' when it is set, else "
+                                          "the rows hold the query texts")
+    hf_corpus: Optional[str] = opt(None, "document texts (ID:CONFIG or a file; columns id + text) when hf_dataset "
+                                         "holds document ids; default: the documents of 'dataset' when it is set, "
+                                         "else the rows hold the document texts")
     # -- objective --------------------------------------------------------------------------------------------
     loss: Loss = opt("listwise", "ranking loss over each group")
     margin: float = opt(1.0, "margin of the margin loss")
-    temperature: float = opt(1.0, "listwise softmax temperature")
+    temperature: float = opt(1.0, "softmax temperature of the listwise and listwise_kl losses")
+    # -- distillation (loss: margin_mse or listwise_kl) ----------------------------------------------------------
+    teacher_run: Optional[str] = opt(None, "teacher scores from a TREC run (its score column): every training pair "
+                                           "must be in it")
+    teacher_model: Optional[str] = opt(None, "teacher cross-encoder (hub id, directory or bench:NAME), run once over "
+                                             "every training pair before training; its scores are cached in "
+                                             "teacher_cache")
+    teacher_max_length: Optional[int] = opt(None, "max tokens per pair for teacher_model (default: the teacher's "
+                                                  "own, at most 512)")
+    teacher_batch_size: int = opt(64, "pairs per scoring batch of teacher_model")
+    teacher_cache: str = opt("cache/teacher", "folder of teacher_model scores: one subfolder per teacher (weights, "
+                                              "tokenizer, max_length), one score per pair text; reused by later runs, "
+                                              "and a killed fill resumes")
     router_oracle_weight: float = opt(0.0, "router: weight of the cross-entropy towards the oracle depth (0 = off)")
     oracle_every: int = opt(1, "router: compute the oracle depth every N steps (it costs depth_dim extra forwards)")
     grpo_group_size: int = opt(4, "grpo: depth choices G sampled per training group")
@@ -138,14 +169,14 @@ class TrainOptions(PrefixCacheOptions, PoolOptions, ModelOptions, DatasetOptions
             raise ValueError("option 'model' is empty; give a cross-encoder hub id or directory")
         if not str(self.output_dir).strip():
             raise ValueError("option 'output_dir' is empty")
-        if not str(self.dataset).strip():
+        if not str(self.dataset).strip() and self.source != "hf":
             raise ValueError("option 'dataset' is empty; give the training dataset (name or path)")
         maw = self.maw_config
         positive = {"n_negatives": self.n_negatives, "batch_size": self.batch_size, "grad_accum": self.grad_accum,
                     "pool_k": self.pool_k, "neg_rank_min": self.neg_rank_min, "grpo_group_size": self.grpo_group_size,
                     "oracle_every": self.oracle_every, "shuffle_buffer": self.shuffle_buffer,
                     "lora_r": self.lora_r, "log_every": self.log_every, "dev_depth": self.dev_depth,
-                    "dev_batch_size": self.dev_batch_size}
+                    "dev_batch_size": self.dev_batch_size, "teacher_batch_size": self.teacher_batch_size}
         for name, value in positive.items():
             if value < 1:
                 raise ValueError(f"option '{name}' must be >= 1, got {value}")
@@ -190,8 +221,10 @@ class TrainOptions(PrefixCacheOptions, PoolOptions, ModelOptions, DatasetOptions
         if self.source == "triples" and self.n_negatives != 1:
             raise ValueError("option 'source: triples' gives one negative per group; set n_negatives: 1 (or use "
                              "source: pool for more negatives per group)")
-        if self.source == "triples" and self.holdout_queries:
+        if self.source != "pool" and self.holdout_queries:
             raise ValueError("option 'holdout_queries' needs source: pool")
+        self._validate_hf()
+        self._validate_teacher()
         if self.dev_dataset and self.holdout_queries:
             raise ValueError("give either 'dev_dataset' or 'holdout_queries' as the dev set, not both")
         if self.resume is not None and self.overwrite:
@@ -200,6 +233,53 @@ class TrainOptions(PrefixCacheOptions, PoolOptions, ModelOptions, DatasetOptions
 
         check_measures([self.dev_measure], "dev_measure")
         return self
+
+    def _validate_hf(self) -> None:
+        if self.source != "hf":
+            given = [n for n in ("hf_dataset", "hf_queries", "hf_corpus", "hf_columns") if getattr(self, n)]
+            if self.hf_layout != "auto":
+                given.append("hf_layout")
+            if given:
+                raise ValueError(f"option '{given[0]}' applies to source: hf (got source: {self.source})")
+            return
+        if not self.hf_dataset or not str(self.hf_dataset).strip():
+            raise ValueError("option 'source: hf' needs 'hf_dataset' (a hub dataset id or local parquet/jsonl/csv "
+                             "files)")
+        if self.max_queries is not None:
+            raise ValueError("option 'max_queries' needs source: pool or triples (select rows of an hf dataset with "
+                             "its files or split)")
+        from maw_reranker.data.hf import check_roles
+
+        check_roles(self.hf_columns, "hf_columns")
+
+    def _validate_teacher(self) -> None:
+        from maw_reranker.config.sections import MIN_LENGTH
+        from maw_reranker.train.losses import DISTILLATION_LOSSES
+
+        distill = self.loss in DISTILLATION_LOSSES
+        teachers = [n for n in ("teacher_run", "teacher_model") if getattr(self, n)]
+        if len(teachers) > 1:
+            raise ValueError("give one teacher: option 'teacher_run' or 'teacher_model', not both")
+        if teachers and not distill:
+            raise ValueError(f"option '{teachers[0]}' gives teacher scores, which only the distillation losses use "
+                             f"({', '.join(DISTILLATION_LOSSES)}); got loss: {self.loss}")
+        if distill and not teachers and self.source != "hf":
+            raise ValueError(f"option 'loss: {self.loss}' needs teacher scores: set 'teacher_run' (a TREC run with "
+                             "scores) or 'teacher_model' (a cross-encoder scored once and cached), or use source: hf "
+                             "with a score column")
+        if self.teacher_model and (self.streaming or self.source == "triples"):
+            raise ValueError("option 'teacher_model' scores every training pair before training, which a stream "
+                             "cannot list; use streaming: false (source: pool or hf), or a teacher_run")
+        if self.teacher_run:
+            from pathlib import Path
+
+            if not Path(self.teacher_run).is_file():
+                raise ValueError(f"option 'teacher_run': file not found: {self.teacher_run}")
+        if self.teacher_max_length is not None and self.teacher_max_length < MIN_LENGTH:
+            raise ValueError(f"option 'teacher_max_length' must be >= {MIN_LENGTH} or null, got "
+                             f"{self.teacher_max_length}")
+        if not str(self.teacher_cache).strip():
+            raise ValueError("option 'teacher_cache' is empty")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

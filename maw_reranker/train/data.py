@@ -24,6 +24,7 @@ class Group:
     qid: str
     pos: str
     negs: tuple[str, ...]
+    teacher: Optional[tuple[float, ...]] = None  # teacher scores of (pos, *negs) when the source carries them
 
 
 def rank_candidates(hits: Mapping[str, float]) -> list[str]:
@@ -81,6 +82,15 @@ class PoolGroups:
 
     def __len__(self) -> int:
         return len(self.items)
+
+    def pairs(self) -> Iterator[tuple[str, str]]:
+        """Every (qid, docid) a group of any epoch may hold: the positives and their queries' negative windows."""
+        positives: dict[str, list[str]] = {}
+        for qid, pos in self.items:
+            positives.setdefault(qid, []).append(pos)
+        for qid, pos in positives.items():
+            for docid in dict.fromkeys([*pos, *self.windows[qid]]):
+                yield qid, docid
 
     def iter_epoch(self, epoch: int) -> Iterator[Group]:
         rng = np.random.default_rng([self.seed, epoch])
@@ -244,6 +254,9 @@ class GroupCollator:
 
     def pairs(self, groups: Sequence[Group]) -> list[tuple[str, str]]:
         texts = self.texts([d for g in groups for d in (g.pos, *g.negs)])
+        missing = [g.qid for g in groups if g.qid not in self.queries]
+        if missing:
+            raise KeyError(f"training queries without query text: {list(dict.fromkeys(missing))[:10]}")
         return [(self.queries[g.qid], texts[d]) for g in groups for d in (g.pos, *g.negs)]
 
     def __call__(self, groups: Sequence[Group]) -> dict:

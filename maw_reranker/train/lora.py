@@ -20,9 +20,14 @@ def default_targets(hf_model: nn.Module, target_modules: Optional[list[str]] = N
     from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as DEFAULTS
 
     model_type = getattr(hf_model.config, "model_type", None)
-    if DEFAULTS.get(model_type) is None:
+    targets = DEFAULTS.get(model_type) or _MORE_DEFAULTS.get(model_type)
+    if targets is None:
         raise ValueError(f"no default LoRA target modules for model type {model_type!r}; set lora_target_modules")
-    return list(DEFAULTS[model_type])
+    return list(targets)
+
+
+# Architectures peft has no default for: the fused query/key/value projection, as peft's defaults target q and v.
+_MORE_DEFAULTS = {"modernbert": ["Wqkv"]}
 
 
 def add_lora(encoder, r: int = 8, alpha: int = 16, dropout: float = 0.0,
@@ -36,7 +41,7 @@ def add_lora(encoder, r: int = 8, alpha: int = 16, dropout: float = 0.0,
     config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, bias="none",
                         target_modules=default_targets(encoder.model, target_modules),
                         layers_to_transform=list(layers) if layers is not None else None,
-                        layers_pattern="layer" if layers is not None else None)
+                        layers_pattern=["layer", "layers"] if layers is not None else None)  # ModernBERT: layers
     inject_adapter_in_model(config, encoder.model)
 
 

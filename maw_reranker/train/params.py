@@ -12,7 +12,8 @@ from maw_reranker.cross_encoder.prefix import top_start
 from maw_reranker.maw.patcher import maw_named_parameters
 
 log = logging.getLogger(__name__)
-_LAYER = re.compile(r"\.encoder\.layer\.(\d+)\.")
+# BERT-family and DeBERTa: .encoder.layer.N.; ModernBERT: .layers.N.
+_LAYER = re.compile(r"\.(?:encoder\.layer|layers)\.(\d+)\.")
 TRAINABLE = ("full", "top", "maw_only", "lora")
 
 
@@ -23,10 +24,11 @@ def layer_of(name: str) -> int | None:
 
 
 def head_parameter_names(hf_model: nn.Module) -> set[str]:
-    """The classification head: everything outside the backbone, plus a pooler (BERT keeps its pooler, which only
-    feeds the classifier, inside the backbone)."""
+    """The classification head: everything outside the backbone, plus what the backbone applies after its last
+    layer and only the classifier reads (BERT's pooler, ModernBERT's final norm)."""
     prefix = getattr(hf_model, "base_model_prefix", "") + "."
-    return {n for n, _ in hf_model.named_parameters() if not n.startswith(prefix) or ".pooler." in n}
+    return {n for n, _ in hf_model.named_parameters()
+            if not n.startswith(prefix) or ".pooler." in n or ".final_norm." in n}
 
 
 def select_trainable(encoder, trainable: str, top_layers: int = 1) -> dict[str, int]:

@@ -45,6 +45,7 @@ class TrainingData:
     docs: Mapping[str, str]
     description: dict = field(default_factory=dict)
     dev: Optional[DevSet] = None
+    teacher: Optional[object] = None  # train.teacher.TeacherScores: a score column of an hf source, or load_teacher's
 
 
 def _subset(qids, size: int) -> list[str]:
@@ -78,6 +79,10 @@ def load_training_data(opts, main_first=None) -> TrainingData:
     import contextlib
 
     main_first = main_first or contextlib.nullcontext
+    if opts.source == "hf":
+        from maw_reranker.train.hf_source import load_hf_training
+
+        return load_hf_training(opts, main_first)
     ds = dataset_from_options(opts)
     label = f"training set {ds.name}" + (f" (split {ds.split})" if ds.split else "")
     qrels = ds.qrels()

@@ -33,6 +33,7 @@ from maw_reranker.cross_encoder.top import CachedScorer, TopModel, cached_featur
 from maw_reranker.utils.io import remove_path
 from maw_reranker.utils.progress import progress_bar
 from maw_reranker.train.sources import TrainingData, load_training_data
+from maw_reranker.train.teacher import load_teacher
 
 log = logging.getLogger(__name__)
 PREVIOUS = ".previous"  # an overwritten run's outputs, kept until the new one completes
@@ -176,6 +177,11 @@ class Trainer:
         self.global_batch = opts.batch_size * acc.num_processes
         self.steps = total_steps(opts, self.data, self.global_batch)
         check_model_dir(resolve_model_path(opts.model), opts.max_length)
+        # Teacher scores (distillation): a run's are checked, a teacher model's computed or read from its cache.
+        self.data.teacher = load_teacher(opts, self.data, acc.device, acc.main_process_first,
+                                         opts.progress_bar and acc.is_local_main_process)
+        if self.data.teacher is not None:
+            self.data.description["teacher"] = {"origin": self.data.teacher.origin, **self.data.teacher.info}
         self.encoder = load_encoder(opts, acc.device)
         self._clear_previous()
         self.counts = select_trainable(self.encoder, opts.trainable, opts.top_layers)
@@ -248,7 +254,10 @@ class Trainer:
     def _features(self, groups):
         acc, bs = self.accelerator, self.opts.batch_size
         mine = groups[acc.process_index * bs:(acc.process_index + 1) * bs]
-        return {k: v.to(acc.device) for k, v in self.collator(mine).items()}
+        features = dict(self.collator(mine))
+        if self.data.teacher is not None:  # [groups, 1 + n]; the objective binds it to the distillation loss
+            features["teacher_scores"] = self.data.teacher.group_scores(mine)
+        return {k: v.to(acc.device) for k, v in features.items()}
 
     def _lrs(self) -> dict[str, float]:
         lrs = self.scheduler.get_last_lr()

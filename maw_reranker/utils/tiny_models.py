@@ -12,7 +12,7 @@ from typing import Iterable
 
 import torch
 
-TINY_ARCHITECTURES = ("bert", "roberta", "xlm-roberta", "electra", "deberta-v2")
+TINY_ARCHITECTURES = ("bert", "roberta", "xlm-roberta", "electra", "deberta-v2", "modernbert")
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 
@@ -21,6 +21,9 @@ def tiny_config(model_type: str = "bert", vocab_size: int = 64, hidden_size: int
     """A small config of a supported architecture with one output label (a cross-encoder head)."""
     from transformers import AutoConfig
 
+    if model_type == "modernbert":
+        return _tiny_modernbert_config(vocab_size, hidden_size, num_layers, num_heads, initializer_range,
+                                       max_positions, **overrides)
     common = dict(vocab_size=vocab_size, hidden_size=hidden_size, num_hidden_layers=num_layers,
                   num_attention_heads=num_heads, intermediate_size=hidden_size * 2, num_labels=1,
                   max_position_embeddings=max_positions, initializer_range=initializer_range,
@@ -34,6 +37,27 @@ def tiny_config(model_type: str = "bert", vocab_size: int = 64, hidden_size: int
         common.update(bos_token_id=2, eos_token_id=3, max_position_embeddings=max_positions + 2)
     common.update(overrides)
     return AutoConfig.for_model(model_type, **common)
+
+
+# BERT-style option names that ModernBERT spells differently (so the same test options build every architecture).
+_MODERNBERT_NAMES = {"attention_probs_dropout_prob": "attention_dropout", "hidden_dropout_prob": "mlp_dropout"}
+
+
+def _tiny_modernbert_config(vocab_size, hidden_size, num_layers, num_heads, initializer_range, max_positions,
+                            **overrides):
+    """ModernBERT with global attention on every second layer starting at layer 0 ([global, local] for 2 layers)
+    and a local window of 2 tokens each side (``local_attention=4``), shorter than the test sequences so the window
+    matters; the rotary bases differ per layer type (160000 global, 10000 local), as in the released models."""
+    from transformers import AutoConfig
+
+    common = dict(vocab_size=vocab_size, hidden_size=hidden_size, num_hidden_layers=num_layers,
+                  num_attention_heads=num_heads, intermediate_size=hidden_size * 2, num_labels=1,
+                  max_position_embeddings=max_positions, initializer_range=initializer_range,
+                  pad_token_id=0, bos_token_id=2, cls_token_id=2, eos_token_id=3, sep_token_id=3,
+                  local_attention=4, global_attn_every_n_layers=2, global_rope_theta=160000.0,
+                  local_rope_theta=10000.0)
+    common.update({_MODERNBERT_NAMES.get(k, k): v for k, v in overrides.items()})
+    return AutoConfig.for_model("modernbert", **common)
 
 
 def tiny_model(model_type: str = "bert", seed: int = 0, **kwargs):

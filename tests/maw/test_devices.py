@@ -20,6 +20,8 @@ DEVICES = [pytest.param("cpu"),
 def small_model(arch, device, dtype=torch.float32):
     # position_buckets=-1: transformers' log-bucket code makes a tensor on the default device (not MAW's doing).
     extra = {"position_buckets": -1} if arch == "deberta-v2" else {}
+    if arch == "modernbert":  # its one layer local: the sliding window (2 each side) is built on the device too
+        extra = {"layer_types": ["sliding_attention"]}
     model = tiny_model(arch, hidden_size=16, num_heads=2, num_layers=1, attention_probs_dropout_prob=0.1,
                        initializer_range=0.3, **extra)
     return model.to(device=device, dtype=dtype)

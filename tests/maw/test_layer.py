@@ -30,7 +30,7 @@ def bound_arguments(model, layer, inputs):
     return layer.adapter.bind(captured["a"], captured["kw"])
 
 
-@pytest.mark.parametrize("arch", ["bert", "deberta-v2"])
+@pytest.mark.parametrize("arch", ["bert", "deberta-v2", "modernbert"])  # modernbert: its local (windowed) layer
 @pytest.mark.parametrize("source", ["split", "project"])
 @pytest.mark.parametrize("mode", ["stat", "argmax", "learned"])
 def test_training_path_matches_reference(arch, source, mode):
@@ -129,7 +129,7 @@ def test_dropout_does_not_depend_on_autograd():
         assert torch.equal(layer.maw_output(bound)[0], layer.maw_output(bound)[0])
 
 
-@pytest.mark.parametrize("arch", ["bert", "deberta-v2"])
+@pytest.mark.parametrize("arch", ["bert", "deberta-v2", "modernbert"])
 def test_padded_query_rows_agree_between_paths(arch):
     """The no-grad path and the autograd path give the same O_maw and A_sel everywhere, padded rows included (zero)."""
     model, layer = patched(arch, gating_mode="stat", depth_dim=3, maw_strength=1.0)

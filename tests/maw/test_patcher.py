@@ -46,6 +46,44 @@ def test_zero_strength_reproduces_unpatched_logits(arch, mode, impl, phase):
         assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
 
 
+# DeBERTa-v3's released configs (e.g. microsoft/deberta-v3-base), scaled down: log-bucketed relative positions, keys
+# shared with the position projections, LayerNorm on the relative embeddings.
+DEBERTA_V3 = dict(relative_attention=True, position_buckets=256, max_relative_positions=-1,
+                  pos_att_type=["p2c", "c2p"], share_att_key=True, norm_rel_ebd="layer_norm",
+                  position_biased_input=False, type_vocab_size=0)
+
+
+@pytest.mark.parametrize("mode", GATING_MODES)
+@pytest.mark.parametrize("impl", ["sdpa", "eager"])
+def test_deberta_v3_config_patches_with_zero_strength_identity(mode, impl):
+    model = tiny_model("deberta-v2", initializer_range=0.3, **DEBERTA_V3)
+    model.set_attn_implementation(impl)
+    inputs = batch()
+    with torch.no_grad():
+        expected = valid_logits(model, inputs)
+        patch_model(model, MAWConfig(gating_mode=mode, maw_strength=0.0, depth_dim=3, inject_last_k=2))
+        assert len(maw_layers(model)) == 2
+        got = valid_logits(model, inputs)
+        set_maw_strength(model, 0.8)
+        changed = valid_logits(model, inputs)
+    assert torch.allclose(got, expected, atol=1e-5), (got - expected).abs().max()
+    assert (changed - expected).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("mode", GATING_MODES)
+def test_xlm_roberta_under_its_default_sdpa(mode):
+    """XLM-RoBERTa as loaded (transformers picks sdpa): patched, alpha = 0 is the unpatched model."""
+    model = tiny_model("xlm-roberta", initializer_range=0.3)
+    assert model.config._attn_implementation == "sdpa"
+    inputs = batch()
+    with torch.no_grad():
+        expected = valid_logits(model, inputs)
+        patch_model(model, MAWConfig(gating_mode=mode, maw_strength=0.0, depth_dim=3, inject_last_k=2))
+        got = valid_logits(model, inputs)
+    assert type(next(iter(maw_layers(model).values()))).__name__ == "MAWXLMRobertaSelfAttention"
+    assert torch.allclose(got, expected, atol=1e-5), (got - expected).abs().max()
+
+
 @pytest.mark.parametrize("arch", TINY_ARCHITECTURES)
 def test_positive_strength_changes_scores(arch):
     model = tiny_model(arch, initializer_range=0.3)

@@ -54,3 +54,30 @@ def test_lora_on_top_layers_with_a_matched_rank(model_path):
     assert adapted == set(top)
     per_rank = counts["lora"] // r
     assert abs(counts["lora"] - target) <= per_rank / 2  # the closest rank to MAW's parameter count
+
+
+@pytest.fixture(scope="module")
+def modernbert_path(tmp_path_factory):
+    from maw_reranker.utils.tiny_models import save_tiny_cross_encoder
+    from tests.train.helpers import WORDS
+
+    return save_tiny_cross_encoder(tmp_path_factory.mktemp("mb"), WORDS, model_type="modernbert")
+
+
+def test_top_training_and_top_lora_find_modernbert_layers(modernbert_path):
+    """ModernBERT names its layers model.layers.N (not encoder.layer.N) and has a final norm after the last layer
+    that only the head reads: top training trains it with the head; LoRA on chosen layers finds them."""
+    encoder = CrossEncoderWithMAW.from_pretrained(modernbert_path, maw=MAWConfig(depth_dim=2, gating_mode="learned"),
+                                                  device="cpu")
+    total = encoder.model.config.num_hidden_layers
+    select_trainable(encoder, "top", top_layers=1)
+    assert _trainable_layers(encoder) == [total - 1]
+    trainable = {n for n, p in encoder.model.named_parameters() if p.requires_grad}
+    assert any(".final_norm." in n for n in trainable)
+    assert not any("embeddings" in n for n in trainable)
+    plain = CrossEncoderWithMAW.from_pretrained(modernbert_path, maw=None, device="cpu")
+    hidden = plain.model.config.hidden_size
+    assert rank_for_budget(plain.model, 2 * (hidden + 3 * hidden), layers=[total - 1]) == 2  # Wqkv: hidden -> 3 hidden
+    add_lora(plain, r=2, layers=[total - 1])  # default targets: the fused Wqkv
+    adapted = {layer_of(n) for n, _ in plain.model.named_parameters() if "lora_" in n}
+    assert adapted == {total - 1}

@@ -1,0 +1,75 @@
+"""The per-device path choice (maw/layer.py FUSED_INFERENCE_DEVICES; benchmarks/bench_maw_paths.py): both paths
+give the same model outputs, and the rule sends only statistics-free inference to the fused path."""
+
+import pytest
+import torch
+
+from maw_reranker.maw import functional, layer as layer_module
+from tests.maw.test_layer import patched
+from tests.maw.test_patcher import batch
+
+
+@pytest.mark.parametrize("arch", ["bert", "deberta-v2"])
+@pytest.mark.parametrize("mode", ["uniform", "random", "learned", "gate"])
+def test_fused_inference_equals_explicit(monkeypatch, arch, mode):
+    model, layer = patched(arch, gating_mode=mode, depth_dim=4, maw_strength=1.0)
+    if mode == "learned":
+        with torch.no_grad():
+            layer.gating.theta.normal_(0, 1.0)
+    model.eval()
+    inputs = batch()
+    with torch.no_grad():
+        explicit = model(**inputs).logits
+        explicit_weights = layer.last_depth_weights.clone()
+    monkeypatch.setattr(layer_module, "FUSED_INFERENCE_DEVICES", frozenset({"cpu"}))
+    calls = []
+    original = layer_module.combine_depths
+    monkeypatch.setattr(layer_module, "combine_depths", lambda *a, **k: calls.append(1) or original(*a, **k))
+    with torch.no_grad():
+        fused = model(**inputs).logits
+    assert calls, "the fused path was not taken"
+    assert torch.allclose(fused, explicit, atol=1e-5)
+    assert torch.allclose(layer.last_depth_weights, explicit_weights)
+
+
+@pytest.mark.parametrize("mode", ["stat", "argmax", "router", "grpo"])
+def test_modes_with_statistics_stay_explicit(monkeypatch, mode):
+    model, layer = patched("bert", gating_mode=mode, depth_dim=4, maw_strength=1.0)
+    model.eval()
+    monkeypatch.setattr(layer_module, "FUSED_INFERENCE_DEVICES", frozenset({"cpu"}))
+    monkeypatch.setattr(layer_module, "combine_depths", lambda *a, **k: pytest.fail("fused path taken"))
+    with torch.no_grad():
+        model(**batch())
+
+
+def test_maps_requested_stay_explicit(monkeypatch):
+    from maw_reranker.maw.config import MAWConfig
+    from maw_reranker.maw.patcher import patch_model
+    from maw_reranker.utils.tiny_models import tiny_model
+
+    model = tiny_model("bert", initializer_range=0.3)
+    model.set_attn_implementation("eager")  # sdpa returns no maps
+    patch_model(model, MAWConfig(gating_mode="uniform", depth_dim=4, maw_strength=1.0))
+    model.eval()
+    monkeypatch.setattr(layer_module, "FUSED_INFERENCE_DEVICES", frozenset({"cpu"}))
+    monkeypatch.setattr(layer_module, "combine_depths", lambda *a, **k: pytest.fail("fused path taken"))
+    with torch.no_grad():
+        out = model(**batch(), output_attentions=True)
+    assert len(out.attentions) == model.config.num_hidden_layers
+
+
+def test_training_with_dropout_takes_the_combined_path(monkeypatch):
+    """With attention dropout (and no score bias) training combines first and drops once; without, fused calls."""
+    used = []
+    monkeypatch.setattr(layer_module, "combined_attention", lambda *a, **k: used.append("combined") or
+                        __import__("maw_reranker.maw.combined_attention", fromlist=["x"]).combined_attention(*a, **k))
+    original = functional.combine_depths
+    monkeypatch.setattr(layer_module, "combine_depths", lambda *a, **k: used.append("fused") or original(*a, **k))
+    for dropout, expected in ((0.2, "combined"), (0.0, "fused")):
+        used.clear()
+        model, layer = patched("bert", gating_mode="learned", depth_dim=4, maw_strength=1.0,
+                               model_kwargs=dict(attention_probs_dropout_prob=dropout))
+        model.train()
+        model(**batch()).logits.sum().backward()
+        assert used == [expected], (dropout, used)
+        assert layer.gating.theta.grad is not None
