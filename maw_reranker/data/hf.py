@@ -2,7 +2,9 @@
 ``datasets.load_dataset`` (in memory as Arrow, memory-mapped, or streamed), and the columns' roles.
 
 * :func:`parse_source` is the one parser of a source spec: ``ID`` or ``ID:CONFIG`` (a hub dataset and its config,
-  e.g. ``lightonai/ms-marco-en-bge:train``), a local file, comma-separated files of one format, or a folder.
+  e.g. ``lightonai/ms-marco-en-bge:train``), a local file, comma-separated files of one format, or a folder. A spec
+  is local when it starts with ``./`` ``../`` ``/`` or ``~``, has a data-file suffix, has more than one ``/`` or
+  exists; a local path that does not exist is "not found", never a hub id.
 * :func:`load_hf` loads it; hub failures (offline, unknown id) become one :class:`DatasetDownloadError` line naming the
   dataset, and unreadable local files a :class:`DataFormatError` naming them.
 * :func:`resolve_columns` maps roles (query, positive, negatives, ...) to columns, from ``hf_columns`` or the usual
@@ -15,6 +17,7 @@ The conversion of rows into training groups is in ``maw_reranker/train/hf_source
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +44,15 @@ ROLES: dict[str, tuple[str, ...]] = {
     "corpus_id": ("document_id", "_id", "id", "doc_id", "docid", "passage_id", "pid", "corpus_id"),
     "corpus_text": ("text", "passage", "document", "contents", "content", "body"),
 }
+TABLE_ROLES = ("queries_id", "queries_text", "corpus_id", "corpus_text")  # columns of hf_queries / hf_corpus
+ROW_ROLES = tuple(role for role in ROLES if role not in TABLE_ROLES)
+# The usual names (above) of row columns that hold ids, not texts: their texts need a table (hf_queries /
+# hf_corpus / dataset). A column under another name is taken as texts; values are never inspected.
+ID_COLUMNS = frozenset({"query_id", "qid", "positive_id", "positive_ids", "pos_id", "negative_ids", "negative_id",
+                        "neg_ids", "document_id", "passage_id", "doc_id", "docid", "corpus_id", "document_ids",
+                        "doc_ids", "passage_ids", "docids"})
+QUERY_ROLES = ("query",)
+DOCUMENT_ROLES = ("positive", "negatives", "document", "documents")
 LAYOUTS: dict[str, tuple[str, ...]] = {
     "tuples": ("query", "positive", "negatives"),
     "labeled": ("query", "document", "label"),
@@ -88,23 +100,31 @@ def _suffix(path: str) -> str:
     return Path(path).suffix.lower()
 
 
+def _looks_local(part: str) -> bool:
+    """A spec is a local path when it starts with ./ ../ / or ~, has a data-file suffix, or has more than one '/'
+    (a hub id is ORG/NAME); anything else is a hub id unless that path exists."""
+    return (part.startswith(("./", "../", "/", "~")) or part in (".", "..") or _suffix(part) in BUILDERS
+            or part.count("/") > 1 or Path(part).expanduser().exists())
+
+
 def parse_source(spec: str, option: str = "hf_dataset") -> HFSource:
     """The one parser of a source spec (see the module doc). Local paths must exist."""
     spec = str(spec).strip()
     if not spec:
         raise ValueError(f"option '{option}' is empty")
     parts = [p.strip() for p in spec.split(",") if p.strip()]
-    looks_local = any(Path(p).expanduser().exists() or _suffix(p) in BUILDERS or p.startswith((".", "/", "~"))
-                      for p in parts)
-    if not looks_local:
+    if not any(_looks_local(p) for p in parts):
         if len(parts) > 1:
             raise ValueError(f"option '{option}': {spec!r}: several hub ids; give one (ID or ID:CONFIG)")
         path, _, name = spec.partition(":")
         return HFSource(spec, path, name or None)
-    paths = [str(Path(p).expanduser()) for p in parts]
+    paths = [os.path.expanduser(p) for p in parts]  # as given (./data stays ./data in errors)
     for path in paths:
         if not Path(path).exists():
-            raise FileNotFoundError(f"option '{option}': file not found: {path}")
+            if _suffix(path) in BUILDERS:
+                raise FileNotFoundError(f"option '{option}': file not found: {path}")
+            raise FileNotFoundError(f"option '{option}': folder or file not found: {path} (taken as a local path: it "
+                                    "starts with ./ ../ / or ~ or has more than one '/'; a hub id is ORG/NAME)")
     if len(paths) == 1 and Path(paths[0]).is_dir():
         return HFSource(spec, paths[0], local=True)
     builders = {BUILDERS.get(_suffix(p)) for p in paths}
@@ -116,7 +136,9 @@ def parse_source(spec: str, option: str = "hf_dataset") -> HFSource:
 
 def load_hf(source: HFSource, split: str = "train", streaming: bool = False):
     """``datasets.load_dataset`` of ``source``: a ``Dataset`` (Arrow, memory-mapped) or, with ``streaming``, an
-    ``IterableDataset``. Local files form one split (``train``), whatever ``split`` says."""
+    ``IterableDataset``. ``split`` picks the split of a hub dataset or a folder (whose splits ``datasets`` tells from
+    the file names, e.g. ``train-*.parquet`` / ``test-*.parquet``; a folder without split names is one split,
+    ``train``); files given by name form one split (``train``), whatever ``split`` says."""
     import datasets
 
     kwargs: dict = {"streaming": streaming}
@@ -172,19 +194,29 @@ class Columns:
         return self.roles.get(role)
 
 
-def _find(role: str, columns: list[str], mapping: Mapping, label: str):
+def _names(column) -> list[str]:
+    if column is None:
+        return []
+    return list(column) if isinstance(column, list) else [column]
+
+
+def _find(role: str, columns: list[str], mapping: Mapping, label: str, taken: Iterable[str] = ()):
+    """The column of ``role``: the mapped one (which must exist), else the first usual name present and not
+    ``taken`` (claimed by the mapping or another role)."""
     if role in mapping:
         wanted = mapping[role]
-        for name in (wanted if isinstance(wanted, list) else [wanted]):
+        for name in _names(wanted):
             if name not in columns:
                 raise DataFormatError(f"{label}: no column {name!r} (hf_columns: {{{role}: {name}}}); its columns: "
                                       f"{', '.join(columns)}")
         return wanted
+    taken = set(taken)
+    free = [c for c in columns if c not in taken]
     for name in ROLES[role]:
-        if name in columns:
+        if name in free:
             return name
     if role == "negatives":
-        numbered = sorted((int(m.group(1)), c) for c in columns if (m := NUMBERED_NEGATIVE.match(c)))
+        numbered = sorted((int(m.group(1)), c) for c in free if (m := NUMBERED_NEGATIVE.match(c)))
         if numbered:
             return [c for _, c in numbered]
     return None
@@ -192,10 +224,21 @@ def _find(role: str, columns: list[str], mapping: Mapping, label: str):
 
 def resolve_columns(columns: list[str], mapping: Mapping, layout: str, label: str) -> Columns:
     """The roles of ``columns`` (a dataset's) for ``layout`` (``auto``: the first layout whose roles are all there:
-    tuples, then scored, then labeled). Errors name the role, the column looked for and ``label`` (the dataset)."""
+    tuples, then scored, then labeled). Mapped roles (``hf_columns``) come first; auto-detection skips the columns
+    the mapping or another role already holds, and one column never fills two roles. Errors name the role, the
+    column looked for and ``label`` (the dataset): a missing mapped column, a column mapped to two roles, a mapped
+    role the layout does not use."""
     check_roles(mapping)
-    row_roles = [role for role in ROLES if not role.startswith(("queries_", "corpus_"))]
-    found = {role: _find(role, columns, mapping, label) for role in row_roles}
+    mapped = [role for role in ROW_ROLES if role in mapping]
+    found: dict = {}
+    owner: dict[str, str] = {}  # column -> the role that holds it
+    for role in mapped + [r for r in ROW_ROLES if r not in mapping]:
+        found[role] = _find(role, columns, mapping, label, owner)
+        for name in _names(found[role]):
+            if name in owner:
+                raise DataFormatError(f"{label}: column {name!r} is mapped to two roles, {owner[name]!r} and "
+                                      f"{role!r} (hf_columns); give each role its own column")
+            owner[name] = role
     if layout == "auto":
         for name in ("tuples", "scored", "labeled"):
             if all(found[r] is not None for r in LAYOUTS[name]):
@@ -213,8 +256,22 @@ def resolve_columns(columns: list[str], mapping: Mapping, layout: str, label: st
             raise DataFormatError(f"{label}: no column for role {role!r} of layout {layout} (looked for "
                                   f"{', '.join(ROLES[role])}); map it with hf_columns: {{{role}: COLUMN}}; its "
                                   f"columns: {', '.join(columns)}")
-    roles = {r: found[r] for r in LAYOUTS[layout] + OPTIONAL_ROLES[layout] if found[r] is not None}
+    used = LAYOUTS[layout] + OPTIONAL_ROLES[layout]
+    unused = [role for role in mapped if role not in used]
+    if unused:
+        raise DataFormatError(f"{label}: hf_columns maps role {unused[0]!r} (column {mapping[unused[0]]!r}), which "
+                              f"layout {layout} does not use (its roles: {', '.join(used)}); remove it from "
+                              "hf_columns or set hf_layout")
+    roles = {r: found[r] for r in used if found[r] is not None}
     return Columns(layout, roles)
+
+
+def id_columns(columns: Columns) -> dict[str, list[str]]:
+    """``queries`` / ``documents`` -> the resolved row columns whose names (:data:`ID_COLUMNS`) say they hold ids."""
+    def ids(roles) -> list[str]:
+        return [c for r in roles for c in _names(columns.get(r)) if c in ID_COLUMNS]
+
+    return {"queries": ids(QUERY_ROLES), "documents": ids(DOCUMENT_ROLES)}
 
 
 class HFTexts(Mapping):
@@ -266,7 +323,7 @@ def load_texts(spec: str, split: str, mapping: Mapping, kind: str, option: str) 
     picked = {}
     for part in ("id", "text"):
         role = f"{kind}_{part}"
-        picked[part] = _find(role, columns, mapping, f"{source.label} ({option})")
+        picked[part] = _find(role, columns, mapping, f"{source.label} ({option})", _names(picked.get("id")))
         if picked[part] is None:
             raise DataFormatError(f"{source.label} ({option}): no {part} column (looked for "
                                   f"{', '.join(ROLES[role])}); map it with hf_columns: {{{role}: COLUMN}}; its "
@@ -293,5 +350,5 @@ class TextIds(Mapping):
         return 0
 
 
-__all__ = ["BUILDERS", "Columns", "HFSource", "HFTexts", "LAYOUTS", "ROLES", "TextIds", "check_roles", "column_names",
-           "load_hf", "load_texts", "parse_source", "resolve_columns"]
+__all__ = ["BUILDERS", "Columns", "HFSource", "HFTexts", "ID_COLUMNS", "LAYOUTS", "ROLES", "TextIds", "check_roles",
+           "column_names", "id_columns", "load_hf", "load_texts", "parse_source", "resolve_columns"]

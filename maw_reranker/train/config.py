@@ -63,7 +63,8 @@ class TrainOptions(PrefixCacheOptions, PoolOptions, ModelOptions, DatasetOptions
     hf_dataset: Optional[str] = opt(None, "source: hf: a hub dataset id, optionally with its config as ID:CONFIG "
                                           "(e.g. lightonai/ms-marco-en-bge:train), or local .parquet/.jsonl/.json/"
                                           ".csv/.tsv file(s) (comma-separated) or a folder of them")
-    hf_split: str = opt("train", "split of hf_dataset, hf_queries and hf_corpus")
+    hf_split: str = opt("train", "split of hf_dataset, hf_queries and hf_corpus: of a hub dataset or a folder (splits "
+                                 "told from its file names); files given by name are one split")
     hf_layout: Literal["auto", "tuples", "labeled", "scored"] = opt(
         "auto", "rows of hf_dataset: tuples = (query, positive, negatives...); labeled = (query, document, label) "
                 "rows grouped by query; scored = (query, document ids, teacher scores); auto = from the columns")
@@ -249,8 +250,18 @@ class TrainOptions(PrefixCacheOptions, PoolOptions, ModelOptions, DatasetOptions
             raise ValueError("option 'max_queries' needs source: pool or triples (select rows of an hf dataset with "
                              "its files or split)")
         from maw_reranker.data.hf import check_roles
+        from maw_reranker.train.losses import DISTILLATION_LOSSES
 
         check_roles(self.hf_columns, "hf_columns")
+        if self.hf_layout == "scored" and self.loss not in DISTILLATION_LOSSES:
+            raise ValueError(f"option 'hf_layout: scored' makes the teacher's best document the positive, a target "
+                             f"only the distillation losses ({', '.join(DISTILLATION_LOSSES)}) train on; got loss: "
+                             f"{self.loss}")
+        scores = [r for r in ("scores", "score", "positive_score", "negative_scores") if r in self.hf_columns]
+        teacher = next((n for n in ("teacher_run", "teacher_model") if getattr(self, n)), None)
+        if scores and teacher:
+            raise ValueError(f"option '{teacher}' and hf_columns {scores[0]} (a score column) both give teacher "
+                             f"scores; teacher scores come from exactly one place: leave out one of them")
 
     def _validate_teacher(self) -> None:
         from maw_reranker.config.sections import MIN_LENGTH

@@ -9,27 +9,38 @@ Layouts (``hf_layout``, or told from the columns):
   negatives (``neg_sampling``: random, or top = the first ones).
 * ``scored``: one row = a query, document ids and their teacher scores (MS MARCO hard negatives scored by a
   cross-encoder, e.g. ``lightonai/ms-marco-en-bge``). The positive is the teacher's best document, the negatives
-  are the others, best first (``top`` takes the hardest). Meant for the distillation losses.
+  are the others, best first (``top`` takes the hardest). For the distillation losses only: another loss is an
+  error naming ``loss`` and ``hf_layout`` (it would train on the teacher's pick as if it were a label).
 * ``labeled``: one row = (query, document, label[, score]); rows are grouped by query in memory, then exactly as
   the pool source: one group per (query, positive) per epoch, positives ``label >= relevance_threshold``, negatives
-  ``label <= max_negative_grade``.
+  ``label <= max_negative_grade``, ordered by the ``score`` column, best first (``neg_sampling: top`` needs one).
 
 Texts: when ``hf_queries`` / ``hf_corpus`` (or ``dataset``) give a queries / documents table, the rows hold ids
-resolved through it; otherwise the rows hold the texts themselves, and a group's ids are those texts. ``streaming``
-reads the rows lazily (``tuples`` and ``scored``) through the trainer's bounded shuffle buffer.
+resolved through it; otherwise the rows hold the texts themselves, and a group's ids are those texts. A query or
+document column under an id name (``data/hf.ID_COLUMNS``: ``query_id``, ``document_ids``, ...) without such a table
+is an error. ``streaming`` reads the rows lazily (``tuples`` and ``scored``) through the trainer's bounded shuffle
+buffer.
+
+Score columns: every score must be a finite number (checked as each row is read). When a distillation loss trains
+on them, every row needs its scores: an in-memory source is checked before the model loads, a streamed one stops at
+the row; each error names the dataset, the row and the column. They are the only teacher: ``teacher_run`` /
+``teacher_model`` with score columns is an error naming both.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from typing import Callable, Iterator, Mapping, Optional
 
 import numpy as np
 
-from maw_reranker.data.hf import TextIds, column_names, load_hf, load_texts, parse_source, resolve_columns
+from maw_reranker.data.hf import (TextIds, column_names, id_columns, load_hf, load_texts, parse_source,
+                                  resolve_columns)
 from maw_reranker.data.readers import DataFormatError
 from maw_reranker.train.data import Group, PoolGroups, sample_negatives, shuffle_stream
+from maw_reranker.train.losses import DISTILLATION_LOSSES
 from maw_reranker.train.sources import TrainingData, TrainingDataError, _check_docs, _dev_set
 from maw_reranker.train.teacher import TeacherScores
 from maw_reranker.utils.errors import with_context
@@ -57,17 +68,30 @@ def _values(value) -> list[str]:
     return [str(value)] if str(value) != "" else []
 
 
-def _floats(value, where: str) -> Optional[list[float]]:
+def _floats(value, where: str, column) -> Optional[list[float]]:
+    """The number(s) of a score cell (None for a null cell); not a number, or nan / inf, is an error naming
+    ``where`` (the dataset and row) and ``column``."""
     if value is None:
         return None
     items = value if isinstance(value, (list, tuple)) else [value]
     try:
-        return [float(v) for v in items]
+        numbers = [float(v) for v in items]
     except (TypeError, ValueError):
-        raise DataFormatError(f"{where}: teacher scores must be numbers, got {value!r}") from None
+        raise DataFormatError(f"{where}: teacher scores must be numbers, got {value!r} (column {column!r})") from None
+    if not all(math.isfinite(v) for v in numbers):
+        raise DataFormatError(f"{where}: teacher scores must be finite, got {value!r} (column {column!r})")
+    return numbers
 
 
-def tuple_converter(roles: Mapping, label: str) -> Callable[[Mapping, int], Optional[RowCandidates]]:
+def _no_score(where: str, column, required: str) -> DataFormatError:
+    return DataFormatError(f"{where}: no teacher score in column {column!r}, which {required} needs on every row; "
+                           "fill or drop the row")
+
+
+def tuple_converter(roles: Mapping, label: str,
+                    required: Optional[str] = None) -> Callable[[Mapping, int], Optional[RowCandidates]]:
+    """Rows of layout ``tuples`` -> candidates. ``required`` (why the score columns are needed, e.g. ``loss
+    margin_mse``) makes a row with a null score an error naming the row and the column."""
     neg_columns = roles["negatives"] if isinstance(roles["negatives"], list) else [roles["negatives"]]
     pos_score, neg_scores = roles.get("positive_score"), roles.get("negative_scores")
     if (pos_score is None) != (neg_scores is None):
@@ -83,7 +107,11 @@ def tuple_converter(roles: Mapping, label: str) -> Callable[[Mapping, int], Opti
         if pos_score is None:
             return RowCandidates(query[0], positives[0], tuple(negatives))
         where = f"{label}: row {i}"
-        ps, ns = _floats(row[pos_score], where), _floats(row[neg_scores], where)
+        ps, ns = _floats(row[pos_score], where, pos_score), _floats(row[neg_scores], where, neg_scores)
+        if required and not ps:
+            raise _no_score(where, pos_score, required)
+        if required and ns is None:
+            raise _no_score(where, neg_scores, required)
         if ns is not None and len(ns) != len(negatives):
             raise DataFormatError(f"{where}: {len(negatives)} negatives but {len(ns)} negative scores (column "
                                   f"{neg_scores!r})")
@@ -93,13 +121,19 @@ def tuple_converter(roles: Mapping, label: str) -> Callable[[Mapping, int], Opti
     return convert
 
 
-def scored_converter(roles: Mapping, label: str) -> Callable[[Mapping, int], Optional[RowCandidates]]:
+def scored_converter(roles: Mapping, label: str,
+                     required: Optional[str] = None) -> Callable[[Mapping, int], Optional[RowCandidates]]:
     def convert(row: Mapping, i: int) -> Optional[RowCandidates]:
+        where = f"{label}: row {i}"
         query = _values(row[roles["query"]])
         docs = _values(row[roles["documents"]])
-        scores = _floats(row[roles["scores"]], f"{label}: row {i}") or []
+        scores = _floats(row[roles["scores"]], where, roles["scores"])
+        if scores is None:
+            if required or docs:
+                raise _no_score(where, roles["scores"], required or "layout scored")
+            scores = []
         if len(docs) != len(scores):
-            raise DataFormatError(f"{label}: row {i}: {len(docs)} documents but {len(scores)} scores (columns "
+            raise DataFormatError(f"{where}: {len(docs)} documents but {len(scores)} scores (columns "
                                   f"{roles['documents']!r}, {roles['scores']!r})")
         if not query or len(docs) < 2:
             return None
@@ -175,29 +209,27 @@ def _texts(opts):
         from maw_reranker.config.sections import dataset_from_options
 
         ds = dataset_from_options(opts)
-    if opts.hf_queries:
-        queries, qfrom = load_texts(opts.hf_queries, opts.hf_split, opts.hf_columns, "queries", "hf_queries"), \
-            f"hf_queries {opts.hf_queries}"
-    elif ds is not None:
-        queries, qfrom = ds.queries(), f"dataset {ds.name}"
-    else:
-        queries, qfrom = TextIds(), "the rows (texts)"
-    if opts.hf_corpus:
-        docs, dfrom = load_texts(opts.hf_corpus, opts.hf_split, opts.hf_columns, "corpus", "hf_corpus"), \
-            f"hf_corpus {opts.hf_corpus}"
-    elif ds is not None:
-        docs, dfrom = ds.docs(), f"dataset {ds.name}"
-    else:
-        docs, dfrom = TextIds(), "the rows (texts)"
+    def table(spec, role: str, option: str, from_dataset):
+        if spec:
+            return load_texts(spec, opts.hf_split, opts.hf_columns, role, option), f"{option} {spec}"
+        if ds is not None:
+            return from_dataset(), f"dataset {ds.name}"
+        return TextIds(), "the rows (texts)"
+
+    queries, qfrom = table(opts.hf_queries, "queries", "hf_queries", lambda: ds.queries())
+    docs, dfrom = table(opts.hf_corpus, "corpus", "hf_corpus", lambda: ds.docs())
     return queries, docs, {"queries_from": qfrom, "documents_from": dfrom}
 
 
-def _labeled(rows, roles: Mapping, opts, label: str):
-    """(PoolGroups, {qid: {docid: teacher score}} or None) from (query, document, label[, score]) rows."""
+def _labeled(rows, roles: Mapping, opts, label: str, required: Optional[str] = None):
+    """(PoolGroups, {qid: {docid: teacher score}} or None) from (query, document, label[, score]) rows. With a score
+    column each query's negatives are ordered by it, best first (what ``neg_sampling: top`` takes); ``required``
+    (why the scores are needed) makes a row without a score an error naming the row and the column."""
     queries = rows[roles["query"]]
     docs = rows[roles["document"]]
     labels = rows[roles["label"]]
-    scores = list(rows[roles["score"]]) if "score" in roles else None
+    score_column = roles.get("score")
+    scores = list(rows[score_column]) if score_column is not None else None
     judged: dict[str, dict[str, float]] = {}
     teacher: dict[str, dict[str, float]] = {}
     duplicates = 0
@@ -211,12 +243,22 @@ def _labeled(rows, roles: Mapping, opts, label: str):
         q, d = str(q), str(d)
         duplicates += d in judged.setdefault(q, {})
         judged[q][d] = grade
-        if scores is not None and scores[i] is not None:
-            teacher.setdefault(q, {})[d] = _floats(scores[i], f"{label}: row {i}")[0]
+        if scores is not None:
+            value = _floats(scores[i], f"{label}: row {i}", score_column)
+            if value:
+                teacher.setdefault(q, {})[d] = value[0]
+            elif required:
+                raise _no_score(f"{label}: row {i}", score_column, required)
+            else:
+                teacher.get(q, {}).pop(d, None)  # a repeated row without a score: the last one counts
     if duplicates:
         log.warning("%s: %d repeated (query, document) rows; the last one counts", label, duplicates)
     positives = {q: sorted(d for d, g in j.items() if g >= opts.relevance_threshold) for q, j in judged.items()}
     windows = {q: [d for d, g in j.items() if g <= opts.max_negative_grade] for q, j in judged.items()}
+    if scores is not None:  # best first by the score column (stable: ties keep the row order); unscored last
+        for q, window in windows.items():
+            scored = teacher.get(q, {})
+            window.sort(key=lambda d: (d not in scored, -scored.get(d, 0.0)))
     if not any(positives.values()):
         raise TrainingDataError(f"{label}: no row has a label >= relevance_threshold={opts.relevance_threshold}: "
                                 "no positive to train on")
@@ -233,6 +275,40 @@ def _labeled(rows, roles: Mapping, opts, label: str):
     return source, (teacher if scores is not None else None), {"queries": len(judged), "skipped_queries": len(skipped)}
 
 
+def _check_layout(opts, columns, score_columns: list, label: str) -> Optional[str]:
+    """The checks of options against the resolved columns, before any text table or row is read. Returns why every
+    row needs its score (a distillation loss on the score columns, or ``neg_sampling: top`` of layout labeled), or
+    None."""
+    layout = columns.layout
+    distill = opts.loss in DISTILLATION_LOSSES
+    if layout == "scored" and not distill:
+        raise TrainingDataError(f"{label}: hf_layout scored makes the teacher's best document the positive, a target "
+                                f"only the distillation losses ({', '.join(DISTILLATION_LOSSES)}) train on; got loss: "
+                                f"{opts.loss}; set loss: margin_mse or listwise_kl, or give relevance labels (layout "
+                                "tuples or labeled)")
+    teacher_option = next((n for n in ("teacher_run", "teacher_model") if getattr(opts, n, None)), None)
+    if teacher_option and score_columns:
+        raise TrainingDataError(f"{label}: option '{teacher_option}' and the score column"
+                                f"{'s' if len(score_columns) > 1 else ''} {', '.join(map(repr, score_columns))} both "
+                                "give teacher scores; teacher scores come from exactly one place: leave out "
+                                f"{teacher_option} to train on the columns, or use data without score columns")
+    for kind, one, option in (("queries", "query", "hf_queries"), ("documents", "document", "hf_corpus")):
+        held = id_columns(columns)[kind]
+        if held and not getattr(opts, option) and not str(opts.dataset).strip():
+            raise TrainingDataError(f"{label}: column {held[0]!r} holds {one} ids, and nothing gives their "
+                                    f"texts: set {option} (a table of ids and texts: ID:CONFIG or files) or dataset "
+                                    f"(whose {kind} have these ids)")
+    if layout == "labeled" and opts.neg_sampling == "top" and "score" not in columns.roles:
+        raise TrainingDataError(f"{label}: neg_sampling: top takes each query's best-ranked negatives, and layout "
+                                "labeled ranks them only by a score column (none found: map one with hf_columns: "
+                                "{score: COLUMN}); set neg_sampling: random")
+    if distill and score_columns:
+        return f"loss {opts.loss}"
+    if layout == "labeled" and opts.neg_sampling == "top":
+        return "neg_sampling: top (it orders the negatives)"
+    return None
+
+
 def load_hf_training(opts, main_first) -> TrainingData:
     """Training groups, texts, teacher scores (score columns) and the dev set of ``source: hf`` options."""
     try:
@@ -240,15 +316,18 @@ def load_hf_training(opts, main_first) -> TrainingData:
         with main_first():  # one process downloads and prepares the Arrow cache, the others then read it
             rows = load_hf(source, opts.hf_split, streaming=opts.streaming)
     except (ValueError, FileNotFoundError) as exc:
+        if str(exc).startswith("option 'hf_dataset'"):
+            raise
         raise with_context(exc, "option 'hf_dataset'") from None
     label = f"hf_dataset {source.label}"
     columns = resolve_columns(column_names(rows), opts.hf_columns, opts.hf_layout, label)
     roles = columns.roles
+    score_columns = [roles[r] for r in ("positive_score", "negative_scores", "scores", "score") if r in roles]
+    required = _check_layout(opts, columns, score_columns, label)
     queries, docs, texts_from = _texts(opts)
     description = {"dataset": source.label, "split": opts.hf_split, "source": "hf", "layout": columns.layout,
                    "columns": roles, "streaming": opts.streaming, "n_negatives": opts.n_negatives,
                    "sampling": opts.neg_sampling, **texts_from}
-    score_columns = [roles[r] for r in ("positive_score", "negative_scores", "scores", "score") if r in roles]
     origin = f"score column{'s' if len(score_columns) > 1 else ''} {', '.join(map(repr, score_columns))} of {label}"
     teacher_info = {"source": "hf column", "columns": score_columns}
     teacher = None
@@ -256,12 +335,12 @@ def load_hf_training(opts, main_first) -> TrainingData:
         if opts.streaming:
             raise TrainingDataError(f"{label}: layout labeled groups its rows by query in memory; set streaming: "
                                     "false (or use a tuples / scored layout to stream)")
-        group_source, teacher_map, counts = _labeled(rows, roles, opts, label)
+        group_source, teacher_map, counts = _labeled(rows, roles, opts, label, required)
         description.update(counts)
         if teacher_map is not None:
             teacher = TeacherScores(teacher_map, origin, teacher_info)
     else:
-        convert = (tuple_converter if columns.layout == "tuples" else scored_converter)(roles, label)
+        convert = (tuple_converter if columns.layout == "tuples" else scored_converter)(roles, label, required)
         if score_columns:
             teacher = TeacherScores({}, origin, teacher_info)
         if opts.streaming:

@@ -1,17 +1,28 @@
 """Hard-negative mining into a reusable file: a TREC run of the kept negatives that `train --candidates` samples from.
 
-As sentence-transformers' ``mine_hard_negatives`` does, per training query (a query with a judged positive):
+Like sentence-transformers' ``mine_hard_negatives`` (negatives mined once into a file, margin and score rules of
+the same kind), but with training's rank window, not its ``range_min`` / ``range_max`` (see step 2). Per training
+query (a query with a judged positive; ``max_queries`` and ``missing_positives`` pick the queries as train does,
+``train/sources.training_positives`` and ``subset_queries``):
 
 1. rank its candidates with the *miner*: ``bm25`` keeps the candidate pool's own order and scores (the dataset's
    BM25 pool from ``retrieve/``, or any run given as ``candidates``); ``cross-encoder`` rescores the top
    ``rescore_depth`` candidates with ``model`` (through ``evaluate/rerank.score_pairs``, the one scoring loop) and
    ranks them by that score;
-2. keep the candidates at 1-based ranks ``rank_min``..``rank_max`` of that order;
+2. keep the candidates at 1-based ranks ``rank_min``..``rank_max`` (both inclusive) of that whole order: the
+   positives and every other judged document count as ranks, as in train's ``neg_rank_min`` / ``neg_rank_max``,
+   and the rules below apply inside the window. sentence-transformers (6.2) differs: its ``range_min`` is a 0-based
+   count of top hits to skip and ``range_max`` the last position kept, both counted after the positives (and the
+   candidates its margin / score rules reject) are taken out of its top ``range_max + max_positives`` hits. So its
+   ``range_min=k, range_max=m`` is ``rank_min=k+1, rank_max=m`` here only when no positive or rejected candidate
+   ranks above its m-th kept hit; in general ``rank_min = k + 1 + (those ranked above its (k+1)-th kept hit)`` and
+   ``rank_max = m + (those ranked above its m-th kept hit)``, a shift that differs per query, so no fixed setting
+   reproduces it;
 3. drop every judged document of grade > ``max_negative_grade`` (so the positives, grade >= ``relevance_threshold``,
    are never mined), and candidates outside ``min_score``..``max_score``;
 4. drop likely false negatives, candidates scoring too close to the query's positive: ``margin`` (absolute: a
    candidate scoring above ``positive - margin`` is skipped) and/or ``relative_margin`` (above
-   ``positive * (1 - relative_margin)`` is skipped); with several positives the reference is the lowest-scored
+   ``positive - |positive| * relative_margin`` is skipped, as sentence-transformers computes it); with several positives the reference is the lowest-scored
    (``margin_reference: min``) or the best-scored one (``max``);
 5. keep at most ``num_negatives``: the best ranked (``sampling: top``) or a seeded random subset (``random``), in
    rank order.
@@ -38,7 +49,8 @@ from maw_reranker.config.parser import options_to_dict
 from maw_reranker.config.sections import (DatasetOptions, ModelOptions, PoolOptions, Precision,
                                           candidates_from_options, dataset_from_options, opt, resolve_model_path)
 from maw_reranker.data.dataset import fetch_texts
-from maw_reranker.train.data import consecutive_runs, positives_of
+from maw_reranker.train.data import consecutive_runs
+from maw_reranker.train.sources import subset_queries, training_positives
 from maw_reranker.utils.errors import OptionError
 from maw_reranker.utils.text import preview
 
@@ -66,16 +78,18 @@ class MineOptions(PoolOptions, ModelOptions, DatasetOptions):
                           "sidecar <output>.json records settings and inputs. Train on it with --candidates")
     miner: Miner = opt("bm25", "bm25 = the candidate pool's own ranks and scores (its BM25 pool, or the run given as "
                                "candidates); cross-encoder = rescore the top rescore_depth candidates with model")
-    rank_min: int = opt(1, "highest rank (1-based, in the miner's order) a negative may come from")
-    rank_max: int = opt(100, "lowest rank a negative may come from")
+    rank_min: int = opt(1, "highest rank (1-based, inclusive, in the miner's order with the positives counted, as "
+                           "train's neg_rank_min; not sentence-transformers' 0-based range_min) a negative may come "
+                           "from")
+    rank_max: int = opt(100, "lowest rank (inclusive, positives counted) a negative may come from")
     num_negatives: int = opt(10, "negatives kept per query, at most")
     sampling: Literal["top", "random"] = opt("top", "which of the candidates left keep: top = the best ranked; "
                                                    "random = a random subset (seed), written in rank order")
     margin: Optional[float] = opt(None, "absolute margin: skip a candidate scoring above (positive score - margin), "
                                         "a likely false negative (None = off; 0 skips those above the positive)")
-    relative_margin: Optional[float] = opt(None, "relative margin in [0, 1): skip a candidate scoring above positive "
-                                                 "score * (1 - relative_margin) (None = off; for scores >= 0 such as "
-                                                 "BM25; logits can be negative: use margin)")
+    relative_margin: Optional[float] = opt(None, "relative margin in [0, 1): skip a candidate scoring above "
+                                                 "positive - |positive| * relative_margin, as sentence-transformers "
+                                                 "does (None = off)")
     margin_reference: Literal["min", "max"] = opt("min", "the positive the margins compare with when a query has "
                                                          "several: min = the lowest-scored (strictest), max = the "
                                                          "best-scored")
@@ -86,7 +100,10 @@ class MineOptions(PoolOptions, ModelOptions, DatasetOptions):
                                      "document is; as train's option of the same name); must be < "
                                      "relevance_threshold")
     max_queries: Optional[int] = opt(None, "mine only this many queries: the same fixed subset as train's "
-                                           "max_queries")
+                                           "max_queries (with the same missing_positives)")
+    missing_positives: Literal["error", "skip"] = opt(
+        "error", "as train's option: skip = judged positives whose text is not in the corpus are left out, and a "
+                 "query left without one is not mined (set it as in train, so max_queries picks train's queries)")
     rescore_depth: Optional[int] = opt(None, "cross-encoder: candidates rescored per query (default: rank_max); "
                                              "must be >= rank_max")
     batch_size: int = opt(32, "cross-encoder: pairs per forward pass")
@@ -189,7 +206,7 @@ def select_negatives(ranked: Sequence[tuple[str, float]], judged: Mapping[str, i
             reason = "no_scored_positive"
         elif opts.margin is not None and score > reference - opts.margin:
             reason = "margin"
-        elif opts.relative_margin is not None and score > reference * (1 - opts.relative_margin):
+        elif opts.relative_margin is not None and score > reference - abs(reference) * opts.relative_margin:
             reason = "relative_margin"
         else:
             left.append((docid, score))
@@ -214,15 +231,6 @@ def query_rng(seed: int, qid: str) -> np.random.Generator:
 def _ranked(hits: Mapping[str, float]) -> list[tuple[str, float]]:
     """Candidates best first by score; ties keep the run's order (as training's ``rank_candidates``)."""
     return sorted(((str(d), float(s)) for d, s in hits.items()), key=lambda kv: -kv[1])
-
-
-def _subset(qids, size: int) -> set:
-    """Train's ``max_queries`` subset (the same constant seed), so a mined subset matches a training subset."""
-    from maw_reranker.train.sources import SUBSET_SEED
-
-    qids = sorted(qids)
-    order = np.random.default_rng(SUBSET_SEED).permutation(len(qids))
-    return {qids[i] for i in order[:size]}
 
 
 def _check_output(opts: MineOptions, candidates_path: Optional[str] = None) -> Path:
@@ -312,13 +320,16 @@ def mine_negatives(opts: MineOptions) -> MiningResult:
     qrels = ds.qrels()
     if not qrels:
         raise MiningError(f"{label} has no qrels (relevance judgments): no positive to mine negatives for")
-    positives = {q: p for q, p in ((q, positives_of(j, opts.relevance_threshold)) for q, j in qrels.items()) if p}
+    # train's base set and subset (train/sources.py), so max_queries picks the queries train picks
+    docs = ds.docs() if opts.miner == "cross-encoder" or opts.missing_positives == "skip" else None
+    positives = training_positives(qrels, opts.relevance_threshold, opts.missing_positives, docs, label)
     if not positives:
         raise MiningError(f"{label}: no query has a positive (a qrels grade >= relevance_threshold="
-                          f"{opts.relevance_threshold}); check the threshold or the qrels")
+                          f"{opts.relevance_threshold}{', in the corpus' if opts.missing_positives == 'skip' else ''})"
+                          "; check the threshold or the qrels")
     targets = set(positives)
     if opts.max_queries is not None:
-        targets = _subset(targets, opts.max_queries)
+        targets = set(subset_queries(targets, opts.max_queries))
     queries = ds.queries()
     no_text = sorted(targets - set(queries))
     if no_text:
@@ -327,7 +338,6 @@ def mine_negatives(opts: MineOptions) -> MiningResult:
     where = candidates.description
     _check_output(opts, candidates.source.get("path"))
     scorer = _Scorer(opts, model_path) if model_path is not None else None
-    docs = ds.docs() if scorer is not None else None
     tag = opts.tag or f"mined-{opts.miner}"
     counts: Counter = Counter()
     skipped: Counter = Counter()
@@ -337,10 +347,6 @@ def mine_negatives(opts: MineOptions) -> MiningResult:
 
     def emit(handle, qid: str, ranked: list, positive_scores: list) -> None:
         counts["queries_in_candidates"] += 1
-        if opts.relative_margin is not None:
-            ref = reference_score(positive_scores, opts.margin_reference)
-            if ref is not None and ref <= 0:
-                counts["queries_nonpositive_reference"] += 1
         kept, why = select_negatives(ranked, qrels.get(qid, {}), positive_scores, opts, query_rng(opts.seed, qid))
         skipped.update(why)
         if not kept:
@@ -409,8 +415,8 @@ def mine_negatives(opts: MineOptions) -> MiningResult:
     seconds = time.perf_counter() - start
     summary = {key: int(counts.get(key, 0)) for key in (
         "queries_with_positive", "queries_in_candidates", "queries_not_in_candidates", "queries_mined",
-        "queries_without_negatives", "queries_short", "negatives", "unscored_positives",
-        "queries_nonpositive_reference")}
+        "queries_without_negatives", "queries_short", "negatives", "unscored_positives"
+        )}
     summary["skipped"] = {reason: int(skipped[reason]) for reason in SKIP_REASONS}
     meta = run_metadata(options_to_dict(opts))
     write_json(sidecar, {
@@ -425,6 +431,7 @@ def mine_negatives(opts: MineOptions) -> MiningResult:
                      "margin_reference": opts.margin_reference, "max_score": opts.max_score,
                      "min_score": opts.min_score, "relevance_threshold": opts.relevance_threshold,
                      "max_negative_grade": opts.max_negative_grade, "max_queries": opts.max_queries,
+                     "missing_positives": opts.missing_positives,
                      "rescore_depth": opts.effective_rescore_depth, "tag": tag},
         "inputs": {
             "dataset": {"name": ds.name, "split": ds.split, "source": str(ds.source)},
@@ -463,6 +470,3 @@ def _warn(opts: MineOptions, where: str, counts: Counter) -> None:
         log.warning("%d positives are not in the candidate pool, so BM25 has no score for them: they are left out of "
                     "the margin reference (a query none of whose positives is in the pool gets no negatives); a "
                     "deeper pool (pool_k) or miner cross-encoder scores them", counts["unscored_positives"])
-    if counts["queries_nonpositive_reference"]:
-        log.warning("%d queries have a positive score <= 0, where relative_margin does not mean 'within a fraction "
-                    "of the positive' (logits?); use margin for such scores", counts["queries_nonpositive_reference"])

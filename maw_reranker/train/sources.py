@@ -48,10 +48,24 @@ class TrainingData:
     teacher: Optional[object] = None  # train.teacher.TeacherScores: a score column of an hf source, or load_teacher's
 
 
-def _subset(qids, size: int) -> list[str]:
+def subset_queries(qids, size: int) -> list[str]:
+    """The fixed subset of ``size`` queries of ``qids`` (``max_queries``, ``holdout_queries``): a permutation by the
+    constant ``SUBSET_SEED`` of the sorted ids, so every training seed and ``mine-negatives`` take the same one."""
     qids = sorted(qids)
     order = np.random.default_rng(SUBSET_SEED).permutation(len(qids))
     return [qids[i] for i in order[:size]]
+
+
+def training_positives(qrels: Mapping, relevance_threshold: int, missing_positives: str, docs,
+                       label: str) -> dict[str, list[str]]:
+    """qid -> its positives (qrels grade >= ``relevance_threshold``), queries without one left out; with
+    ``missing_positives: skip`` positives whose text is not in ``docs`` are dropped first. The base set that
+    ``max_queries`` subsets, in ``train`` and in ``mine-negatives`` alike."""
+    positives = {q: positives_of(j, relevance_threshold) for q, j in qrels.items()}
+    positives = {q: p for q, p in positives.items() if p}
+    if missing_positives == "skip":
+        positives = _known_positives(positives, docs, label)
+    return positives
 
 
 def _known_positives(positives: dict, docs, label: str) -> dict:
@@ -92,10 +106,7 @@ def load_training_data(opts, main_first=None) -> TrainingData:
     if not queries:
         raise TrainingDataError(f"{label} has no queries")
     docs = ds.docs()
-    positives = {q: positives_of(j, opts.relevance_threshold) for q, j in qrels.items()}
-    positives = {q: p for q, p in positives.items() if p}
-    if opts.missing_positives == "skip":
-        positives = _known_positives(positives, docs, label)
+    positives = training_positives(qrels, opts.relevance_threshold, opts.missing_positives, docs, label)
     if not positives:
         raise TrainingDataError(f"{label}: no query has a positive (a qrels grade >= relevance_threshold="
                                 f"{opts.relevance_threshold}); check the threshold or the qrels")
@@ -113,13 +124,13 @@ def load_training_data(opts, main_first=None) -> TrainingData:
         log.warning("%s: %d queries without a positive are skipped (e.g. %s)", label, len(without), preview(without))
     train_qids = set(positives)
     if opts.max_queries is not None:
-        train_qids = set(_subset(train_qids, opts.max_queries))
+        train_qids = set(subset_queries(train_qids, opts.max_queries))
     holdout: list[str] = []
     if opts.holdout_queries:
         if opts.holdout_queries >= len(train_qids):
             raise TrainingDataError(f"holdout_queries={opts.holdout_queries} leaves no training query "
                                     f"({len(train_qids)} available)")
-        holdout = _subset(train_qids, opts.holdout_queries)
+        holdout = subset_queries(train_qids, opts.holdout_queries)
         train_qids -= set(holdout)
     if opts.source == "triples":
         if not ds.irds.has_docpairs():

@@ -1,13 +1,15 @@
 """Teacher scores for the distillation losses (``margin_mse``, ``listwise_kl``): where they come from, the on-disk
 cache of a teacher model's scores, and the ``[groups, 1 + n]`` tensor of a batch.
 
-Three sources, one per option (checked in :meth:`TrainOptions.validate`):
+Three sources, exactly one at a time (checked in :meth:`TrainOptions.validate`, and against the columns an hf
+source has in ``train/hf_source.py``: a teacher option with score columns is an error naming both):
 
 * ``teacher_run``: a TREC run; its score column is the teacher's score of ``(qid, docid)``.
 * a score column of an ``hf`` source (``train/hf_source.py``): the groups carry their scores.
 * ``teacher_model``: a cross-encoder run once, before training, over every pair a group may hold (the source's
-  ``pairs()``), through the one scoring loop (``evaluate.rerank.score_pairs``); scores are cached on disk by
-  :class:`TeacherCache`, so a second run (another seed, another student) scores nothing.
+  ``pairs()``), through the one scoring loop (``evaluate.rerank.score_pairs``) at ``precision``; scores are cached
+  on disk by :class:`TeacherCache`, one folder per teacher and precision, so a second run (another seed, another
+  student) scores nothing.
 
 Every pair of an in-memory source is checked before the student is loaded; a streamed pair without a teacher score
 stops training at the batch that holds it, naming the pair.
@@ -34,6 +36,7 @@ from maw_reranker.utils.text import preview
 
 log = logging.getLogger(__name__)
 CACHE_FORMAT = "maw-teacher-scores/1"
+PRECISIONS = ("fp32", "bf16", "fp16")
 KEY_BYTES = 16
 CHUNK_PAIRS = 4096  # pairs per cache shard: a killed fill loses at most this many scores
 
@@ -78,23 +81,31 @@ def pair_key(query: str, document: str) -> bytes:
                            digest_size=KEY_BYTES).digest()
 
 
-def teacher_fingerprint(encoder) -> str:
+def teacher_fingerprint(encoder, precision: str = "fp32") -> str:
     """sha256 of everything a teacher's score of a pair depends on besides the text: the model config, every
-    parameter and buffer, the tokenizer, the MAW config and ``max_length``. Hashing the weights (not the name) means
-    a re-download or a fine-tuned copy under the same path never reuses stale scores."""
+    parameter and buffer, the tokenizer, the MAW config, ``max_length`` and the scoring ``precision`` (fp32, bf16,
+    fp16: bf16 and fp32 scores of one model differ, and never mix). Hashing the weights (not the name) means a
+    re-download or a fine-tuned copy under the same path never reuses stale scores."""
     from maw_reranker.cross_encoder.fingerprint import config_entries, fingerprint
 
+    _check_precision(precision)
     model = encoder.model
     maw = getattr(encoder, "maw_config", None)
     head = {"format": CACHE_FORMAT, "config": config_entries(model.config), "max_length": encoder.max_length,
-            "maw": maw.to_dict() if maw is not None else None}
+            "maw": maw.to_dict() if maw is not None else None, "precision": precision}
     return fingerprint(head, encoder.tokenizer, model.state_dict().items())
 
 
-class TeacherCache:
-    """Teacher scores of (query, document) texts on disk, one folder per teacher::
+def _check_precision(precision: str) -> None:
+    if precision not in PRECISIONS:
+        raise ValueError(f"option 'precision': teacher scores are computed in {', '.join(PRECISIONS)}, got "
+                         f"{precision!r}")
 
-        <root>/<model_type>-L<max_length>-<fingerprint[:16]>/
+
+class TeacherCache:
+    """Teacher scores of (query, document) texts on disk, one folder per teacher and scoring precision::
+
+        <root>/<model_type>-L<max_length>-<precision>-<fingerprint[:16]>/
             meta.json                         # the teacher it belongs to (checked on open)
             scores-<ns>-<pid>-<rand>.npz      # keys [n, 16] (uint8 pair digests) and scores [n] float32
 
@@ -103,15 +114,17 @@ class TeacherCache:
     unique per writer, so processes never overwrite each other's shards.
     """
 
-    def __init__(self, root: str | os.PathLike, encoder, *, fingerprint: Optional[str] = None):
-        self.encoder = encoder
-        digest = fingerprint or teacher_fingerprint(encoder)
+    def __init__(self, root: str | os.PathLike, encoder, *, precision: str = "fp32",
+                 fingerprint: Optional[str] = None):
+        _check_precision(precision)
+        self.encoder, self.precision = encoder, precision
+        digest = fingerprint or teacher_fingerprint(encoder, precision)
         model_type = getattr(encoder.model.config, "model_type", "model")
-        self.path = Path(root) / f"{model_type}-L{encoder.max_length}-{digest[:16]}"
+        self.path = Path(root) / f"{model_type}-L{encoder.max_length}-{precision}-{digest[:16]}"
         self.path.mkdir(parents=True, exist_ok=True)
         meta_file = self.path / "meta.json"
         meta = {"format": CACHE_FORMAT, "fingerprint": digest, "max_length": encoder.max_length,
-                "model": str(getattr(encoder.model.config, "_name_or_path", ""))}
+                "precision": precision, "model": str(getattr(encoder.model.config, "_name_or_path", ""))}
         if meta_file.is_file():
             found = json.loads(meta_file.read_text(encoding="utf-8"))
             if found.get("format") != CACHE_FORMAT or found.get("fingerprint") != digest:
@@ -136,11 +149,16 @@ class TeacherCache:
             np.savez(handle, keys=np.frombuffer(b"".join(keys), dtype=np.uint8).reshape(-1, KEY_BYTES),
                      scores=np.asarray(values, dtype=np.float32))
 
-    def score(self, pairs: Sequence[tuple[str, str]], batch_size: int = 64, precision: str = "fp32",
+    def score(self, pairs: Sequence[tuple[str, str]], batch_size: int = 64, precision: Optional[str] = None,
               show_progress: bool = False) -> np.ndarray:
-        """Teacher scores of ``pairs`` (texts), in order: cached ones read, the rest scored and cached."""
+        """Teacher scores of ``pairs`` (texts), in order: cached ones read, the rest scored (at the cache's
+        precision) and cached. ``precision``, when given, must be the cache's."""
         from maw_reranker.evaluate.rerank import score_pairs
 
+        if precision is not None and precision != self.precision:
+            raise ValueError(f"teacher cache {self.path} holds {self.precision} scores; {precision} scores go to "
+                             f"their own folder (TeacherCache(..., precision={precision!r}))")
+        precision = self.precision
         keys = [pair_key(q, d) for q, d in pairs]
         todo, seen = [], set()
         for i, key in enumerate(keys):
@@ -203,15 +221,16 @@ def _from_model(opts, data, device, show_progress: bool) -> TeacherScores:
     path = resolve_model_path(opts.teacher_model)
     check_model_dir(path, opts.teacher_max_length, option="teacher_model")
     teacher = CrossEncoderWithMAW.from_pretrained(path, max_length=opts.teacher_max_length, device=device)
-    cache = TeacherCache(opts.teacher_cache, teacher)
+    cache = TeacherCache(opts.teacher_cache, teacher, precision=opts.precision)
     before = len(cache)
-    values = cache.score([(data.queries[q], texts[d]) for q, d in pairs], opts.teacher_batch_size, opts.precision,
-                         show_progress)
+    values = cache.score([(data.queries[q], texts[d]) for q, d in pairs], opts.teacher_batch_size,
+                         show_progress=show_progress)
     scores: dict[str, dict[str, float]] = {}
     for (qid, docid), value in zip(pairs, values.tolist()):
         scores.setdefault(qid, {})[docid] = value
     info = {"source": "teacher_model", "model": str(opts.teacher_model), "max_length": teacher.max_length,
-            "cache": str(cache.path), "pairs": len(pairs), "scored": cache.scored, "cached_before": before}
+            "precision": opts.precision, "cache": str(cache.path), "pairs": len(pairs), "scored": cache.scored,
+            "cached_before": before}
     log.info("teacher %s: %d pairs, %d scored now, %d from the cache %s", opts.teacher_model, len(pairs),
              cache.scored, len(pairs) - cache.scored, cache.path)
     del teacher, cache
@@ -221,15 +240,21 @@ def _from_model(opts, data, device, show_progress: bool) -> TeacherScores:
 
 
 def load_teacher(opts, data, device=None, main_first=None, show_progress: bool = False) -> Optional[TeacherScores]:
-    """The teacher scores the options ask for (None for a loss without a teacher). ``data.teacher`` may already hold
-    an hf source's score column; ``teacher_run`` / ``teacher_model`` take its place. Under several processes the main
-    process fills the model cache first (``main_first``) and the others then read it."""
+    """The teacher scores the options ask for (None for a loss without a teacher): from ``teacher_run``, from
+    ``teacher_model``, or ``data.teacher`` (an hf source's score columns). Exactly one of them: a teacher option
+    with score columns is refused (``train/hf_source.py`` names both; here again, for data built elsewhere). Under
+    several processes the main process fills the model cache first (``main_first``) and the others then read it."""
     import contextlib
 
     from maw_reranker.train.sources import TrainingDataError
 
     if opts.loss not in DISTILLATION_LOSSES:
         return None
+    teacher_option = "teacher_run" if opts.teacher_run else "teacher_model" if opts.teacher_model else None
+    if teacher_option and data.teacher is not None:
+        raise TrainingDataError(f"option '{teacher_option}' and the {data.teacher.origin} both give teacher scores; "
+                                f"teacher scores come from exactly one place: leave out {teacher_option} to train on "
+                                "the columns, or use data without score columns")
     if opts.teacher_run:
         return _from_run(opts, data)
     if opts.teacher_model:

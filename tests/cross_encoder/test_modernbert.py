@@ -14,6 +14,7 @@ from maw_reranker.cross_encoder.prefix_cache import PrefixCache
 from maw_reranker.maw.config import GATING_MODES
 from maw_reranker.maw.patcher import maw_layers, set_maw_strength
 from maw_reranker.utils.tiny_models import save_tiny_cross_encoder
+from tests.cross_encoder.test_prefix import nudged
 
 WORDS = "the cat sat on a mat dog ran fast maw attention depth query document rerank search".split()
 PAIRS = [("the cat", "the cat sat on a mat"), ("dog", "dog ran fast fast fast on the mat the cat sat"),
@@ -32,13 +33,7 @@ def model_dir(tmp_path_factory):
 def load(path, mode: str | None, **maw) -> CrossEncoderWithMAW:
     config = None if mode is None else MAWConfig(gating_mode=mode, depth_dim=3, maw_strength=0.6, inject_last_k=2,
                                                  maw_random_seed=5, **maw)
-    model = CrossEncoderWithMAW.from_pretrained(path, maw=config, device="cpu")
-    gen = torch.Generator().manual_seed(0)
-    with torch.no_grad():  # move learned MAW parameters off their neutral init, so they matter
-        for layer in maw_layers(model.model).values():
-            for p in layer.maw_parameters():
-                p.add_(torch.randn(p.shape, generator=gen) * 0.5)
-    return model
+    return nudged(CrossEncoderWithMAW.from_pretrained(path, maw=config, device="cpu"))
 
 
 def test_tiny_cross_encoder_mixes_local_and_global_maw_layers(model_dir):

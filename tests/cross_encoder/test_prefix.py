@@ -50,9 +50,14 @@ def arch_dirs(tmp_path_factory):
 
 
 def load(path, mode: str | None) -> CrossEncoderWithMAW:
-    model = CrossEncoderWithMAW.from_pretrained(path, maw=None if mode is None else maw_config(mode), device="cpu")
+    return nudged(CrossEncoderWithMAW.from_pretrained(path, maw=None if mode is None else maw_config(mode),
+                                                      device="cpu"))
+
+
+def nudged(model: CrossEncoderWithMAW) -> CrossEncoderWithMAW:
+    """Move the learned MAW parameters off their neutral init, so that they matter."""
     gen = torch.Generator().manual_seed(0)
-    with torch.no_grad():  # move learned MAW parameters off their neutral init, so they matter
+    with torch.no_grad():
         for layer in maw_layers(model.model).values():
             for p in layer.maw_parameters():
                 p.add_(torch.randn(p.shape, generator=gen) * 0.5)

@@ -59,3 +59,18 @@ def write_candidates_json(path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(entries))
     return path
+
+
+def write_parquet(path, rows):
+    """Rows (dicts) as a parquet file, through Hugging Face datasets."""
+    import datasets
+
+    datasets.Dataset.from_list(rows).to_parquet(str(path))
+    return path
+
+
+def write_jsonl(path, rows):
+    import json
+
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path

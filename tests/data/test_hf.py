@@ -3,28 +3,15 @@ layouts, id -> text tables, and the one-line errors (missing column, missing fil
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
 from maw_reranker.data import DataFormatError, DatasetDownloadError
-from maw_reranker.data.hf import (HFTexts, TextIds, check_roles, column_names, load_hf, load_texts, parse_source,
-                                  resolve_columns)
+from maw_reranker.data.hf import (HFTexts, TextIds, check_roles, column_names, id_columns, load_hf, load_texts,
+                                  parse_source, resolve_columns)
+from tests.data.fixtures import write_jsonl, write_parquet
 
 TUPLES = [{"query": "apple story", "positive": "apple text", "negatives": ["river text", "tiger text"]},
           {"query": "river story", "positive": "river text", "negatives": ["apple text"]}]
-
-
-def write_parquet(path, rows):
-    import datasets
-
-    datasets.Dataset.from_list(rows).to_parquet(str(path))
-    return path
-
-
-def write_jsonl(path, rows):
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
 
 
 def test_parse_source_hub_ids_and_configs():
@@ -48,6 +35,31 @@ def test_parse_source_local_files(tmp_path):
     c.write_text("query,document,label\nq,d,1\n")
     with pytest.raises(ValueError, match="all of one format"):
         parse_source(f"{a},{c}")
+
+
+def test_local_paths_that_do_not_exist_are_not_found_not_hub_ids(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for spec, shown in (("./data", "./data"), ("../data", "../data"), ("data/train/rows", "data/train/rows"),
+                        ("~/no-such-folder-here", "/.*/no-such-folder-here"), ("/no/such/folder", "/no/such/folder")):
+        with pytest.raises(FileNotFoundError, match=f"option 'hf_dataset': folder or file not found: {shown} "):
+            parse_source(spec)
+    with pytest.raises(FileNotFoundError, match="option 'hf_corpus': file not found: data/rows.jsonl"):
+        parse_source("data/rows.jsonl", "hf_corpus")
+    assert not parse_source("org/name").local and parse_source("org/name:cfg").name == "cfg"  # ORG/NAME: the hub
+    (tmp_path / "data").mkdir()
+    write_jsonl(tmp_path / "data" / "train.jsonl", TUPLES)
+    assert parse_source("data").local and parse_source("./data").path == "./data"  # an existing folder is local
+
+
+def test_hf_split_picks_the_split_of_a_folder(tmp_path):
+    folder = tmp_path / "rows"
+    folder.mkdir()
+    write_parquet(folder / "train.parquet", TUPLES)
+    write_parquet(folder / "test.parquet", TUPLES[:1])
+    source = parse_source(str(folder))
+    assert len(load_hf(source, "train")) == 2 and len(load_hf(source, "test")) == 1
+    with pytest.raises(DataFormatError, match="rows: cannot be read .*Unknown split"):
+        load_hf(source, "dev")
 
 
 @pytest.mark.parametrize("fmt", ["parquet", "jsonl", "csv", "tsv"])
@@ -99,6 +111,42 @@ def test_layouts_are_told_from_the_columns():
                                                                 "positive_score": "ps", "negative_scores": "ns"},
                              "auto", "x")
     assert mapped.layout == "tuples" and mapped.roles["negative_scores"] == "ns"
+
+
+def test_one_column_fills_one_role():
+    # label mapped to the column "score": the score role must not take it too (it would be the label and the
+    # teacher's score at once)
+    cols = resolve_columns(["query", "document", "score"], {"label": "score"}, "auto", "x")
+    assert cols.layout == "labeled" and cols.roles == {"query": "query", "document": "document", "label": "score"}
+    # a mapped column is not auto-detected for its usual role either
+    cols = resolve_columns(["query", "text", "passage", "grade"], {"document": "text"}, "auto", "x")
+    assert cols.roles == {"query": "query", "document": "text", "label": "grade"}
+    mapped = resolve_columns(["q", "document", "label"], {"query": "q", "document": "document"}, "auto", "x")
+    assert mapped.roles == {"query": "q", "document": "document", "label": "label"}
+    with pytest.raises(DataFormatError, match="my.parquet: column 'q' is mapped to two roles, 'query' and "
+                                              "'document' \\(hf_columns\\)"):
+        resolve_columns(["q", "label"], {"query": "q", "document": "q"}, "auto", "my.parquet")
+
+
+def test_a_mapped_role_the_layout_does_not_use_is_an_error():
+    with pytest.raises(DataFormatError, match="my.parquet: hf_columns maps role 'score' \\(column 's'\\), which "
+                                              "layout tuples does not use"):
+        resolve_columns(["query", "positive", "negatives", "s"], {"score": "s"}, "auto", "my.parquet")
+    with pytest.raises(DataFormatError, match="maps role 'scores' \\(column 'ts'\\), which layout labeled does "
+                                              "not use"):
+        resolve_columns(["query", "document", "label", "ts"], {"scores": "ts"}, "labeled", "my.parquet")
+    # the table roles map the columns of hf_queries / hf_corpus, not of the rows
+    assert resolve_columns(["query_id", "document_ids", "scores"], {"queries_text": "text", "corpus_id": "_id"},
+                           "auto", "x").layout == "scored"
+
+
+def test_id_columns_are_told_by_name_only():
+    scored = resolve_columns(["query_id", "document_ids", "scores"], {}, "auto", "x")
+    assert id_columns(scored) == {"queries": ["query_id"], "documents": ["document_ids"]}
+    tuples = resolve_columns(["query", "positive_id", "negative_ids"], {}, "auto", "x")
+    assert id_columns(tuples) == {"queries": [], "documents": ["positive_id", "negative_ids"]}
+    texts = resolve_columns(["q", "pos", "negs"], {"query": "q", "positive": "pos", "negatives": "negs"}, "auto", "x")
+    assert id_columns(texts) == {"queries": [], "documents": []}
 
 
 def test_column_errors_name_the_role_column_and_dataset():

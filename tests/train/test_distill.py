@@ -295,3 +295,76 @@ def test_distillation_with_the_router_oracle_and_grpo(tmp_path, task, student, m
     result = train(options(tmp_path, task, student, loss="margin_mse", teacher_run=str(task["run"]), max_steps=2,
                            maw=maw, **extra))
     assert result.steps == 2 and all(math.isfinite(r["loss"]) for r in result.history)
+
+
+# -- one teacher at a time; the cache keeps precisions apart --------------------------------------------------------
+def _scored_tuples(path, **extra):
+    import datasets
+
+    from tests.train.helpers import TOPICS
+
+    rows = [{"query": f"{t} story", "positive": f"{t} the {t}s", "negatives": [f"{u} of" for u in TOPICS[i + 1:i + 3]],
+             "positive_score": 5.0, "negative_scores": [1.0, 0.0], **extra} for i, t in enumerate(TOPICS[:6])]
+    datasets.Dataset.from_list(rows).to_parquet(str(path))
+    return path
+
+
+@pytest.mark.parametrize("option", ["teacher_run", "teacher_model"])
+def test_a_teacher_option_and_score_columns_are_refused(tmp_path, task, student, teacher_dir, monkeypatch, option):
+    """Teacher scores come from exactly one place: a teacher option with an hf source's score columns is an error
+    naming both, before the student loads (the columns were silently preferred)."""
+    from maw_reranker.train import train, trainer
+    from maw_reranker.train.config import TrainOptions
+    from maw_reranker.train.sources import TrainingDataError
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("the student was loaded before the teacher was checked")
+
+    monkeypatch.setattr(trainer, "load_encoder", no_load)
+    path = _scored_tuples(tmp_path / "tuples.parquet")
+    value = str(task["run"]) if option == "teacher_run" else str(teacher_dir)
+    opts = TrainOptions(model=str(student), source="hf", hf_dataset=str(path), loss="margin_mse", n_negatives=2,
+                        batch_size=2, max_steps=2, output_dir=str(tmp_path / "out"), report_to=[], progress_bar=False,
+                        checkpoint_every=0, max_length=32, teacher_cache=str(tmp_path / "cache"), **{option: value})
+    with pytest.raises(TrainingDataError, match=f"tuples.parquet: option '{option}' and the score columns "
+                                                "'positive_score', 'negative_scores' both give teacher scores"):
+        train(opts)
+    assert not (tmp_path / "cache").exists()  # nothing scored
+    # mapped in hf_columns: refused when the options are checked
+    with pytest.raises(ConfigError, match=f"option '{option}' and hf_columns scores .a score column. both give"):
+        TrainOptions(model=str(student), source="hf", hf_dataset=str(path), loss="listwise_kl",
+                     hf_columns={"scores": "s"}, **{option: value}).validate()
+
+
+def test_load_teacher_refuses_a_second_teacher(task):
+    from types import SimpleNamespace
+
+    from maw_reranker.train.sources import TrainingDataError
+    from maw_reranker.train.teacher import TeacherScores, load_teacher
+
+    data = SimpleNamespace(teacher=TeacherScores({}, "score column 'scores' of hf_dataset x.parquet"))
+    opts = SimpleNamespace(loss="listwise_kl", teacher_run=str(task["run"]), teacher_model=None)
+    with pytest.raises(TrainingDataError, match="option 'teacher_run' and the score column 'scores' of hf_dataset "
+                                                "x.parquet both give teacher scores"):
+        load_teacher(opts, data)
+
+
+def test_teacher_cache_keeps_precisions_apart(tmp_path, teacher_dir):
+    from maw_reranker.cross_encoder.model import CrossEncoderWithMAW
+    from maw_reranker.train.teacher import TeacherCache, teacher_fingerprint
+
+    teacher = CrossEncoderWithMAW.from_pretrained(str(teacher_dir))
+    prints = {p: teacher_fingerprint(teacher, p) for p in ("fp32", "bf16", "fp16")}
+    assert len(set(prints.values())) == 3 and teacher_fingerprint(teacher) == prints["fp32"]
+    caches = {p: TeacherCache(tmp_path, teacher, precision=p) for p in ("fp32", "bf16")}
+    assert caches["fp32"].path != caches["bf16"].path
+    assert caches["bf16"].path.name.startswith("bert-L") and "-bf16-" in caches["bf16"].path.name
+    assert json.loads((caches["bf16"].path / "meta.json").read_text())["precision"] == "bf16"
+    pairs = [("apple story", "apple the of apples")]
+    caches["fp32"].score(pairs)
+    assert len(TeacherCache(tmp_path, teacher, precision="bf16")) == 0  # fp32 scores are not bf16 scores
+    assert len(TeacherCache(tmp_path, teacher)) == 1
+    with pytest.raises(ValueError, match="holds fp32 scores; bf16 scores go to their own folder"):
+        caches["fp32"].score(pairs, precision="bf16")
+    with pytest.raises(ValueError, match="option 'precision'"):
+        TeacherCache(tmp_path, teacher, precision="int8")

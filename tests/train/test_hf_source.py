@@ -3,7 +3,6 @@ rows or resolved by id, streaming, teacher scores from columns, and the errors b
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 
 import pytest
@@ -12,18 +11,7 @@ from maw_reranker.config.files import ConfigError
 from maw_reranker.train.config import TrainOptions
 from maw_reranker.train.sources import TrainingDataError, load_training_data
 from tests.train.helpers import TOPICS, tiny_model_dir
-
-
-def write_parquet(path, rows):
-    import datasets
-
-    datasets.Dataset.from_list(rows).to_parquet(str(path))
-    return path
-
-
-def write_jsonl(path, rows):
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
+from tests.data.fixtures import write_jsonl, write_parquet
 
 
 def doc(topic: str) -> str:
@@ -170,3 +158,98 @@ def test_two_steps_on_tuples(tmp_path, model, streaming):
     result = train(hf_options(tmp_path, model, hf_dataset=str(path), streaming=streaming,
                               hf_columns={"query": "q", "positive": "pos", "negatives": "negs"}))
     assert result.steps == 2 and (tmp_path / "out" / "final").is_dir()
+
+
+def test_rows_of_ids_need_a_text_table(tmp_path):
+    """Ids are never trained on as if they were texts: an id column (by its name) needs hf_queries / hf_corpus /
+    dataset."""
+    rows = [{"query_id": f"q{i}", "document_ids": [f"d{i}", f"d{i + 1}", f"d{i + 2}"], "scores": [3.0, 2.0, 1.0]}
+            for i in range(4)]
+    path = write_parquet(tmp_path / "scored.parquet", rows)
+    with pytest.raises(TrainingDataError, match="scored.parquet: column 'query_id' holds query ids, and nothing "
+                                                "gives their texts: set hf_queries .* or dataset"):
+        load_training_data(hf_options(tmp_path, hf_dataset=str(path), loss="margin_mse"))
+    queries = write_parquet(tmp_path / "queries.parquet", [{"query_id": f"q{i}", "text": f"query {i}"}
+                                                           for i in range(4)])
+    with pytest.raises(TrainingDataError, match="column 'document_ids' holds document ids, and nothing gives their "
+                                                "texts: set hf_corpus"):
+        load_training_data(hf_options(tmp_path, hf_dataset=str(path), loss="margin_mse", hf_queries=str(queries)))
+    tuples = write_jsonl(tmp_path / "t.jsonl", [{"query": "apple story", "positive_id": "d1",
+                                                  "negative_ids": ["d2", "d3"]}])
+    with pytest.raises(TrainingDataError, match="column 'positive_id' holds document ids.*set hf_corpus"):
+        load_training_data(hf_options(tmp_path, hf_dataset=str(tuples)))
+
+
+def test_scored_layout_needs_a_distillation_loss(tmp_path):
+    rows = [{"query": f"{t} story", "documents": [doc(u) for u in TOPICS[i:i + 3]], "scores": [3.0, 2.0, 1.0]}
+            for i, t in enumerate(TOPICS[:4])]
+    path = write_parquet(tmp_path / "scored.parquet", rows)
+    # told from the columns: refused when the rows are read
+    with pytest.raises(TrainingDataError, match="scored.parquet: hf_layout scored makes the teacher's best document "
+                                                "the positive, .*got loss: listwise; set loss: margin_mse"):
+        load_training_data(hf_options(tmp_path, hf_dataset=str(path), loss="listwise"))
+    # set in the options: refused when they are checked
+    with pytest.raises(ConfigError, match="option 'hf_layout: scored' .*got loss: bce"):
+        hf_options(tmp_path, hf_dataset=str(path), hf_layout="scored", loss="bce")
+    assert load_training_data(hf_options(tmp_path, hf_dataset=str(path), loss="listwise_kl")).teacher is not None
+
+
+def scored_tuple_rows():
+    return [{k if k != "q" else "query": v for k, v in r.items()} for r in tuple_rows(scores=True)]
+
+
+SCORE_COLUMNS = {"positive": "pos", "negatives": "negs", "positive_score": "ps", "negative_scores": "ns"}
+
+
+@pytest.mark.parametrize("column,value", [("ps", None), ("ns", None)])
+def test_distillation_needs_every_rows_scores(tmp_path, column, value):
+    rows = scored_tuple_rows()
+    rows[3][column] = value
+    path = write_parquet(tmp_path / "t.parquet", rows)
+    with pytest.raises(ValueError, match=f"hf_dataset .*t.parquet: row 3: no teacher score in column '{column}', "
+                                         "which loss margin_mse needs on every row"):
+        load_training_data(hf_options(tmp_path, hf_dataset=str(path), loss="margin_mse", hf_columns=SCORE_COLUMNS))
+    # a loss that does not use the scores trains on the row
+    data = load_training_data(hf_options(tmp_path, hf_dataset=str(path), hf_columns=SCORE_COLUMNS))
+    assert data.description["groups_per_epoch"] == 8
+
+
+def test_labeled_distillation_needs_every_rows_score(tmp_path):
+    rows = [{"query": "apple story", "document": doc("apple"), "label": 1, "score": 5.0},
+            {"query": "apple story", "document": doc("river"), "label": 0, "score": None},
+            {"query": "apple story", "document": doc("tiger"), "label": 0, "score": 1.0}]
+    path = write_jsonl(tmp_path / "l.jsonl", rows)
+    with pytest.raises(ValueError, match="l.jsonl: row 1: no teacher score in column 'score', which loss listwise_kl "
+                                         "needs on every row"):
+        load_training_data(hf_options(tmp_path, hf_dataset=str(path), loss="listwise_kl", batch_size=1))
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+@pytest.mark.parametrize("streaming", [False, True])
+def test_scores_must_be_finite(tmp_path, bad, streaming):
+    rows = scored_tuple_rows()
+    rows[5]["ns"] = [1.0, bad, 0.0, 2.0]
+    path = write_parquet(tmp_path / "t.parquet", rows)
+    opts = hf_options(tmp_path, hf_dataset=str(path), loss="margin_mse", hf_columns=SCORE_COLUMNS,
+                      streaming=streaming)
+    match = "t.parquet: row 5: teacher scores must be finite, got .* \\(column 'ns'\\)"
+    with pytest.raises(ValueError, match=match):
+        data = load_training_data(opts)  # in memory: here, before any model
+        assert streaming
+        list(data.source.iter_epoch(0))  # streamed: at the row
+
+
+def test_labeled_top_sampling_orders_negatives_by_the_score_column(tmp_path):
+    rows = [{"query": "apple story", "document": doc("apple"), "label": 1, "score": 9.0},
+            {"query": "apple story", "document": doc("river"), "label": 0, "score": 1.0},
+            {"query": "apple story", "document": doc("tiger"), "label": 0, "score": 7.0},
+            {"query": "apple story", "document": doc("ocean"), "label": 0, "score": 4.0}]
+    path = write_jsonl(tmp_path / "l.jsonl", rows)
+    data = load_training_data(hf_options(tmp_path, hf_dataset=str(path), neg_sampling="top", batch_size=1))
+    (group,) = data.source.iter_epoch(0)
+    assert group.negs == (doc("tiger"), doc("ocean"))  # the two best-scored, not the first two rows
+    unscored = write_jsonl(tmp_path / "u.jsonl", [{k: v for k, v in r.items() if k != "score"} for r in rows])
+    with pytest.raises(TrainingDataError, match="u.jsonl: neg_sampling: top takes each query's best-ranked "
+                                                "negatives, and layout labeled ranks them only by a score column"):
+        load_training_data(hf_options(tmp_path, hf_dataset=str(unscored), neg_sampling="top", batch_size=1))
+    assert load_training_data(hf_options(tmp_path, hf_dataset=str(unscored), batch_size=1)).source  # random: fine

@@ -174,7 +174,8 @@ def test_output_round_trips_and_sidecar(tmp_path, task):
     assert meta["settings"] == {"miner": "bm25", "rank_min": 1, "rank_max": 6, "num_negatives": 3, "sampling": "top",
                                 "seed": 0, "margin": 0.5, "relative_margin": None, "margin_reference": "min",
                                 "max_score": None, "min_score": None, "relevance_threshold": 1,
-                                "max_negative_grade": 0, "max_queries": None, "rescore_depth": None, "tag": "hn"}
+                                "max_negative_grade": 0, "max_queries": None, "missing_positives": "error",
+                                "rescore_depth": None, "tag": "hn"}
     assert meta["inputs"]["dataset"] == {"name": "t", "split": "train", "source": str(task["dataset"])}
     cands = meta["inputs"]["candidates"]
     assert cands["kind"] == "trec_run" and cands["path"] == str(task["run"].resolve())
@@ -194,6 +195,26 @@ def test_max_queries_is_trains_subset(tmp_path):
     assert len(run) == 5 and meta["counts"]["queries_with_positive"] == 5
     data = load_training_data(train_options(tmp_path, task, "m", max_queries=5))
     assert {q for q, _ in data.source.items} == set(run)
+
+
+def test_max_queries_picks_trains_queries_when_positives_are_skipped(tmp_path):
+    """train takes its max_queries subset after missing_positives: skip drops the positives not in the corpus;
+    mining must subset the same base set (one helper, train/sources.py), not every query with a judged positive."""
+    from maw_reranker.train.sources import load_training_data, subset_queries
+
+    task = write_task(tmp_path / "t")
+    qrels = task["dataset"] / "qrels" / "train.tsv"
+    ghosts = {"q1", "q4", "q6", "q9"}  # their only positive is not in the corpus
+    qrels.write_text("".join(line.replace("\td", "\tghost-d") if line.split("\t")[0] in ghosts else line
+                             for line in qrels.read_text().splitlines(keepends=True)))
+    data = load_training_data(train_options(tmp_path, task, "m", max_queries=5, missing_positives="skip"))
+    trained = {q for q, _ in data.source.items}
+    assert len(trained) == 5 and not trained & ghosts
+    # the subset of every judged query would differ: the test tells the two base sets apart
+    assert set(subset_queries([f"q{i}" for i in range(12)], 5)) != trained
+    run, meta = _mine(tmp_path, task, candidates=str(task["run"]), max_queries=5, missing_positives="skip")
+    assert set(run) == trained and meta["counts"]["queries_with_positive"] == 5
+    assert meta["settings"]["missing_positives"] == "skip"
 
 
 def test_an_error_midway_leaves_no_partial_file(tmp_path, task, monkeypatch):
@@ -315,8 +336,19 @@ def test_cross_encoder_rescoring_and_margins(tmp_path, task, monkeypatch):
     # relative margin 0.5: skip above 2.5
     run, meta = _mine(tmp_path, task, **common, rank_max=10, relative_margin=0.5)
     assert _docs(run, "q0") == ["d3_0", "d2_0", "d1_0"]
-    # q1's positive d1_0 scores 0.0: a threshold of 0 * 0.5 keeps d2_1 (-1) and d3_1 (-2), and the query is counted
-    assert _docs(run, "q1") == ["d2_1", "d3_1"] and meta["counts"]["queries_nonpositive_reference"] == 1
+    # q1's positive d1_0 scores 0.0: a threshold of 0 - 0 * 0.5 keeps d2_1 (-1) and d3_1 (-2)
+    assert _docs(run, "q1") == ["d2_1", "d3_1"]
+
+
+def test_relative_margin_with_a_negative_positive_score():
+    """Logits can be negative: the threshold is positive - |positive| * relative_margin (sentence-transformers'),
+    below the positive, not positive * (1 - relative_margin), which would lie above it."""
+    from maw_reranker.train.mining import MineOptions, select_negatives
+
+    opts = MineOptions(dataset="x", output="o.run", relative_margin=0.5, num_negatives=10)
+    ranked = [("a", -1.0), ("b", -2.5), ("c", -3.0), ("d", -4.0)]
+    kept, why = select_negatives(ranked, {}, [-2.0], opts)
+    assert [d for d, _ in kept] == ["c", "d"] and why["relative_margin"] == 2
 
 
 def test_cross_encoder_with_a_real_tiny_model(tmp_path, task):
