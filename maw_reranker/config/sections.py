@@ -1,4 +1,5 @@
-"""Option sections shared by commands: the dataset, the candidate pool, the model. Each option is declared once.
+"""Option sections shared by commands: the dataset, its Hugging Face rows, the candidate pool, the model. Each
+option is declared once.
 
 A command's options class inherits the sections it needs (``class EvalOptions(ModelOptions, DatasetOptions,
 PoolOptions)``), so an option has one name, one default and one meaning in every command, and the functions
@@ -38,7 +39,8 @@ class _Section:
 @dataclass
 class DatasetOptions(_Section):
     dataset: str = opt("", "dataset name (see `maw-rerank datasets`) or a path: BEIR folder, docs .tsv/.jsonl, or "
-                           "RankLLM candidates .json")
+                           "RankLLM candidates .json; or hf:SPEC, a Hugging Face dataset (hub ID[:CONFIG], local "
+                           "parquet/jsonl/csv files or a folder) read with the hf_* options")
     split: Optional[str] = opt(None, "split of a named dataset or BEIR folder (qrels/<split>.tsv)")
     queries: Optional[str] = opt(None, "queries .tsv/.jsonl (with a docs file)")
     qrels: Optional[str] = opt(None, "TREC qrels (with a docs file or candidates JSON)")
@@ -54,6 +56,45 @@ class DatasetOptions(_Section):
             from maw_reranker.data.measures import check_measures
 
             check_measures(self.measures, "measures")
+
+
+HFLayout = Literal["auto", "tuples", "labeled", "scored"]
+
+
+@dataclass
+class HFOptions(_Section):
+    """How the rows of a Hugging Face dataset are read: training's ``hf_dataset`` (``source: hf``) and evaluation's
+    ``dataset: hf:SPEC`` (data/hf.py; data/hf_eval.py)."""
+
+    hf_split: str = opt("train", "split of the Hugging Face data (hf_dataset, or dataset hf:SPEC), hf_queries and "
+                                 "hf_corpus: of a hub dataset or a folder (splits told from its file names); files "
+                                 "given by name are one split")
+    hf_layout: HFLayout = opt(
+        "auto", "rows of the Hugging Face data: tuples = (query, positive, negatives...); labeled = (query, document, "
+                "label[, score]) rows grouped by query; scored = (query, document ids, teacher scores; training "
+                "only); auto = from the columns")
+    hf_columns: dict = opt({}, "column of each role when it differs from the usual names, e.g. {query: q, positive: "
+                               "pos, negatives: negs}; roles: query, positive, negatives, document, label, score, "
+                               "documents, scores, positive_score, negative_scores, queries_id, queries_text, "
+                               "corpus_id, corpus_text")
+    hf_queries: Optional[str] = opt(None, "query texts (ID:CONFIG or a file; columns id + text) when the rows hold "
+                                          "query ids; default: training: the queries of 'dataset' when it is set; "
+                                          "otherwise the rows hold the query texts")
+    hf_corpus: Optional[str] = opt(None, "document texts (ID:CONFIG or a file; columns id + text) when the rows hold "
+                                         "document ids; default: training: the documents of 'dataset' when it is "
+                                         "set; otherwise the rows hold the document texts")
+
+    @property
+    def hf_options(self) -> dict:
+        """The section as ``load_dataset``'s ``hf`` argument (how a ``dataset: hf:SPEC`` is read)."""
+        return {"split": self.hf_split, "layout": self.hf_layout, "columns": dict(self.hf_columns),
+                "queries": self.hf_queries, "corpus": self.hf_corpus}
+
+    def hf_options_given(self) -> list:
+        """The options of this section set away from their defaults (for "applies only to ..." errors)."""
+        given = [n for n in ("hf_queries", "hf_corpus", "hf_columns") if getattr(self, n)]
+        return given + (["hf_layout"] if self.hf_layout != "auto" else []) + \
+            (["hf_split"] if self.hf_split != "train" else [])
 
 
 @dataclass
@@ -141,9 +182,10 @@ def dataset_from_options(options: DatasetOptions):
     """The dataset a ``DatasetOptions`` section describes."""
     from maw_reranker.data.load import load_dataset
 
+    hf = options.hf_options if isinstance(options, HFOptions) else None  # read for a dataset hf:SPEC only
     return load_dataset(options.dataset, options.split, queries=options.queries, qrels=options.qrels,
                         run=options.run, name=options.dataset_name, measures=options.measures,
-                        qrels_duplicates=options.qrels_duplicates)
+                        qrels_duplicates=options.qrels_duplicates, hf=hf)
 
 
 def candidates_from_options(options: PoolOptions, ds, *, streaming: bool = False, guard=None):

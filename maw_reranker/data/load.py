@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Mapping
 
 import ir_datasets
 
@@ -22,7 +22,8 @@ def _looks_like_path(source: str) -> bool:
 
 def load_dataset(source: str | Path, split: str | None = None, *, queries: str | Path | None = None,
                  qrels: str | Path | None = None, run: str | Path | None = None, name: str | None = None,
-                 measures: Iterable[str] | None = None, qrels_duplicates: str = "error") -> Dataset:
+                 measures: Iterable[str] | None = None, qrels_duplicates: str = "error",
+                 hf: Mapping | None = None) -> Dataset:
     """Load a registered dataset by name (via ir_datasets) or a local one by path.
 
     Local sources: a BEIR folder; a docs ``.tsv``/``.jsonl`` file with ``queries=`` (and optionally ``qrels=``,
@@ -30,6 +31,8 @@ def load_dataset(source: str | Path, split: str | None = None, *, queries: str |
     ``name`` renames a local dataset (it names its pool folder); ``measures`` overrides the metrics.
     ``qrels_duplicates``: a local qrels file judging a (query, document) pair twice is an error (``"error"``), or
     the last judgment wins with a warning (``"last"``).
+    ``hf:SPEC``: a Hugging Face dataset read for evaluation (``data/hf_eval.py``); ``hf`` holds how (keys
+    ``split``, ``layout``, ``columns``, ``queries``, ``corpus``: the ``hf_*`` options).
     """
     if qrels_duplicates not in QRELS_DUPLICATES:
         raise ValueError(f"option 'qrels_duplicates' must be one of {', '.join(map(repr, QRELS_DUPLICATES))}, "
@@ -37,6 +40,8 @@ def load_dataset(source: str | Path, split: str | None = None, *, queries: str |
     text = str(source).strip()
     if not text:
         raise ValueError("option 'dataset' is empty; give a dataset name (see `maw-rerank datasets`) or a path")
+    if text.startswith("hf:"):
+        return _load_hf(text[len("hf:"):], split, queries, qrels, run, name, measures, qrels_duplicates, hf)
     path = Path(text).expanduser()
     if path.exists():
         return _load_local(path, split, queries, qrels, run, name, measures, qrels_duplicates)
@@ -53,6 +58,18 @@ def load_dataset(source: str | Path, split: str | None = None, *, queries: str |
                    slug=slugify(spec.name) + (f"-{split}" if len(spec.splits) > 1 else ""),
                    corpus_slug=slugify(ir_datasets.docs_parent_id(irds_id)), kind="registry",
                    remove_query=spec.remove_query, pyserini_index=spec.pyserini_index)
+
+
+def _load_hf(spec, split, queries, qrels, run, name, measures, qrels_duplicates, hf) -> Dataset:
+    from maw_reranker.data.hf_eval import load_hf_eval
+
+    if split:
+        raise ValueError(f"option 'split' does not apply to a Hugging Face dataset (hf:{spec}); use 'hf_split'")
+    for option, value in (("queries", queries), ("qrels", qrels), ("run", run)):
+        if value:
+            raise ValueError(f"option '{option}' does not apply to a Hugging Face dataset (hf:{spec}): its rows give "
+                             "the queries, qrels and candidates (texts by id: 'hf_queries' / 'hf_corpus')")
+    return load_hf_eval(spec, name=name, measures=measures, qrels_duplicates=qrels_duplicates, **dict(hf or {}))
 
 
 def _load_local(path: Path, split, queries, qrels, run, name, measures, qrels_duplicates) -> Dataset:

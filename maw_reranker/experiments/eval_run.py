@@ -18,8 +18,10 @@ from typing import Any, Literal, Optional
 
 from maw_reranker.config.maw_spec import effective_maw, maw_to_dict, parse_maw, with_run_seed
 from maw_reranker.config.parser import options_to_dict
-from maw_reranker.config.sections import (DatasetOptions, ModelOptions, PoolOptions, Precision, PrefixCacheOptions,
-                                          candidates_from_options, dataset_from_options, opt, resolve_model_path)
+from maw_reranker.config.sections import (DatasetOptions, HFOptions, ModelOptions, PoolOptions, Precision,
+                                          PrefixCacheOptions, candidates_from_options, dataset_from_options, opt,
+                                          resolve_model_path)
+from maw_reranker.data.hf_eval import is_hf
 from maw_reranker.evaluate.artifacts import RunArtifacts
 from maw_reranker.evaluate.metrics import check_measures, measure_names, standard_measures
 
@@ -37,7 +39,7 @@ class RunConflictError(ValueError):
 
 
 @dataclass
-class EvalOptions(PrefixCacheOptions, PoolOptions, ModelOptions, DatasetOptions):
+class EvalOptions(PrefixCacheOptions, PoolOptions, ModelOptions, HFOptions, DatasetOptions):
     CONFIG_KINDS = ("models", "datasets")
 
     variant: Optional[str] = opt(None, "variant name (the run folder); default: non_maw, or "
@@ -77,6 +79,13 @@ class EvalOptions(PrefixCacheOptions, PoolOptions, ModelOptions, DatasetOptions)
                 raise ValueError(f"option '{name}' must be >= 1 or null, got {getattr(self, name)}")
         if self.extra_measures:
             check_measures(self.extra_measures, "extra_measures")
+        if is_hf(self.dataset):
+            from maw_reranker.data.hf import check_roles
+
+            check_roles(self.hf_columns, "hf_columns")
+        elif self.hf_options_given():
+            raise ValueError(f"option '{self.hf_options_given()[0]}' applies to a Hugging Face dataset (dataset: "
+                             f"hf:SPEC), not to dataset {self.dataset!r}")
 
 
 @dataclass
@@ -171,12 +180,24 @@ def input_files(options: EvalOptions, model_path: str) -> dict:
     model = Path(model_path)
     if model.is_dir():
         paths.update({f"model/{p.name}": p for p in sorted(model.glob("*.safetensors")) + sorted(model.glob("*.bin"))})
+    paths.update(_hf_files(options))
     for name, value in paths.items():
         path = Path(value).expanduser() if value else None
         if path is not None and path.is_file():
             stat = path.stat()
             stamps[name] = [stat.st_size, stat.st_mtime_ns]
     return stamps
+
+
+def _hf_files(options: EvalOptions) -> dict:
+    """The local files of a dataset hf:SPEC and of hf_queries / hf_corpus (none for hub datasets)."""
+    if not is_hf(options.dataset):
+        return {}
+    from maw_reranker.data.hf_eval import local_files
+
+    specs = {"dataset": options.dataset.strip()[len("hf:"):], "hf_queries": options.hf_queries,
+             "hf_corpus": options.hf_corpus}
+    return {f"{name}/{path}": path for name, spec in specs.items() if spec for path in local_files(spec)}
 
 
 def _comparable(options_dict: dict) -> dict:

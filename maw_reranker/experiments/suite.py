@@ -30,7 +30,7 @@ from typing import Any, Optional
 
 from maw_reranker.config.files import ConfigError, deep_merge, find_config, load_yaml_config
 from maw_reranker.config.parser import parse_options
-from maw_reranker.config.sections import DatasetOptions, dataset_from_options
+from maw_reranker.config.sections import DatasetOptions, HFOptions, dataset_from_options
 from maw_reranker.evaluate.artifacts import RunArtifacts
 from maw_reranker.experiments.eval_run import EvalOptions, EvalPlan, execute, is_done, plan_eval
 from maw_reranker.utils.errors import with_context
@@ -192,7 +192,7 @@ def _where(variant: str, d_index: int, options) -> str:
 
 def plan_runs(runs: list[EvalOptions]) -> list[EvalPlan]:
     """Plan every run (models, datasets, measures, folders resolved); each dataset is loaded once."""
-    dataset_keys = [f.name for f in dataclasses.fields(DatasetOptions)]
+    dataset_keys = [f.name for section in (DatasetOptions, HFOptions) for f in dataclasses.fields(section)]
     loaded: dict = {}
     plans = []
     for run_options in runs:

@@ -11,14 +11,14 @@ from typing import Literal, Optional
 
 from maw_reranker.config.files import ConfigError
 from maw_reranker.config.maw_spec import AUTO, effective_maw, parse_maw
-from maw_reranker.config.sections import (DatasetOptions, ModelOptions, PoolOptions, Precision, PrefixCacheOptions,
-                                          opt, resolve_model_path)
+from maw_reranker.config.sections import (DatasetOptions, HFOptions, ModelOptions, PoolOptions, Precision,
+                                          PrefixCacheOptions, opt, resolve_model_path)
 from maw_reranker.maw.config import MAWConfig
 from maw_reranker.train.losses import Loss
 
 
 @dataclass
-class TrainOptions(PrefixCacheOptions, PoolOptions, ModelOptions, DatasetOptions):
+class TrainOptions(PrefixCacheOptions, PoolOptions, ModelOptions, HFOptions, DatasetOptions):
     CONFIG_KINDS = ("training",)
     RENAMED = {"negatives_run": "use 'candidates' (the TREC run to sample negatives from)",
                "mixed_precision": "use 'precision' with fp32 (was: no), bf16 or fp16"}
@@ -63,21 +63,7 @@ class TrainOptions(PrefixCacheOptions, PoolOptions, ModelOptions, DatasetOptions
     hf_dataset: Optional[str] = opt(None, "source: hf: a hub dataset id, optionally with its config as ID:CONFIG "
                                           "(e.g. lightonai/ms-marco-en-bge:train), or local .parquet/.jsonl/.json/"
                                           ".csv/.tsv file(s) (comma-separated) or a folder of them")
-    hf_split: str = opt("train", "split of hf_dataset, hf_queries and hf_corpus: of a hub dataset or a folder (splits "
-                                 "told from its file names); files given by name are one split")
-    hf_layout: Literal["auto", "tuples", "labeled", "scored"] = opt(
-        "auto", "rows of hf_dataset: tuples = (query, positive, negatives...); labeled = (query, document, label) "
-                "rows grouped by query; scored = (query, document ids, teacher scores); auto = from the columns")
-    hf_columns: dict = opt({}, "column of each role when it differs from the usual names, e.g. {query: q, positive: "
-                               "pos, negatives: negs}; roles: query, positive, negatives, document, label, score, "
-                               "documents, scores, positive_score, negative_scores, queries_id, queries_text, "
-                               "corpus_id, corpus_text")
-    hf_queries: Optional[str] = opt(None, "query texts (ID:CONFIG or a file; columns id + text) when hf_dataset "
-                                          "holds query ids; default: the queries of 'dataset' when it is set, else "
-                                          "the rows hold the query texts")
-    hf_corpus: Optional[str] = opt(None, "document texts (ID:CONFIG or a file; columns id + text) when hf_dataset "
-                                         "holds document ids; default: the documents of 'dataset' when it is set, "
-                                         "else the rows hold the document texts")
+    # (also: hf_split, hf_layout, hf_columns, hf_queries, hf_corpus from HFOptions, shared with eval)
     # -- objective --------------------------------------------------------------------------------------------
     loss: Loss = opt("listwise", "ranking loss over each group")
     margin: float = opt(1.0, "margin of the margin loss")
@@ -237,11 +223,12 @@ class TrainOptions(PrefixCacheOptions, PoolOptions, ModelOptions, DatasetOptions
 
     def _validate_hf(self) -> None:
         if self.source != "hf":
-            given = [n for n in ("hf_dataset", "hf_queries", "hf_corpus", "hf_columns") if getattr(self, n)]
-            if self.hf_layout != "auto":
-                given.append("hf_layout")
+            # The hf_* options also read a dataset hf:SPEC (data/hf_eval.py); hf_dataset is source: hf's own.
+            hf_dataset = str(self.dataset).strip().startswith("hf:")
+            given = (["hf_dataset"] if self.hf_dataset else []) + ([] if hf_dataset else self.hf_options_given())
             if given:
-                raise ValueError(f"option '{given[0]}' applies to source: hf (got source: {self.source})")
+                raise ValueError(f"option '{given[0]}' applies to source: hf (or, but for hf_dataset, to a dataset "
+                                 f"hf:SPEC); got source: {self.source}")
             return
         if not self.hf_dataset or not str(self.hf_dataset).strip():
             raise ValueError("option 'source: hf' needs 'hf_dataset' (a hub dataset id or local parquet/jsonl/csv "
