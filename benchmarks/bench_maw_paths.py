@@ -11,9 +11,9 @@ For the gating modes that need no statistics (uniform, random, learned, gate) O_
 Cells: MiniLM-L12 sizes (12 heads x 32, D = 8), batch 1 and 32, L in 128/256/512; inference (no grad), training
 (forward + backward) with attention dropout 0.1 and without. Times are medians of interleaved repeats (explicit,
 fused, explicit, ...) so a slow spell hits both; the ratio is fused / explicit (> 1: explicit faster).
-The layer chooses by this rule (maw/layer.py): inference with no statistics and no map asked takes the fused path on
-the devices in ``FUSED_INFERENCE_DEVICES``, the explicit one elsewhere; training with dropout always takes the
-explicit path (one dropout mask on the combined map), without dropout the fused one.
+The layer chooses by this rule (maw/layer.py): inference with no statistics and no map asked, and training without
+attention dropout, take the fused path on the devices in ``FUSED_DEVICES`` (CUDA), the explicit one elsewhere;
+training with dropout always takes the explicit path (one dropout mask on the combined map).
 
 usage: python benchmarks/bench_maw_paths.py [--device cpu|cuda] [--dtype fp32|bf16] [--quick]
 """

@@ -8,7 +8,7 @@ Steps (``--dry-run`` lists them with the resolved device, model and data):
           pairs/s beside sentence-transformers' CrossEncoder.predict on the same pairs, peak device memory;
   train   20 training steps under bf16 autocast for learned, gate, router (oracle supervision) and grpo;
   paths   which O_maw path is faster on this device (explicit vs one fused call per depth), the measurement behind
-          maw/layer.py FUSED_INFERENCE_DEVICES.
+          maw/layer.py FUSED_DEVICES.
 
 Model: ms-marco-MiniLM-L-12-v2 from $MAW_BENCH_MODELS (default ~/.cache/maw-bench-models; prepared by
 ../shared/tools/get-models.sh), or a tiny random-weight BERT when it is absent or with --quick.

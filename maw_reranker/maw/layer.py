@@ -21,10 +21,11 @@ from maw_reranker.maw.functional import (DepthInputs, combine_depths, depth_stat
 from maw_reranker.maw.gating import DepthGating, GateDecision
 
 
-# Devices on which inference without statistics takes one fused attention call per depth instead of the explicit
-# chunked path (which does D times less A @ V work but keeps maps in memory); see benchmarks/bench_maw_paths.py and
-# docs/maw.md for the measurements behind it.
-FUSED_INFERENCE_DEVICES = frozenset({"cuda"})
+# Devices on which inference without statistics and training without attention dropout take one fused attention
+# call per depth instead of the explicit path (which does D times less A @ V work but holds a chunk's maps). On a CPU
+# the explicit path is faster in every measured case but one (benchmarks/bench_maw_paths.py, docs/maw.md); on a GPU
+# fused kernels avoid the memory traffic (to be confirmed by gpu_check.py's `paths` step).
+FUSED_DEVICES = frozenset({"cuda"})
 
 
 class DepthwiseMAWSelfAttention(nn.Module):
@@ -127,7 +128,7 @@ class DepthwiseMAWSelfAttention(nn.Module):
         dropout_p = self.attention_dropout()
         query_valid = inp.key_valid[:, None, :, None]
         if (not needs_grad and not forced and dropout_p == 0.0 and not want_map and not self.gating.needs_stats
-                and device.type in FUSED_INFERENCE_DEVICES):
+                and device.type in FUSED_DEVICES):
             # Inference without statistics where fused kernels win (benchmarks/bench_maw_paths.py): one fused
             # attention call per depth, no map in memory.
             decision = self.gating.decide(batch, None, pooled, device)
@@ -154,9 +155,9 @@ class DepthwiseMAWSelfAttention(nn.Module):
             self._record(decision)
             weights = decision.weights
             hard = decision.hard and not weights.requires_grad
-            if dropout_p > 0 and inp.bias is None:
-                # One dropout mask on the combined map, as the wrapped layer drops entries of its one map (and 4x
-                # faster on a CPU than a fused call with dropout per depth: maw/combined_attention.py).
+            if inp.bias is None and (dropout_p > 0 or device.type not in FUSED_DEVICES):
+                # Depths combined, then one dropout mask on the combined map, as the wrapped layer drops entries of
+                # its one map (maw/combined_attention.py; on a CPU also the faster path without dropout).
                 o = combined_attention(inp, weights, dropout_p=dropout_p, hard=hard)
             else:
                 # One fused attention call per depth: no map in memory (a score bias, DeBERTa's, takes this path

@@ -1,4 +1,4 @@
-"""The per-device path choice (maw/layer.py FUSED_INFERENCE_DEVICES; benchmarks/bench_maw_paths.py): both paths
+"""The per-device path choice (maw/layer.py FUSED_DEVICES; benchmarks/bench_maw_paths.py): both paths
 give the same model outputs, and the rule sends only statistics-free inference to the fused path."""
 
 import pytest
@@ -21,7 +21,7 @@ def test_fused_inference_equals_explicit(monkeypatch, arch, mode):
     with torch.no_grad():
         explicit = model(**inputs).logits
         explicit_weights = layer.last_depth_weights.clone()
-    monkeypatch.setattr(layer_module, "FUSED_INFERENCE_DEVICES", frozenset({"cpu"}))
+    monkeypatch.setattr(layer_module, "FUSED_DEVICES", frozenset({"cpu"}))
     calls = []
     original = layer_module.combine_depths
     monkeypatch.setattr(layer_module, "combine_depths", lambda *a, **k: calls.append(1) or original(*a, **k))
@@ -36,7 +36,7 @@ def test_fused_inference_equals_explicit(monkeypatch, arch, mode):
 def test_modes_with_statistics_stay_explicit(monkeypatch, mode):
     model, layer = patched("bert", gating_mode=mode, depth_dim=4, maw_strength=1.0)
     model.eval()
-    monkeypatch.setattr(layer_module, "FUSED_INFERENCE_DEVICES", frozenset({"cpu"}))
+    monkeypatch.setattr(layer_module, "FUSED_DEVICES", frozenset({"cpu"}))
     monkeypatch.setattr(layer_module, "combine_depths", lambda *a, **k: pytest.fail("fused path taken"))
     with torch.no_grad():
         model(**batch())
@@ -51,25 +51,28 @@ def test_maps_requested_stay_explicit(monkeypatch):
     model.set_attn_implementation("eager")  # sdpa returns no maps
     patch_model(model, MAWConfig(gating_mode="uniform", depth_dim=4, maw_strength=1.0))
     model.eval()
-    monkeypatch.setattr(layer_module, "FUSED_INFERENCE_DEVICES", frozenset({"cpu"}))
+    monkeypatch.setattr(layer_module, "FUSED_DEVICES", frozenset({"cpu"}))
     monkeypatch.setattr(layer_module, "combine_depths", lambda *a, **k: pytest.fail("fused path taken"))
     with torch.no_grad():
         out = model(**batch(), output_attentions=True)
     assert len(out.attentions) == model.config.num_hidden_layers
 
 
-def test_training_with_dropout_takes_the_combined_path(monkeypatch):
-    """With attention dropout (and no score bias) training combines first and drops once; without, fused calls."""
+@pytest.mark.parametrize("fused_devices,dropout,expected", [
+    (frozenset({"cuda"}), 0.2, "combined"), (frozenset({"cuda"}), 0.0, "combined"),
+    (frozenset({"cpu"}), 0.2, "combined"), (frozenset({"cpu"}), 0.0, "fused")])
+def test_training_path_by_dropout_and_device(monkeypatch, fused_devices, dropout, expected):
+    """With attention dropout (and no score bias) training combines first and drops once, on every device; without
+    dropout it takes fused calls per depth only on the devices in FUSED_DEVICES (a CPU is not one of them)."""
+    monkeypatch.setattr(layer_module, "FUSED_DEVICES", fused_devices)
     used = []
     monkeypatch.setattr(layer_module, "combined_attention", lambda *a, **k: used.append("combined") or
                         __import__("maw_reranker.maw.combined_attention", fromlist=["x"]).combined_attention(*a, **k))
     original = functional.combine_depths
     monkeypatch.setattr(layer_module, "combine_depths", lambda *a, **k: used.append("fused") or original(*a, **k))
-    for dropout, expected in ((0.2, "combined"), (0.0, "fused")):
-        used.clear()
-        model, layer = patched("bert", gating_mode="learned", depth_dim=4, maw_strength=1.0,
-                               model_kwargs=dict(attention_probs_dropout_prob=dropout))
-        model.train()
-        model(**batch()).logits.sum().backward()
-        assert used == [expected], (dropout, used)
-        assert layer.gating.theta.grad is not None
+    model, layer = patched("bert", gating_mode="learned", depth_dim=4, maw_strength=1.0,
+                           model_kwargs=dict(attention_probs_dropout_prob=dropout))
+    model.train()
+    model(**batch()).logits.sum().backward()
+    assert used == [expected], (dropout, used)
+    assert layer.gating.theta.grad is not None
