@@ -199,45 +199,51 @@ def benchmark_pairs(n: int) -> list[tuple[str, str]]:
             for i in range(n)]
 
 
-def model_table(model_dir: str, n_pairs: int, batch: int, max_length: int, ratios: dict) -> list[str]:
+def model_table(model_dir: str, n_pairs: int, batch: int, max_length: int, ratios: dict, rounds: int = 3) -> list[str]:
     """Whole-model reranking throughput, patched vs unpatched, in fp32 and under bf16 autocast (``predict``'s
-    precision option), all variants interleaved in one run."""
+    precision option).
+
+    This VM's speed drifts by more than the differences measured here, so the comparison is interleaved batch by
+    batch: every model scores the same batch one after the other (in an order that rotates from batch to batch)
+    before the next batch is taken. A round is one pass over the pairs; a variant's ratio in a round is the
+    unpatched model's time over its own, and the table gives the median over rounds."""
     from maw_reranker import CrossEncoderWithMAW, MAWConfig
 
     pairs = benchmark_pairs(n_pairs)
+    batches = [pairs[i:i + batch] for i in range(0, len(pairs), batch)]
     precisions = ("fp32", "bf16")
-    rows = [f"| variant ({len(pairs)} pairs, batch {batch}, max_length {max_length}) | "
+    rows = [f"| variant ({len(pairs)} pairs, batch {batch}, max_length {max_length}, median of {rounds} rounds) | "
             + " | ".join(f"pairs/s {p} | ratio {p}" for p in precisions) + " |",
             "|---|" + "---|---|" * len(precisions)]
-    base_model = CrossEncoderWithMAW.from_pretrained(model_dir, maw=None, max_length=max_length, device="cpu")
-    for precision in precisions:
-        base_model.predict(pairs[:batch], batch_size=batch, precision=precision)  # warm-up
-
-    def rate(model, precision):
-        start = time.perf_counter()
-        model.predict(pairs, batch_size=batch, precision=precision)
-        return len(pairs) / (time.perf_counter() - start)
-
     variants = ["uniform", "random", "learned", "gate", "stat", "argmax", "router"]
-    models = {m: CrossEncoderWithMAW.from_pretrained(model_dir, maw=MAWConfig(gating_mode=m, depth_dim=8),
-                                                     max_length=max_length, device="cpu") for m in variants}
-    # Interleave measurements so that machine noise hits all variants alike.
-    rates = {(m, p): [] for m in ["unpatched", *variants] for p in precisions}
-    for _ in range(2):
+    models = {"unpatched": CrossEncoderWithMAW.from_pretrained(model_dir, maw=None, max_length=max_length,
+                                                               device="cpu")}
+    models.update({m: CrossEncoderWithMAW.from_pretrained(model_dir, maw=MAWConfig(gating_mode=m, depth_dim=8),
+                                                          max_length=max_length, device="cpu") for m in variants})
+    names = list(models)
+    for precision in precisions:  # warm-up
+        for model in models.values():
+            model.predict(batches[0], batch_size=batch, precision=precision)
+    seconds = {(m, p, r): 0.0 for m in names for p in precisions for r in range(rounds)}
+    for r in range(rounds):
         for precision in precisions:
-            rates["unpatched", precision].append(rate(base_model, precision))
-            for m in variants:
-                rates[m, precision].append(rate(models[m], precision))
-    base = {p: max(rates["unpatched", p]) for p in precisions}
-    rows.append("| unpatched | " + " | ".join(f"{base[p]:.1f} | 1.00" for p in precisions) + " |")
+            for i, chunk in enumerate(batches):
+                shift = (i + r) % len(names)
+                for m in names[shift:] + names[:shift]:
+                    start = time.perf_counter()
+                    models[m].predict(chunk, batch_size=batch, precision=precision)
+                    seconds[m, precision, r] += time.perf_counter() - start
+
+    def rate(m, p):
+        return len(pairs) / statistics.median(seconds[m, p, r] for r in range(rounds))
+
+    rows.append("| unpatched | " + " | ".join(f"{rate('unpatched', p):.1f} | 1.00" for p in precisions) + " |")
     for m in variants:
         cells = []
         for p in precisions:
-            best = max(rates[m, p])
-            ratios[m, p] = best / base[p]
-            cells.append(f"{best:.1f} | {best / base[p]:.2f}")
+            ratios[m, p] = statistics.median(seconds["unpatched", p, r] / seconds[m, p, r] for r in range(rounds))
+            cells.append(f"{rate(m, p):.1f} | {ratios[m, p]:.2f}")
         rows.append(f"| MAW {m} (D=8, last 1 layer) | " + " | ".join(cells) + " |")
-        print(rows[-1], flush=True)
     return rows
 
 
@@ -252,6 +258,7 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=512)
     parser.add_argument("--no-memory", action="store_true")
     parser.add_argument("--model-only", action="store_true", help="only part 2 (whole-model throughput)")
+    parser.add_argument("--rounds", type=int, default=3, help="paired rounds of the whole-model part")
     parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -274,7 +281,7 @@ def main() -> None:
     if Path(args.model).is_dir():
         print(f"\n# Whole-model reranking throughput: {args.model}")
         print("\n".join(model_table(args.model, 128 if args.quick else args.pairs, args.batch, args.max_length,
-                                     ratios)))
+                                     ratios, rounds=2 if args.quick else args.rounds)))
     else:
         print(f"\n(model part skipped: {args.model} not found; run ../shared/tools/get-models.sh)")
     print_checks(cells, ratios)

@@ -87,17 +87,19 @@ def _right_padded(key_valid: torch.Tensor) -> bool:
     return bool((key_valid == (torch.arange(key_valid.shape[-1], device=key_valid.device) < lengths)).all())
 
 
-def _stacked(tensors: list[torch.Tensor], rows, n: int, scales: Optional[list[float]] = None) -> torch.Tensor:
-    """``[b, H, D, n, w_max]``: the depth slices of one chunk side by side (zero-padded: zeros add nothing to a
-    dot product), so that one batched matmul yields every depth's scores."""
+def _stacked(tensors: list[torch.Tensor], rows, n: int, scales: Optional[list[float]] = None,
+             dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+    """``[b, H, D, n, w_max]`` in ``dtype``: the depth slices of one chunk side by side (zero-padded: zeros add
+    nothing to a dot product), so that one batched matmul yields every depth's scores."""
     width = max(t.shape[-1] for t in tensors)
     first = tensors[0][rows, :, :n]
+    dtype = dtype or first.dtype
     if all(t.shape[-1] == width for t in tensors) and (scales is None or len(set(scales)) == 1):
-        stacked = torch.stack([t[rows, :, :n] for t in tensors], dim=2)
+        stacked = torch.stack([t[rows, :, :n] for t in tensors], dim=2).to(dtype)
         return stacked if scales is None else stacked.mul_(scales[0])
-    out = first.new_zeros(first.shape[0], first.shape[1], len(tensors), n, width)
+    out = first.new_zeros(first.shape[0], first.shape[1], len(tensors), n, width, dtype=dtype)
     for d, t in enumerate(tensors):
-        part = t[rows, :, :n]
+        part = t[rows, :, :n].to(dtype)
         out[:, :, d, :, : part.shape[-1]] = part * scales[d] if scales is not None else part
     return out
 
@@ -142,16 +144,17 @@ def _row_statistics(scores: torch.Tensor, probs: torch.Tensor, out: torch.Tensor
     torch.sum(scores.mul_(probs), dim=-1, out=out[2])  # in place: the scores are not needed any more
 
 
-def _example_statistics(rowstats: torch.Tensor, query_valid: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-    """``[b, D, 4]`` (variance, max, entropy, HHI) averaged over heads and valid query rows. Entropy (lse - sum p s)
-    and variance (HHI / n - 1 / n^2 over n valid keys) are linear in the row statistics, so only means are needed."""
+def _example_statistics(rowstats: torch.Tensor, query_valid: torch.Tensor, lengths: torch.Tensor,
+                        full_rows: bool = False) -> torch.Tensor:
+    """``[b, D, 4]`` (variance, max, entropy, HHI) averaged over heads and valid query rows (``full_rows``: every
+    row is valid). Entropy (lse - sum p s) and variance (HHI / n - 1 / n^2 over n valid keys) are linear in the row
+    statistics, so only means are needed."""
     rowstats[3].square_()
     heads = rowstats.shape[2]
     weights = query_valid.to(rowstats.dtype)
-    means = torch.einsum("sbhdq,bq->bds", rowstats, weights)
-    means = means / (weights.sum(-1) * heads).clamp_min(1).view(-1, 1, 1)
-    max_p, lse, p_dot_s, hhi = means.unbind(-1)
-    nk = lengths.clamp_min(1).to(means.dtype).view(-1, 1)
+    sums = rowstats.sum((2, 4)) if full_rows else (rowstats * weights[None, :, None, None, :]).sum((2, 4))
+    max_p, lse, p_dot_s, hhi = sums / (weights.sum(-1) * heads).clamp_min(1).view(1, -1, 1)  # each [b, D]
+    nk = lengths.clamp_min(1).to(sums.dtype).view(-1, 1)
     return torch.stack((hhi / nk - 1.0 / (nk * nk), max_p, lse - p_dot_s, hhi), dim=-1).float()
 
 
@@ -195,30 +198,35 @@ def explicit_maw(inp: DepthInputs, decide: Callable, want_output: bool = True, w
     # A tile's scores and probabilities together stay within half of one attention map of the batch (short inputs
     # at batch 1), and within the cache-sized budget.
     budget = max(1, min(_CHUNK_ELEMENTS, batch * heads * length * length // 4))
+    work = map_dtype(inp.v)
     buffers: dict = {}
     if keep:  # one allocation at the largest chunk's size, not one per new maximum length
         n_max = max(max(length_list) if trim else length, 1)
-        _buffer(buffers, "kept", (min(step, batch), heads, depth, n_max, n_max), inp.v)
+        _buffer(buffers, "kept", (min(step, batch), heads, depth, n_max, n_max), inp.v.new_empty(0, dtype=work))
+    weights_all = None if need_stats or not combine else decide(slice(0, batch), None).to(work)
     for start in range(0, batch, step):
         rows = slice(start, min(start + step, batch))
         n = max(max(length_list[rows]) if trim else length, 1)
-        q = _stacked(inp.q, rows, n, inp.scale)  # [b, H, D, n, w], scale folded into the queries
-        k = _stacked(inp.k, rows, n)
+        q = _stacked(inp.q, rows, n, inp.scale, work)  # [b, H, D, n, w], scale folded into the queries
+        k = _stacked(inp.k, rows, n, dtype=work)
+        v = inp.v[rows, :, :n].to(work)
         b = q.shape[0]
         allowed = None if inp.allowed is None else inp.allowed[rows][..., :n, :n]
         if allowed is not None and bool(allowed.all()):
             allowed = None
 
-        def probabilities(hs: slice, rs: slice, out_probs: Optional[torch.Tensor]):
-            """Masked scores and their softmax (into ``out_probs``, or in place) for one tile."""
+        def probabilities(hs: slice, rs: slice, out_probs: Optional[torch.Tensor], depths: slice = slice(None)):
+            """Masked scores and their softmax (into ``out_probs``, or in place) for one tile, of every depth or of
+            those in ``depths``."""
             g, r = hs.stop - hs.start, rs.stop - rs.start
-            scores = _buffer(buffers, "scores", (b, g, depth, r, n), q)
-            torch.matmul(q[:, hs, :, rs], k[:, hs].transpose(-1, -2), out=scores)
+            indices = range(depth)[depths]
+            scores = _buffer(buffers, "scores", (b, g, len(indices), r, n), q)
+            torch.matmul(q[:, hs, depths, rs], k[:, hs, depths].transpose(-1, -2), out=scores)
             if inp.bias is not None:
-                for d in range(depth):  # only the tile's part of each depth's bias is ever made
+                for i, d in enumerate(indices):  # only the tile's part of each depth's bias is ever made
                     extra = inp.bias(d, rows, heads=hs, rows=rs)
                     if extra is not None:
-                        scores[:, :, d] += extra[..., :n]
+                        scores[:, :, i] += extra[..., :n]
             if allowed is not None:
                 mask = allowed[:, hs if allowed.shape[1] > 1 else slice(None), rs]
                 scores.masked_fill_(~mask.unsqueeze(2), torch.finfo(scores.dtype).min)
@@ -235,29 +243,55 @@ def explicit_maw(inp: DepthInputs, decide: Callable, want_output: bool = True, w
                 target = kept[:, hs] if keep else _buffer(buffers, "probs", (b, g, depth, r, n), q)
                 scores, probs = probabilities(hs, rs, target)
                 _row_statistics(scores, probs, rowstats[:, :, hs, :, rs])
-            stats_rows = _example_statistics(rowstats, inp.key_valid[rows, :n], lengths[rows])
+            full_rows = trim and min(length_list[rows]) == n
+            stats_rows = _example_statistics(rowstats, inp.key_valid[rows, :n], lengths[rows], full_rows)
             stats[rows] = stats_rows
             if not combine:
                 continue
             weights = decide(rows, stats_rows).to(q.dtype)
+            selected = _single_depth(weights)
             if keep:
-                combined = _combine(kept, weights, buffers)
+                combined = kept[:, :, selected] if selected is not None else _combine(kept, weights, buffers)
                 if want_output:
-                    out[rows, :, :n] = torch.matmul(combined, inp.v[rows, :, :n])
+                    out[rows, :, :n] = torch.matmul(combined, v)
                 if want_map:
                     a_map[rows, :, :n, :n] = combined
                 continue
         else:
-            weights = decide(rows, None).to(q.dtype)
-        for hs, rs in _tiles(b, heads, depth, n, split_rows=True, budget=budget):  # combined as soon as computed
-            _, probs = probabilities(hs, rs, None)
-            w = weights if weights.dim() == 2 else weights[:, hs]
-            combined = _combine(probs, w, buffers)
+            weights, selected = weights_all[rows], None
+        # Combined as soon as computed; one-hot weights (argmax, router) need only the selected depth's map.
+        depths = slice(None) if selected is None else slice(selected, selected + 1)
+        for hs, rs in _tiles(b, heads, depth if selected is None else 1, n, split_rows=True, budget=budget):
+            _, probs = probabilities(hs, rs, None, depths)
+            if selected is not None:
+                combined = probs[:, :, 0]
+            else:
+                combined = _combine(probs, weights if weights.dim() == 2 else weights[:, hs], buffers)
             if want_output:
-                out[rows, hs, rs] = torch.matmul(combined, inp.v[rows, hs, :n])
+                out[rows, hs, rs] = torch.matmul(combined, v[:, hs])
             if want_map:
                 a_map[rows, hs, rs, :n] = combined
     return out, a_map, stats
+
+
+def _single_depth(weights: torch.Tensor) -> Optional[int]:
+    """The depth d when ``weights`` ``[b, D]`` put weight exactly 1 on d for every example (hard selection), else
+    None. Then ``sum_d w_d P_d`` is ``P_d`` exactly."""
+    if weights.dim() != 2:
+        return None
+    first = weights[0]
+    d = int(first.argmax())
+    if float(first[d]) != 1.0 or int(torch.count_nonzero(first)) != 1 or not bool((weights == first).all()):
+        return None
+    return d
+
+
+def map_dtype(like: torch.Tensor) -> torch.dtype:
+    """The dtype the explicit path computes its maps in: float32 on a CPU for reduced-precision inputs (its bf16 and
+    fp16 softmax and reductions convert each element anyway and run slower than float32), else the inputs'."""
+    if like.device.type == "cpu" and like.dtype in (torch.bfloat16, torch.float16):
+        return torch.float32
+    return like.dtype
 
 
 def _combine(probs: torch.Tensor, weights: torch.Tensor, buffers: dict) -> torch.Tensor:

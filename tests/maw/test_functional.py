@@ -220,3 +220,70 @@ def test_batch_one_scratch_memory_is_a_fraction_of_one_attention_map(monkeypatch
     functional.explicit_maw(inp, lambda rows, s: uniform, want_map=True, need_stats=need_stats)
     one_map = heads * length * length
     assert sizes and max(sizes) <= one_map / 2, (max(sizes), one_map)
+
+
+@pytest.mark.parametrize("batch,chunk", [(1, 0), (8, 1), (8, 0)])  # (1, 0): second pass; (8, 1): maps kept
+@pytest.mark.parametrize("bias", [False, True])
+def test_one_hot_weights_compute_only_the_selected_depth(monkeypatch, batch, chunk, bias):
+    """argmax / router at inference: the combination is the selected depth's map itself, and a second pass
+    recomputes only that depth; outputs and maps still match the reference."""
+    from maw_reranker.maw import functional
+
+    shapes = []
+    original = functional._buffer
+
+    def recording(buffers, name, shape, like):
+        if name == "scores":
+            shapes.append(shape)
+        return original(buffers, name, shape, like)
+
+    monkeypatch.setattr(functional, "_buffer", recording)
+    inp = make_inputs(3, batch=batch, bias=bias)
+
+    def decide(rows, stats_rows):
+        return torch.nn.functional.one_hot(stat_scores(stats_rows).argmax(-1), 3).float()
+
+    out, a_map, _ = functional.explicit_maw(inp, decide, want_map=True, chunk=chunk)
+    ref_out, ref_map, _ = reference_maw(
+        inp, lambda b, s: torch.nn.functional.one_hot(reference_stat_weights(s, 1.0).argmax(-1), 3).double())
+    valid = inp.key_valid[:, None, :, None]
+    both = inp.key_valid[:, None, :, None] & inp.key_valid[:, None, None, :]
+    assert torch.allclose((out * valid).double(), ref_out, atol=1e-5)
+    assert torch.allclose((a_map * both).double(), ref_map, atol=1e-5)
+    if batch == 1:  # statistics pass over 3 depths, then the output pass over the selected one only
+        assert {s[2] for s in shapes} == {3, 1}
+
+
+def test_mixed_one_hot_selections_in_one_chunk_are_combined():
+    from maw_reranker.maw.functional import explicit_maw
+
+    inp = make_inputs(3, batch=4)
+    weights = torch.eye(3)[[0, 2, 1, 2]]
+    out, _, _ = explicit_maw(inp, lambda rows, s: weights[rows], need_stats=False, chunk=4)
+    ref_out, _, _ = reference_maw(inp, lambda b, s: weights[b].double())
+    valid = inp.key_valid[:, None, :, None]
+    assert torch.allclose((out * valid).double(), ref_out, atol=1e-5)
+
+
+@pytest.mark.parametrize("need_stats", [True, False])
+def test_bf16_inputs_on_a_cpu_are_computed_in_float32(need_stats):
+    """On a CPU the maps of bf16 inputs are float32 (faster there, and statistics keep float32 precision): the
+    result is the float32 computation on the same values, rounded once at the end."""
+    from maw_reranker.maw.functional import explicit_maw, map_dtype
+
+    inp = make_inputs(3, batch=4)
+    low = DepthInputs(q=[t.bfloat16() for t in inp.q], k=[t.bfloat16() for t in inp.k], scale=inp.scale,
+                      v=inp.v.bfloat16(), allowed=inp.allowed, key_valid=inp.key_valid)
+    high = DepthInputs(q=[t.float() for t in low.q], k=[t.float() for t in low.k], scale=inp.scale,
+                       v=low.v.float(), allowed=inp.allowed, key_valid=inp.key_valid)
+    assert map_dtype(low.v) == torch.float32 and map_dtype(inp.v.double()) == torch.float64
+
+    def decide(rows, stats_rows):
+        return torch.softmax(2.5 * stat_scores(stats_rows), -1) if need_stats else torch.full((rows.stop - rows.start, 3), 1 / 3)
+
+    out_low, _, stats_low = explicit_maw(low, decide, need_stats=need_stats)
+    out_high, _, stats_high = explicit_maw(high, decide, need_stats=need_stats)
+    assert out_low.dtype == torch.bfloat16
+    assert torch.equal(out_low, out_high.bfloat16())
+    if need_stats:
+        assert torch.equal(stats_low, stats_high)
