@@ -255,6 +255,9 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=512)
     parser.add_argument("--batch", type=int, default=32, help="batch of the whole-model part")
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 32], help="batches of the layer part")
+    parser.add_argument("--lengths", type=int, nargs="+", help="L values of the layer part (default 128 256 512, "
+                        "and 1024 at batch 1)")
+    parser.add_argument("--depths", type=int, nargs="+", help="D values of the layer part (default 1 4 8 16)")
     parser.add_argument("--max-length", type=int, default=512)
     parser.add_argument("--no-memory", action="store_true")
     parser.add_argument("--model-only", action="store_true", help="only part 2 (whole-model throughput)")
@@ -266,6 +269,7 @@ def main() -> None:
         child_memory(kind, int(depth), int(batch), int(length))
         return
     lengths, depths = ([128, 256], [1, 8]) if args.quick else ([128, 256, 512], [1, 4, 8, 16])
+    lengths, depths = args.lengths or lengths, args.depths or depths
     if args.model_only:
         lengths = []
     print(f"# MAW layer cost, {HEADS} heads x {HIDDEN // HEADS}, torch {torch.__version__}, "
@@ -274,7 +278,7 @@ def main() -> None:
     rows = []
     for batch in args.batches if lengths else []:
         # Batch 1 adds L=1024 (long documents, one at a time); the reference is too slow for it at batch 32.
-        batch_lengths = lengths + ([1024] if batch == 1 and not args.quick else [])
+        batch_lengths = lengths + ([1024] if batch == 1 and not (args.quick or args.lengths) else [])
         rows += layer_table(batch_lengths, depths, batch, repeats=3 if args.quick else 5,
                             with_memory=not (args.quick or args.no_memory), cells=cells) + [""]
     print("\n".join(rows))
@@ -293,10 +297,13 @@ def print_checks(cells: dict, ratios: dict) -> None:
     if (32, 256, 8) in cells:
         speedup = cells[(32, 256, 8)]["speedup"]
         checks.append((speedup >= 20, f"fast path {speedup:.1f}x the reference at L=256, D=8, stat (target >= 20x)"))
-    peaks = [m for cell in cells.values() for m in cell["memory"] if m is not None]
+    # Issue 12's memory target: batch 1 and 32, L = 512 and 1024, D = 8 (at L=128 a map is under 1 MiB and fixed
+    # overheads dominate the ratio).
+    peaks = [m for (batch, length, depth), cell in cells.items() if length >= 512 and depth == 8
+             for m in cell["memory"] if m is not None]
     if peaks:
-        checks.append((max(peaks) <= 1.5,
-                       f"peak extra memory at most {max(peaks):.2f} attention maps (target <= 1.5)"))
+        checks.append((max(peaks) <= 1.5, f"peak extra memory at most {max(peaks):.2f} attention maps at L >= 512, "
+                                          "D=8 (target <= 1.5)"))
     for (mode, precision), ratio in ratios.items():
         target = 0.85 if mode == "stat" else 0.90  # issue 12's targets, in fp32 and in bf16
         checks.append((ratio >= target, f"{mode} {precision}: patched/unpatched throughput {ratio:.2f} "

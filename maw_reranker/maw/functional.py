@@ -181,8 +181,9 @@ def explicit_maw(inp: DepthInputs, decide: Callable, want_output: bool = True, w
     (batch 1, interactive reranking) they are computed a second time, tile by tile, which bounds the extra memory
     by a few tiles at any length.
 
-    ``decide(rows, stats_rows)`` returns the chunk's weights ``[b, D]``/``[b, H, D]`` (``stats_rows`` is None
-    when ``need_stats`` is False). Returns ``(O_maw or None, A_sel or None, stats or None)``.
+    ``decide(rows, stats_rows)`` returns the weights ``[b, D]``/``[b, H, D]`` of the examples in ``rows``: per chunk
+    with statistics, once for the whole batch (``stats_rows`` None) when ``need_stats`` is False. Returns
+    ``(O_maw or None, A_sel or None, stats or None)``.
     """
     batch, heads, length, _ = inp.v.shape
     depth = inp.depth

@@ -1,0 +1,116 @@
+"""Pack what `gpu_check.py` needs onto a machine with no network: the real checkpoint, the DL19 candidates and
+the test runner, small enough to travel with the working tree (docs/maw.md, "GPU check").
+
+  pack    (here)   python benchmarks/gpu_bundle.py pack [.gpu]
+  unpack  (there)  python benchmarks/gpu_bundle.py unpack [.gpu] /tmp/maw-models
+
+The bundle folder (`.gpu/`, git-ignored) holds:
+  model/ms-marco-MiniLM-L-12-v2/  the checkpoint of ../shared/tools/get-models.sh, stored losslessly in about a
+                                  quarter of its size: it was rebuilt from INT8 weights, so each large tensor has at
+                                  most 256 distinct values, kept as uint8 codes plus a per-tensor table; `unpack`
+                                  rebuilds the float32 `model.safetensors` bit for bit (checked on `pack`);
+  data/trec-dl-2019-passage/      the BM25 top-100 candidate texts of DL19 (from ../shared/data);
+  wheels/                         pure-Python wheels the GPU machine's Python lacks (pytest and its needs).
+
+The machine: `python -m pip install -q --no-index --no-deps --target /tmp/site .gpu/wheels/*.whl`, then
+`PYTHONPATH=/tmp/site python benchmarks/gpu_check.py --models /tmp/maw-models --data .gpu/data/trec-dl-2019-passage`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+HERE = Path(__file__).resolve().parent
+MODEL = "ms-marco-MiniLM-L-12-v2"
+DL19 = Path("trec-dl-2019-passage/rank_llm/BM25/retrieve_results_dl19.json")
+WHEELS = ["pytest==8.3.5", "pluggy==1.5.0", "iniconfig==2.0.0"]
+CODES, TABLE, RAW = "codes::", "table::", "raw::"
+
+
+def encode(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Tensors with at most 256 distinct values as uint8 codes and a value table; the rest as they are."""
+    out = {}
+    for name, tensor in state.items():
+        table, codes = torch.unique(tensor, return_inverse=True)
+        if tensor.is_floating_point() and table.numel() <= 256:
+            out[CODES + name], out[TABLE + name] = codes.to(torch.uint8), table
+        else:
+            out[RAW + name] = tensor
+    return out
+
+
+def decode(packed: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    state = {}
+    for key, tensor in packed.items():
+        if key.startswith(CODES):
+            name = key[len(CODES):]
+            state[name] = packed[TABLE + name][tensor.long()]
+        elif key.startswith(RAW):
+            state[key[len(RAW):]] = tensor
+    return state
+
+
+def pack(bundle: Path, models: Path, data: Path) -> None:
+    source = models / MODEL
+    if not (source / "model.safetensors").is_file():
+        sys.exit(f"{source}/model.safetensors not found: run ../shared/tools/get-models.sh first")
+    if not (data / DL19).is_file():
+        sys.exit(f"{data / DL19} not found (../shared/data)")
+    target = bundle / "model" / MODEL
+    shutil.rmtree(bundle, ignore_errors=True)
+    target.mkdir(parents=True)
+    state = load_file(str(source / "model.safetensors"))
+    packed = encode(state)
+    rebuilt = decode(packed)
+    if rebuilt.keys() != state.keys() or any(not torch.equal(rebuilt[k], state[k]) for k in state):
+        sys.exit("the packed checkpoint does not rebuild exactly; not writing a bundle")
+    save_file(packed, str(target / "packed.safetensors"))
+    for item in source.iterdir():
+        if item.name != "model.safetensors":
+            shutil.copy2(item, target / item.name)
+    (bundle / "data" / DL19).parent.mkdir(parents=True)
+    shutil.copy2(data / DL19, bundle / "data" / DL19)
+    subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "-d", str(bundle / "wheels"),
+                    *WHEELS], check=True)
+    size = sum(f.stat().st_size for f in bundle.rglob("*") if f.is_file())
+    print(f"{bundle}: {size / 2**20:.1f} MiB (the working tree that travels may hold 64 MiB in all)")
+
+
+def unpack(bundle: Path, models: Path) -> None:
+    source, target = bundle / "model" / MODEL, models / MODEL
+    target.mkdir(parents=True, exist_ok=True)
+    save_file(decode(load_file(str(source / "packed.safetensors"))), str(target / "model.safetensors"))
+    for item in source.iterdir():
+        if item.name != "packed.safetensors":
+            shutil.copy2(item, target / item.name)
+    print(target)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("pack", help="write the bundle (here)")
+    p.add_argument("bundle", nargs="?", default=".gpu", type=Path)
+    p.add_argument("--models", type=Path, default=Path(os.environ.get("MAW_BENCH_MODELS")
+                                                       or os.path.expanduser("~/.cache/maw-bench-models")))
+    p.add_argument("--data", type=Path, default=HERE.parents[1] / "shared" / "data")
+    u = sub.add_parser("unpack", help="rebuild the checkpoint (on the GPU machine)")
+    u.add_argument("bundle", nargs="?", default=".gpu", type=Path)
+    u.add_argument("models", type=Path)
+    args = ap.parse_args()
+    if args.command == "pack":
+        pack(args.bundle, args.models, args.data)
+    else:
+        unpack(args.bundle, args.models)
+
+
+if __name__ == "__main__":
+    main()
