@@ -35,15 +35,30 @@ WHEELS = ["pytest==8.3.5", "pluggy==1.5.0", "iniconfig==2.0.0"]
 CODES, TABLE, RAW = "codes::", "table::", "raw::"
 
 
+BITS = {torch.float32: torch.int32, torch.float16: torch.int16, torch.bfloat16: torch.int16,
+        torch.float64: torch.int64}
+
+
+def bits(tensor: torch.Tensor) -> torch.Tensor:
+    """The tensor's bit patterns (so that -0.0 and +0.0, or two NaNs, stay distinct)."""
+    return tensor.view(BITS[tensor.dtype]) if tensor.dtype in BITS else tensor
+
+
+def same_bits(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(a[k].dtype == b[k].dtype and torch.equal(bits(a[k]), bits(b[k])) for k in a)
+
+
 def encode(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Tensors with at most 256 distinct values as uint8 codes and a value table; the rest as they are."""
+    """Floating-point tensors with at most 256 distinct bit patterns as uint8 codes and a table of those patterns;
+    the rest as they are."""
     out = {}
     for name, tensor in state.items():
-        table, codes = torch.unique(tensor, return_inverse=True)
-        if tensor.is_floating_point() and table.numel() <= 256:
-            out[CODES + name], out[TABLE + name] = codes.to(torch.uint8), table
-        else:
-            out[RAW + name] = tensor
+        if tensor.dtype in BITS:
+            table, codes = torch.unique(bits(tensor), return_inverse=True)
+            if table.numel() <= 256:
+                out[CODES + name], out[TABLE + name] = codes.to(torch.uint8), table.view(tensor.dtype)
+                continue
+        out[RAW + name] = tensor
     return out
 
 
@@ -52,7 +67,8 @@ def decode(packed: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     for key, tensor in packed.items():
         if key.startswith(CODES):
             name = key[len(CODES):]
-            state[name] = packed[TABLE + name][tensor.long()]
+            table = packed[TABLE + name]
+            state[name] = bits(table)[tensor.long()].view(table.dtype)
         elif key.startswith(RAW):
             state[key[len(RAW):]] = tensor
     return state
@@ -70,7 +86,7 @@ def pack(bundle: Path, models: Path, data: Path) -> None:
     state = load_file(str(source / "model.safetensors"))
     packed = encode(state)
     rebuilt = decode(packed)
-    if rebuilt.keys() != state.keys() or any(not torch.equal(rebuilt[k], state[k]) for k in state):
+    if not same_bits(rebuilt, state):
         sys.exit("the packed checkpoint does not rebuild exactly; not writing a bundle")
     save_file(packed, str(target / "packed.safetensors"))
     for item in source.iterdir():

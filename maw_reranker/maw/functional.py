@@ -152,8 +152,12 @@ def _example_statistics(rowstats: torch.Tensor, query_valid: torch.Tensor, lengt
     rowstats[3].square_()
     heads = rowstats.shape[2]
     weights = query_valid.to(rowstats.dtype)
-    sums = rowstats.sum((2, 4)) if full_rows else (rowstats * weights[None, :, None, None, :]).sum((2, 4))
-    max_p, lse, p_dot_s, hhi = sums / (weights.sum(-1) * heads).clamp_min(1).view(1, -1, 1)  # each [b, D]
+    # float32 sums: in fp16 (on a GPU) H x L row log-sum-exps of about 12 pass fp16's maximum at L = 512.
+    if full_rows:
+        sums = rowstats.sum((2, 4), dtype=torch.float32)
+    else:
+        sums = (rowstats * weights[None, :, None, None, :]).sum((2, 4), dtype=torch.float32)
+    max_p, lse, p_dot_s, hhi = sums / (weights.float().sum(-1) * heads).clamp_min(1).view(1, -1, 1)  # [b, D] each
     nk = lengths.clamp_min(1).to(sums.dtype).view(-1, 1)
     return torch.stack((hhi / nk - 1.0 / (nk * nk), max_p, lse - p_dot_s, hhi), dim=-1).float()
 
@@ -204,7 +208,9 @@ def explicit_maw(inp: DepthInputs, decide: Callable, want_output: bool = True, w
     if keep:  # one allocation at the largest chunk's size, not one per new maximum length
         n_max = max(max(length_list) if trim else length, 1)
         _buffer(buffers, "kept", (min(step, batch), heads, depth, n_max, n_max), inp.v.new_empty(0, dtype=work))
-    weights_all = None if need_stats or not combine else decide(slice(0, batch), None).to(work)
+    if not (combine or need_stats):
+        return out, a_map, stats
+    weights_all = None if need_stats else decide(slice(0, batch), None).to(work)
     for start in range(0, batch, step):
         rows = slice(start, min(start + step, batch))
         n = max(max(length_list[rows]) if trim else length, 1)

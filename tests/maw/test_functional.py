@@ -254,15 +254,40 @@ def test_one_hot_weights_compute_only_the_selected_depth(monkeypatch, batch, chu
         assert {s[2] for s in shapes} == {3, 1}
 
 
-def test_mixed_one_hot_selections_in_one_chunk_are_combined():
+@pytest.mark.parametrize("batch,chunk", [(4, 4), (12, 2)])  # (4, 4): second pass; (12, 2): maps kept
+@pytest.mark.parametrize("need_stats", [True, False])
+def test_mixed_one_hot_selections_in_one_chunk_are_combined(batch, chunk, need_stats):
+    """Examples of one chunk selecting different depths: each gets its own depth's map."""
     from maw_reranker.maw.functional import explicit_maw
 
-    inp = make_inputs(3, batch=4)
-    weights = torch.eye(3)[[0, 2, 1, 2]]
-    out, _, _ = explicit_maw(inp, lambda rows, s: weights[rows], need_stats=False, chunk=4)
-    ref_out, _, _ = reference_maw(inp, lambda b, s: weights[b].double())
+    inp = make_inputs(3, batch=batch)
+    weights = torch.eye(3)[[0, 2, 1, 2] * (batch // 4)]
+    out, a_map, _ = explicit_maw(inp, lambda rows, s: weights[rows], want_map=True, need_stats=need_stats,
+                                 chunk=chunk)
+    ref_out, ref_map, _ = reference_maw(inp, lambda b, s: weights[b].double())
     valid = inp.key_valid[:, None, :, None]
+    both = inp.key_valid[:, None, :, None] & inp.key_valid[:, None, None, :]
     assert torch.allclose((out * valid).double(), ref_out, atol=1e-5)
+    assert torch.allclose((a_map * both).double(), ref_map, atol=1e-5)
+
+
+def test_nothing_asked_returns_nothing():
+    from maw_reranker.maw.functional import explicit_maw
+
+    assert explicit_maw(make_inputs(3), None, want_output=False, need_stats=False) == (None, None, None)
+
+
+def test_fp16_statistics_do_not_overflow_at_long_inputs():
+    """Row log-sum-exps of about 12 over 12 heads x 512 rows sum past fp16's maximum (65504): sums are float32."""
+    from maw_reranker.maw.functional import _example_statistics
+
+    rowstats = torch.full((4, 1, 12, 2, 512), 0.01, dtype=torch.float16)
+    rowstats[1] = 12.0
+    stats = _example_statistics(rowstats, torch.ones(1, 512, dtype=torch.bool), torch.tensor([512]), full_rows=True)
+    assert torch.isfinite(stats).all()
+    assert torch.allclose(stats[0, :, 2], torch.tensor(12.0 - 0.01), atol=0.02)  # entropy = lse - sum p s
+    masked = _example_statistics(rowstats, torch.ones(1, 512, dtype=torch.bool), torch.tensor([512]))
+    assert torch.isfinite(masked).all()
 
 
 @pytest.mark.parametrize("need_stats", [True, False])

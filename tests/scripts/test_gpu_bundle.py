@@ -23,13 +23,15 @@ def test_codes_rebuild_every_tensor_exactly(bundle_module):
     levels = torch.randn(256, generator=gen)
     state = {"quantized": levels[torch.randint(0, 256, (64, 32), generator=gen)],
              "dense": torch.randn(300, generator=gen),  # > 256 distinct values: kept as it is
+             "signed_zeros": torch.tensor([0.0, -0.0, 1.0, -0.0]),  # equal as numbers, not as bits
+             "half": levels[:7].half().repeat(3),
              "ids": torch.arange(10)}
     packed = bundle_module.encode(state)
     assert packed["codes::quantized"].dtype == torch.uint8 and "raw::dense" in packed and "raw::ids" in packed
     rebuilt = bundle_module.decode(packed)
-    assert rebuilt.keys() == state.keys()
-    for name, tensor in state.items():
-        assert rebuilt[name].dtype == tensor.dtype and torch.equal(rebuilt[name], tensor)
+    assert bundle_module.same_bits(rebuilt, state)
+    assert torch.signbit(rebuilt["signed_zeros"]).tolist() == [False, True, False, True]
+    assert not bundle_module.same_bits({"z": torch.tensor([0.0])}, {"z": torch.tensor([-0.0])})
 
 
 def test_pack_then_unpack_gives_the_same_checkpoint(bundle_module, tmp_path, monkeypatch):
