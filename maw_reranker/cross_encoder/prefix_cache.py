@@ -8,12 +8,18 @@ Layout (one folder per model/prefix/length/dtype, under a root the caller picks)
 
 Identity. The folder name carries :func:`maw_reranker.cross_encoder.prefix.prefix_fingerprint` (a sha256 of the
 config, ``start``, the prefix weights and buffers, the tokenizer, and the MAW config when MAW sits in the prefix),
-``max_length`` and the storage dtype; ``meta.json`` holds the full digest and is compared on open. A pair's key is
-:func:`pair_key`: sha256 of its (query, document) text.
+``max_length`` and the storage dtype; ``meta.json`` holds the full digest and is compared on open. The states are of
+the encoder's ``max_length`` when the cache was opened: a fill or read after ``encoder.max_length`` changed is
+refused. A pair's key is :func:`pair_key`: sha256 of the JSON list ``[query, document]`` (unambiguous, unlike a
+concatenation).
 
 Storage. Each shard is one safetensors file: ``states [T, H]`` (the pairs' token rows concatenated, each pair only up
-to its own length: no padding on disk), ``lengths [n]`` (int32), and the pairs' keys in the header metadata.
-Readers memory-map the shards (``safe_open``) and copy out only the rows of the pairs asked for. Disk use is about
+to its own length: no padding on disk), ``lengths [n]`` (int32), and in the header metadata the pairs' keys, the
+format, fingerprint, ``max_length``, dtype and a sha256 of the keys and tensors. A shard is checked on first
+open (about 1 s per GB): one that is unreadable (truncated, empty, a garbage header), damaged (checksum, shapes) or
+of another cache (fingerprint, ``max_length``, dtype, format) is named in one warning, deleted, and its pairs are
+computed again by the next fill; it is never served. A folder of an older format is emptied and rebuilt. Readers
+memory-map the shards (``safe_open``) and copy out only the rows of the pairs asked for. Disk use is about
 ``mean tokens x hidden x bytes``: a MiniLM pair of 180 tokens is 180 x 384 x 2 = 138 KB in fp16.
 
 Dtype. ``fp16`` (default: half the disk of fp32; hidden states of BERT-family models are O(1..100), far inside its
@@ -33,6 +39,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import secrets
 import time
@@ -47,9 +54,27 @@ from maw_reranker.utils.io import atomic_write, write_json
 from maw_reranker.utils.progress import progress_bar
 
 CACHE_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
-CACHE_FORMAT = "maw-prefix-cache/1"
+CACHE_FORMAT = "maw-prefix-cache/2"  # 2: per-shard fingerprint, max_length, dtype and checksum
+OLD_FORMATS = ("maw-prefix-cache/1",)  # folders of these are emptied and rebuilt
 META_NAME = "meta.json"
 STALE_TEMP_SECONDS = 600  # a shard temporary untouched this long belongs to a killed writer
+
+log = logging.getLogger(__name__)
+
+
+class _BadShard(Exception):
+    """A shard that must not be served (the message says why)."""
+
+
+def shard_checksum(keys: str, tensors: dict[str, torch.Tensor]) -> str:
+    """sha256 of a shard's keys (their JSON text) and its tensors (names, shapes, dtypes, bytes)."""
+    h = hashlib.sha256(keys.encode("utf-8"))
+    for name in ("lengths", "states"):
+        t = tensors[name].contiguous()
+        h.update(f"\n{name}:{tuple(t.shape)}:{t.dtype}\n".encode())
+        if t.numel():
+            h.update(t.view(torch.uint8).numpy())  # bytes, whatever the dtype (numpy has no bf16)
+    return h.hexdigest()
 
 
 def _remove_old_temps(folder: Path) -> None:
@@ -129,29 +154,36 @@ class PrefixCache:
             except (UnicodeDecodeError, json.JSONDecodeError) as exc:
                 raise ValueError(f"{meta_file}: unreadable prefix-cache metadata ({exc}); remove the folder "
                                  f"{self.path} (it is rebuilt)") from None
-            keys = ("format", "fingerprint", "start", "max_length", "dtype", "hidden_size")
-            if any(found.get(k) != self.meta[k] for k in keys):
+            keys = ("fingerprint", "start", "max_length", "dtype", "hidden_size")
+            if any(found.get(k) != self.meta[k] for k in keys) or (
+                    found.get("format") != CACHE_FORMAT and found.get("format") not in OLD_FORMATS):
                 raise ValueError(f"{self.path} holds a different prefix cache ({META_NAME} does not match this "
-                                 "model, start, max_length and dtype); remove it or use another root")
+                                 "model, start, max_length, dtype and format); remove it or use another root")
+            if found.get("format") != CACHE_FORMAT:
+                shards = sorted(self.path.glob("shard-*.safetensors"))
+                log.warning("prefix cache %s is of the older format %s: its %d shard(s) are deleted and rebuilt",
+                            self.path, found.get("format"), len(shards))
+                for shard in shards:
+                    shard.unlink(missing_ok=True)
+                write_json(meta_file, self.meta)
         else:
             write_json(meta_file, self.meta)
         self.refresh()
 
     def refresh(self) -> int:
-        """Load shards written since the last look (by this or another process); returns how many were added."""
-        from safetensors import safe_open
-
+        """Load shards written since the last look (by this or another process), each checked first (see the module
+        docstring: a bad shard is logged, deleted and never served); returns how many were added."""
         known = set(self._shard_names)
         added = 0
         for shard in sorted(self.path.glob("shard-*.safetensors")):
             if shard.name in known:
                 continue
-            handle = safe_open(str(shard), framework="pt")
-            meta = handle.metadata() or {}
-            if meta.get("format") != CACHE_FORMAT:
+            try:
+                handle, keys, lengths = self._open_shard(shard)
+            except _BadShard as exc:
+                log.warning("prefix cache: shard %s %s: deleted, its pairs are computed again", shard, exc)
+                shard.unlink(missing_ok=True)
                 continue
-            keys = json.loads(meta["keys"])
-            lengths = handle.get_tensor("lengths").tolist()
             number = len(self._shards)
             self._shards.append(handle)
             self._shard_names.append(shard.name)
@@ -162,12 +194,47 @@ class PrefixCache:
             added += 1
         return added
 
+    def _open_shard(self, shard: Path) -> tuple[Any, list[str], list[int]]:
+        """(handle, keys, lengths) of a shard of this cache, or a _BadShard saying what is wrong with it."""
+        from safetensors import safe_open
+
+        try:
+            handle = safe_open(str(shard), framework="pt")
+            meta = handle.metadata() or {}
+            want = {"format": CACHE_FORMAT, "fingerprint": self.fingerprint, "max_length": str(self.max_length),
+                    "dtype": self.dtype}
+            for name, value in want.items():
+                if meta.get(name) != value:
+                    raise _BadShard(f"is of another cache ({name} {str(meta.get(name))[:16]!r}, this cache's "
+                                    f"{value[:16]!r})")
+            keys = json.loads(meta["keys"])
+            tensors = {name: handle.get_tensor(name) for name in ("lengths", "states")}
+        except _BadShard:
+            raise
+        except Exception as exc:  # noqa: BLE001 - SafetensorError (empty, truncated, garbage), bad JSON, no tensor
+            raise _BadShard(f"is unreadable ({type(exc).__name__}: {' '.join(str(exc).split())[:200]})") from None
+        if shard_checksum(meta["keys"], tensors) != meta.get("checksum"):
+            raise _BadShard("is damaged (checksum mismatch)")
+        lengths, states = tensors["lengths"], tensors["states"]
+        if (not isinstance(keys, list) or lengths.dtype != torch.int32 or lengths.dim() != 1
+                or len(keys) != lengths.numel() or states.dtype != self.storage_dtype
+                or tuple(states.shape) != (int(lengths.sum()), self.hidden_size)):
+            raise _BadShard("is damaged (tensor shapes or dtypes do not match its keys and this cache)")
+        return handle, keys, lengths.tolist()
+
     def verify(self) -> None:
-        """Raise if the encoder's prefix (weights, config, tokenizer) no longer matches the cached states."""
+        """Raise if the encoder's prefix (weights, config, tokenizer) or ``max_length`` no longer matches the cached
+        states."""
+        self._check_max_length()
         now = prefix_fingerprint(self.encoder, self.start)
         if now != self.fingerprint:
             raise RuntimeError("the encoder's prefix changed since the prefix cache was opened: its states are stale "
                                "(was the prefix frozen? see freeze_prefix)")
+
+    def _check_max_length(self) -> None:
+        if int(self.encoder.max_length) != self.max_length:
+            raise RuntimeError(f"prefix cache {self.path} holds states of max_length {self.max_length}, but "
+                               f"encoder.max_length is now {self.encoder.max_length}: open a PrefixCache for it")
 
     # -- queries ------------------------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -206,6 +273,7 @@ class PrefixCache:
     def _compute(self, pairs: Sequence[tuple[str, str]], show_progress: bool) -> None:
         if not pairs:
             return
+        self._check_max_length()  # the states must be of the length the folder is keyed by
         encoder = self.encoder
         tokenizer = encoder.tokenizer
         encoded = encoder.tokenize(pairs, padding=False)
@@ -245,7 +313,10 @@ class PrefixCache:
         rows = [self._pending[k] for k in keys]
         tensors = {"states": torch.cat(rows).contiguous(),
                    "lengths": torch.tensor([r.shape[0] for r in rows], dtype=torch.int32)}
-        meta = {"format": CACHE_FORMAT, "keys": json.dumps(keys), "fingerprint": self.fingerprint}
+        keys_json = json.dumps(keys)
+        meta = {"format": CACHE_FORMAT, "keys": keys_json, "fingerprint": self.fingerprint,
+                "max_length": str(self.max_length), "dtype": self.dtype,
+                "checksum": shard_checksum(keys_json, tensors)}
         name = f"shard-{int(time.time() * 1000):015d}-{os.getpid()}-{secrets.token_hex(3)}.safetensors"
         path = self.path / name
         with atomic_write(path, "wb") as handle:
@@ -282,6 +353,7 @@ class PrefixCache:
         (int64), "lengths": [B]}``, L the longest pair (what ``encoder.tokenize(pairs)`` pads to, so dropout masks
         match the uncached forward's shape). Padded rows are zero. Default device and dtype: the model's. A KeyError
         names the first pair not cached."""
+        self._check_max_length()
         param = next(hf_model(self.encoder).parameters())
         device = param.device if device is None else torch.device(device)
         dtype = param.dtype if dtype is None else dtype
@@ -316,4 +388,4 @@ class PrefixCache:
         return int(pending.shape[0]) if pending is not None else self._index[key][2]
 
 
-__all__ = ["PrefixCache", "pair_key", "CACHE_DTYPES", "CACHE_FORMAT"]
+__all__ = ["PrefixCache", "pair_key", "shard_checksum", "CACHE_DTYPES", "CACHE_FORMAT"]

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from maw_reranker.cross_encoder.activation import apply_activation, check_activation
 from maw_reranker.cross_encoder.model import depth_buffers, record_depth
 from maw_reranker.cross_encoder.prefix import top_forward, train_top
 from maw_reranker.maw.patcher import maw_layers
@@ -46,7 +47,8 @@ def cached_features(cache, pairs: Sequence[tuple[str, str]], device=None) -> dic
 
 
 class CachedScorer:
-    """Scores pairs through the prefix cache and the top layers only (eval mode, ``inference_mode``)."""
+    """Scores pairs through the prefix cache and the top layers only (eval mode, ``inference_mode``); ``predict``
+    takes the arguments of ``CrossEncoderWithMAW.predict`` and returns what it does."""
 
     def __init__(self, encoder, cache):
         self.encoder = encoder
@@ -60,7 +62,8 @@ class CachedScorer:
 
     @torch.inference_mode()
     def predict(self, pairs: Sequence[tuple[str, str]], batch_size: int = 32, precision: str = "fp32",
-                show_progress_bar: bool = False, return_depth: bool = False):
+                activation: str | None = None, show_progress_bar: bool = False, return_depth: bool = False):
+        check_activation(activation)
         pairs = [tuple(p) for p in pairs]
         # MAW layers of the top only: one inside the prefix ran when its states were cached, not now
         layers = {m.layer_index: m for m in maw_layers(self.model).values() if m.layer_index >= self.cache.start}
@@ -83,4 +86,5 @@ class CachedScorer:
                     record_depth(depth, layers, idx)
         finally:
             self.encoder.train(was_training)
+        scores = apply_activation(scores, activation)
         return (scores, depth) if return_depth else scores

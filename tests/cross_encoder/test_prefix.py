@@ -255,7 +255,7 @@ def test_cache_batches_keep_order_duplicates_and_padding(arch_dirs, tmp_path):
     assert (batch["hidden_states"][~valid] == 0).all()
     with pytest.raises(KeyError):
         cache.get([("not", "cached")])
-    assert pair_key("a b", "c") != pair_key("a", "b c")
+    assert pair_key("ab", "c") != pair_key("a", "bc")
 
 
 def test_cache_is_keyed_by_prefix_weights_start_and_length(arch_dirs, tmp_path):
