@@ -136,3 +136,26 @@ def test_hard_weights_compute_each_example_at_its_depth(chunk):
         assert torch.allclose(a, b, atol=1e-10)
     same = combined_attention(inp, torch.nn.functional.one_hot(torch.full((4,), 1), 4).double(), hard=True)
     assert torch.allclose(same * valid, combined_attention(inp, torch.nn.functional.one_hot(torch.full((4,), 1), 4).double()) * valid)
+
+
+def test_hard_weights_keep_the_dropout():
+    """Sampled or forced depths (``hard``) drop entries of the selected map as the soft combination does: with one
+    depth for every example, the same mask under the same seed; with mixed depths, entries are 0 or 1/(1-p) times
+    the plain ones, about a fraction p of them 0."""
+    inp, _ = _inputs(4)
+    valid = inp.key_valid[:, None, :, None]
+    one_depth = torch.nn.functional.one_hot(torch.full((4,), 2), 4).double()
+    torch.manual_seed(11)
+    hard = combined_attention(inp, one_depth, dropout_p=0.5, hard=True)
+    torch.manual_seed(11)
+    soft = combined_attention(inp, one_depth, dropout_p=0.5)
+    assert torch.allclose(hard * valid, soft * valid, atol=1e-12)
+    assert not torch.allclose(hard * valid, combined_attention(inp, one_depth, hard=True) * valid)
+    n = inp.v.shape[-2]
+    inp.v = torch.eye(n, dtype=torch.float64).expand(inp.v.shape[0], inp.v.shape[1], n, n).contiguous()
+    mixed = torch.nn.functional.one_hot(torch.tensor([2, 0, 2, 3]), 4).double()
+    torch.manual_seed(5)
+    dropped = combined_attention(inp, mixed, dropout_p=0.5, hard=True).detach()
+    full = combined_attention(inp, mixed, hard=True).detach()
+    assert bool((torch.isclose(dropped, 2 * full, atol=1e-12) | (dropped == 0)).all())
+    assert 0.3 < float((dropped[full > 0] == 0).double().mean()) < 0.7

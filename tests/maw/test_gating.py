@@ -131,3 +131,26 @@ def test_per_head_weights_shape():
     assert gate(3, None, None).shape == (3, 2, 4)
     with pytest.raises(ValueError, match="per_head"):
         MAWConfig(gating_mode="stat", per_head=True)
+
+
+def test_router_uses_its_gumbel_temperature():
+    """``router_tau`` is the temperature of the straight-through Gumbel-softmax: the same one-hot draw under one
+    seed, the soft gradient of F.gumbel_softmax at that tau (not at 1)."""
+    s = stats()
+    grads, draws = {}, {}
+    for tau in (0.25, 1.0, 4.0):
+        gate = DepthGating(MAWConfig(gating_mode="router", depth_dim=4, router_tau=tau), 8, 2).train()
+        logits = gate.policy_logits(s).detach().requires_grad_()
+        gate.policy_logits = lambda stats, logits=logits: logits  # a leaf, to read the gradient the draw passes
+        torch.manual_seed(0)
+        w = gate(5, s, None)
+        (w * torch.arange(4.0)).sum().backward()
+        reference = logits.detach().requires_grad_()
+        torch.manual_seed(0)
+        expected = torch.nn.functional.gumbel_softmax(reference, tau=tau, hard=True)
+        (expected * torch.arange(4.0)).sum().backward()
+        assert torch.equal(w, expected)
+        assert torch.allclose(logits.grad, reference.grad)
+        grads[tau], draws[tau] = logits.grad, w.detach()
+    assert torch.equal(draws[0.25], draws[4.0])  # argmax of (logits + g) / tau: the draw ignores tau
+    assert not torch.allclose(grads[0.25], grads[1.0]) and not torch.allclose(grads[4.0], grads[1.0])

@@ -203,3 +203,26 @@ def test_training_saves_at_most_two_maps_per_depth(monkeypatch, arch, dropout):
     assert torch.allclose(out, out_saved, atol=1e-6)
     for g, h in zip(grads, grads_saved):
         assert torch.allclose(g, h, atol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["argmax", "grpo", "forced"])
+def test_attention_dropout_reaches_sampled_and_forced_depths(mode):
+    """In training mode with attention dropout, one-hot depths (argmax, GRPO's samples, forced depths: the per-depth
+    path) are dropped out too: the output differs from the same depths without dropout (eval mode, forced)."""
+    model, layer = patched("bert", gating_mode="stat" if mode == "forced" else mode, depth_dim=3, maw_strength=1.0,
+                           model_kwargs=dict(attention_probs_dropout_prob=0.5))
+    bound = bound_arguments(model, layer, batch())
+    if mode == "forced":
+        layer.gating.forced_depth = torch.tensor([2, 0, 2])
+    layer.train()
+    torch.manual_seed(0)
+    with torch.no_grad():
+        dropped = layer.maw_output(bound)[0]
+    depths = layer.last_selected_depth.clone()
+    assert layer.gating.last_weights.max(-1).values.eq(1).all()  # one-hot: the per-depth path
+    layer.eval()
+    layer.gating.forced_depth = depths
+    with torch.no_grad():
+        plain = layer.maw_output(bound)[0]
+    valid = batch()["attention_mask"].bool()
+    assert not torch.allclose(dropped[valid], plain[valid], atol=1e-3)

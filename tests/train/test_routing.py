@@ -85,3 +85,41 @@ def test_grpo_step_wires_rewards_log_probs_and_advantages():
     std = abs(losses[0] - losses[1]) / 2
     adv = std / (std + 1e-6)  # +adv for the better sample, -adv for the worse
     assert math.isclose(out["policy"].item(), -(adv * -0.3 + -adv * -1.2) / 2, rel_tol=1e-5)
+
+
+def test_grpo_step_reads_the_repeated_batch_sample_major():
+    """Several groups and samples: the forward of the repeated batch is [samples][groups][pairs] (repeat_features),
+    so group g's choice under sample s is rows s * groups * group_size + g * group_size + (0..group_size)."""
+    from types import SimpleNamespace
+
+    from maw_reranker.train.losses import listwise_softmax_ce
+    from maw_reranker.train.routing import grpo_step, repeat_features
+
+    samples, groups, size = 3, 2, 2
+    gen = torch.Generator().manual_seed(0)
+    scores = torch.randn(samples * groups * size, generator=gen) * 2
+    log_prob = -torch.rand(samples * groups * size, generator=gen)
+    gate = SimpleNamespace(last_log_prob=None, last_logits=None)
+    ids = torch.arange(groups * size)[:, None].expand(-1, 5)  # row r holds r: the repeat's order is visible
+
+    def model(input_ids):
+        assert torch.equal(input_ids[:, 0], torch.arange(groups * size).repeat(samples))  # sample-major
+        gate.last_log_prob, gate.last_logits = log_prob, torch.zeros(len(input_ids), 3)
+        return scores
+
+    assert torch.equal(repeat_features({"input_ids": ids}, samples)["input_ids"][:, 0],
+                       torch.arange(groups * size).repeat(samples))
+    out = grpo_step(model, {"input_ids": ids}, groups=groups, group_size=size, loss_fn=listwise_softmax_ce,
+                    samples=samples, beta=0.0, eta=0.0, eps=1e-6, gates=[gate])
+
+    def rows(s, g):
+        first = s * groups * size + g * size
+        return slice(first, first + size)
+
+    loss = torch.tensor([[float(listwise_softmax_ce(scores[rows(s, g)].view(1, size))) for s in range(samples)]
+                         for g in range(groups)])  # [groups, samples]
+    logp = torch.tensor([[float(log_prob[rows(s, g)].sum()) for s in range(samples)] for g in range(groups)])
+    adv = group_advantages(-loss, eps=1e-6)
+    assert math.isclose(out["rank"].item(), loss.mean().item(), rel_tol=1e-6)
+    assert math.isclose(out["reward_std"].item(), loss.std(dim=1, unbiased=False).mean().item(), rel_tol=1e-5)
+    assert math.isclose(out["policy"].item(), -(adv * logp).mean().item(), rel_tol=1e-5)
