@@ -7,15 +7,15 @@ set -euo pipefail
 
 usage() {
   cat <<'USAGE'
-Usage: ./build_bm25.sh [DATASET ...] [--engine pyserini|bm25s|auto] [--k 1000] [--k1 0.9] [--b 0.4]
-                       [--out-dir pools] [--force true] [other `maw-rerank build-pools` flags]
+Usage: ./build_bm25.sh [DATASET ...] [--pool-engine pyserini|bm25s|auto] [--pool-k 1000] [--k1 0.9] [--b 0.4]
+                       [--pools-dir pools] [--force] [other `maw-rerank build-pools` flags]
 
 Examples:
-  ./build_bm25.sh scifact nfcorpus --engine pyserini
-  ./build_bm25.sh configs/datasets/scifact-local.yaml --engine bm25s --k 100
-  ./build_bm25.sh --config dl19-rankllm-bm25 --k 100          # a packaged dataset config, by name
+  ./build_bm25.sh scifact nfcorpus --pool-engine pyserini
+  ./build_bm25.sh configs/datasets/scifact-local.yaml --pool-engine bm25s --pool-k 100
+  ./build_bm25.sh --config dl19-rankllm-bm25 --pool-k 100          # a packaged dataset config, by name
 
-Pools are cached: <out-dir>/<dataset>/bm25-<engine>-k<k>.run is rebuilt only with --force true.
+Pools are cached: <pools-dir>/<dataset>/bm25-<engine>-k<k>.run is rebuilt only with --force true.
 
 USAGE
 }

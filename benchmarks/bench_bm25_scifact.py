@@ -50,7 +50,7 @@ def main() -> int:
                 start = time.perf_counter()
                 lucene_searcher_class()  # JVM start + Pyserini import, reported apart from index/search
                 notes.append(f"pyserini one-off start (JVM + import): {time.perf_counter() - start:.1f} s")
-            path = build_pool(ds, engine=engine, k=1000, out_dir=out, threads=args.threads or None)
+            path = build_pool(ds, engine=engine, k=1000, pools_dir=out, threads=args.threads or None)
             meta = json.loads(path.with_name(path.name + ".json").read_text())
             scores = pool_scores(ds, path, 1000)
             rows.append((engine, scores["nDCG@10"], scores["R@100"], scores["R@1000"], meta["index_s"], meta["search_s"]))

@@ -55,10 +55,10 @@ def train_options(args, out: Path, seed: int, maw, **overrides):
 
     base = dict(model=args.model, maw=maw, max_length=args.max_length, dataset=args.data, split="train",
                 pool_engine="bm25s", pool_k=100, pools_dir=str(Path(args.work_dir) / "pools"),
-                n_negatives=args.negatives, neg_rank_max=100, loss="listwise", trainable="full", lr=args.lr,
+                num_negatives=args.negatives, neg_rank_max=100, loss="listwise", trainable="full", lr=args.lr,
                 maw_lr=args.maw_lr, batch_size=args.batch_groups, max_steps=args.steps, warmup_ratio=0.1,
                 scheduler="linear", precision="fp32", seed=seed, output_dir=str(out), checkpoint_every=0,
-                report_to=[], progress_bar=False, overwrite=True, log_every=10)
+                report_to=[], progress=False, force=True, log_every=10)
     base.update(overrides)
     return TrainOptions(**base)
 
@@ -70,7 +70,7 @@ def test_candidates(args):
     from maw_reranker.train.data import rank_candidates
 
     ds = load_dataset(args.data, "test")
-    pool = build_pool(ds, engine="bm25s", k=100, out_dir=Path(args.work_dir) / "pools")
+    pool = build_pool(ds, engine="bm25s", k=100, pools_dir=Path(args.work_dir) / "pools")
     run, qrels, queries = read_run(pool), ds.qrels(), ds.queries()
     qids = sorted(q for q in qrels if q in run)[:args.test_queries]
     cands = {q: rank_candidates(run[q])[:args.depth] for q in qids}

@@ -15,6 +15,6 @@ done
 if [[ -n "$DATASETS" ]]; then
   suite --config dev_sweep --datasets "$DATASETS"
 else
-  run ./build_bm25.sh MSMARCO/dev-small --k 100
+  run ./build_bm25.sh MSMARCO/dev-small --pool-k 100
   suite --config dev_sweep
 fi

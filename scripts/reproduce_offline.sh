@@ -22,7 +22,7 @@ DL19_JSON="$DL19/rank_llm/BM25/retrieve_results_dl19.json"
 for f in "$DL19_JSON" "$DL19/qrels.dl19-passage.txt" "$SCIFACT/corpus.jsonl" "$SCIFACT/qrels/test.tsv"; do
   [[ -f "$f" ]] || { echo "error: missing $f" >&2; exit 1; }
 done
-run "${CLI[@]}" build-pools --dataset "$SCIFACT" --split test --dataset-name scifact-local --engine bm25s --k 1000
+run "${CLI[@]}" build-pools --dataset "$SCIFACT" --split test --dataset-name scifact-local --pool-engine bm25s --pool-k 1000
 datasets="[{dataset: $DL19_JSON, qrels: $DL19/qrels.dl19-passage.txt, dataset_name: dl19-rankllm-bm25, measures: [nDCG@10, 'RR(rel=2)@10', 'R(rel=2)@100']}, {dataset: $SCIFACT, split: test, dataset_name: scifact-local, depth: 100, pool_engine: bm25s}]"
 overrides="{${MODEL:+model: $MODEL}}"
 suite --config ablations --name offline --seeds "$SEEDS" \

@@ -4,7 +4,7 @@
 from maw_reranker.experiments.eval_run import EvalOptions, run_eval
 
 HELP = ("Rerank a dataset's candidate pool (its candidates file, a TREC run, or its BM25 pool) to a depth with a "
-        "cross-encoder, then write the run, metrics and artifacts under <out_dir>/<dataset>/<variant>/seed_<n>/. "
+        "cross-encoder, then write the run, metrics and artifacts under <output_dir>/<dataset>/<variant>/seed_<n>/. "
         "Without qrels only the reranked run (and scores) are written.")
 
 

@@ -12,47 +12,57 @@ from maw_reranker.cli.errors import DEBUG_ENV, debug_requested, describe, interr
 from maw_reranker.config import build_parser, parse_options
 from maw_reranker.utils.errors import OptionError
 
-# command name -> module; modules are imported lazily so `maw-rerank --help` stays fast.
+# command name -> (module, one-line summary for `maw-rerank --help`); modules are imported lazily so that
+# `maw-rerank --help` stays fast. Each module's HELP is the command's own longer description.
 COMMANDS = {
-    "build-pools": "maw_reranker.cli.build_pools",
-    "eval": "maw_reranker.cli.eval",
-    "suite": "maw_reranker.cli.suite",
-    "train": "maw_reranker.cli.train",
-    "mine-negatives": "maw_reranker.cli.mine",
-    "study": "maw_reranker.cli.study",
-    "demo": "maw_reranker.cli.demo",
-    "datasets": "maw_reranker.cli.datasets",
-    "configs": "maw_reranker.cli.configs",
+    "build-pools": ("maw_reranker.cli.build_pools", "BM25 top-k candidate pools (Pyserini or bm25s), cached"),
+    "eval": ("maw_reranker.cli.eval", "rerank a candidate pool with a cross-encoder and evaluate it"),
+    "suite": ("maw_reranker.cli.suite", "variants x seeds x datasets from YAML, with significance tests"),
+    "train": ("maw_reranker.cli.train", "fine-tune a cross-encoder (full, top layers, MAW-only or LoRA)"),
+    "mine-negatives": ("maw_reranker.cli.mine", "mine hard negatives into a TREC run that train reads"),
+    "study": ("maw_reranker.cli.study", "train and evaluate every variant x seed of a study; one report"),
+    "demo": ("maw_reranker.cli.demo", "the whole pipeline offline on a built-in demo collection"),
+    "datasets": ("maw_reranker.cli.datasets", "the named datasets (ir_datasets ids, primary measures)"),
+    "configs": ("maw_reranker.cli.configs", "the configs --config accepts by name; --show NAME prints one"),
 }
+# Global flags, taken wherever they stand (before or after the command).
+GLOBAL_FLAGS = {"--debug": "debug", "-v": "verbose", "--verbose": "verbose"}
 
 
 def _load(name: str):
     try:
-        return importlib.import_module(COMMANDS[name])
+        return importlib.import_module(COMMANDS[name][0])
     except ModuleNotFoundError as exc:
-        if exc.name == COMMANDS[name]:
+        if exc.name == COMMANDS[name][0]:
             return None
         raise
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = argparse.ArgumentParser(prog="maw-rerank", description="MAW cross-encoder reranking: pools, training, evaluation.")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    parser.add_argument("--debug", action="store_true", help=f"show the traceback of an error (also: {DEBUG_ENV}=1)")
+    flags = {dest: False for dest in GLOBAL_FLAGS.values()}
+    for flag, dest in GLOBAL_FLAGS.items():
+        flags[dest] = flags[dest] or flag in argv
+    argv = [a for a in argv if a not in GLOBAL_FLAGS]
+    parser = argparse.ArgumentParser(prog="maw-rerank", description="MAW cross-encoder reranking: pools, training, "
+                                     "evaluation. `maw-rerank COMMAND --help` lists a command's options.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging (anywhere on the line)")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error (anywhere on the "
+                        f"line; also: {DEBUG_ENV}=1)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    # Only the chosen command's module is imported; the others are listed by name.
+    # Only the chosen command's module is imported; the others are listed with their summaries.
     chosen = next((a for a in argv if a in COMMANDS), None)
-    for name in COMMANDS:
+    for name, (_, summary) in COMMANDS.items():
         if name == chosen:
             module = _load(name)
             if module is None:
                 continue
-            cmd_parser = sub.add_parser(name, help=module.HELP, description=module.HELP)
+            cmd_parser = sub.add_parser(name, help=summary, description=module.HELP)
             build_parser(module.Options, cmd_parser)
         else:
-            sub.add_parser(name, help=f"see `maw-rerank {name} --help`", add_help=False)
+            sub.add_parser(name, help=summary, add_help=False)
     args = parser.parse_args(argv)
+    args.verbose, args.debug = flags["verbose"], flags["debug"]
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     if not args.command:

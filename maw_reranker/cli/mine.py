@@ -6,9 +6,9 @@ from dataclasses import dataclass
 from maw_reranker.train.mining import MineOptions, mine_negatives
 
 HELP = ("Mine hard negatives for a training set into a reusable TREC run: per query with a positive, candidates of "
-        "its BM25 pool (or rescored by a cross-encoder, --miner cross-encoder --model ...) at ranks rank_min-rank_max, "
+        "its BM25 pool (or rescored by a cross-encoder, --miner cross-encoder --model ...) at ranks neg_rank_min-neg_rank_max, "
         "judged documents and likely false negatives (--margin, --relative-margin) left out, at most num_negatives "
-        "kept. Train on it with `maw-rerank train --candidates <output>`.")
+        "kept. Train on it with `maw-rerank train --candidates <output_run>`.")
 
 
 @dataclass

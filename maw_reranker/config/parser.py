@@ -120,15 +120,44 @@ def _convert(name: str, value: Any, field: dataclasses.Field, source: str) -> An
     return value
 
 
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
+def _flags(name: str) -> list[str]:
+    """``--batch-size`` and ``--batch_size``: argparse's dashes and the field's own name (HfArgumentParser's)."""
+    dashed = "--" + name.replace("_", "-")
+    return [dashed] if "_" not in name else [dashed, "--" + name]
+
+
+def _metavar(field: dataclasses.Field) -> str:
+    """What the option takes: its choices, else its type (one element's, for lists)."""
+    tp = _base_type(field.type)
+    if get_origin(tp) in (list, tuple) or tp in (list, tuple):
+        inner = get_args(tp)
+        tp = inner[0] if inner else str
+    choices = _choices(field)
+    if choices:
+        return "{" + ",".join(map(str, choices)) + "}"
+    return {bool: "BOOL", int: "INT", float: "FLOAT", str: "STR"}.get(tp, "YAML")
+
+
+def _is_list(field: dataclasses.Field) -> bool:
+    tp = _base_type(field.type)
+    return get_origin(tp) in (list, tuple) or tp in (list, tuple)
+
+
+def renamed_options(options_cls: type) -> dict:
+    """``RENAMED`` of the class and of every base it inherits options from (old name -> what to use instead)."""
+    out: dict = {}
+    for klass in reversed(options_cls.__mro__):
+        out.update(vars(klass).get("RENAMED", {}))
+    return out
 
 
 def build_parser(options_cls: type, parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Add ``--config`` plus one flag per dataclass field to ``parser`` (defaults shown in --help)."""
+    """Add ``--config`` plus one flag per dataclass field to ``parser``, as HfArgumentParser does: a bare boolean
+    flag means true and ``--no-<flag>`` false (``--flag true|false`` also works), a list takes several values
+    (``--seeds 0 1 2``; ``0,1`` and ``[0,1]`` too), and the metavar says what the option takes."""
     parser.formatter_class = argparse.ArgumentDefaultsHelpFormatter
     kinds = getattr(options_cls, "CONFIG_KINDS", ())
-    names = f" or names of packaged configs ({'/'.join(kinds)}: `maw-rerank configs`)" if kinds else ""
+    names = f" or names of configs ({'/'.join(kinds)}: `maw-rerank configs`)" if kinds else ""
     parser.add_argument("--config", action="append", default=[], metavar="YAML",
                         help=f"config file(s){names}, merged in order; command-line flags override them")
     for field in _fields(options_cls):
@@ -136,15 +165,28 @@ def build_parser(options_cls: type, parser: argparse.ArgumentParser) -> argparse
             continue
         default = field.default if field.default is not dataclasses.MISSING else (
             field.default_factory() if field.default_factory is not dataclasses.MISSING else None)
-        help_text = field.metadata.get("help", "")
-        choices = _choices(field)
-        if choices:
-            help_text += f" (one of: {', '.join(map(str, choices))})"
-        parser.add_argument(_flag(field.name), dest=field.name, default=argparse.SUPPRESS, metavar="VALUE",
-                            help=f"{help_text} [default: {default!r}]" if help_text else f"[default: {default!r}]")
-    for old in getattr(options_cls, "RENAMED", {}):  # accepted by argparse so that the error can name the new one
-        parser.add_argument(_flag(old), dest=old, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+        help_text = field.metadata.get("help", "").replace("%", "%%")
+        help_text = f"{help_text} [default: {default!r}]" if help_text else f"[default: {default!r}]"
+        kwargs: dict = {"dest": field.name, "default": argparse.SUPPRESS, "metavar": _metavar(field),
+                        "help": help_text}
+        if _base_type(field.type) is bool:
+            parser.add_argument(*_flags(field.name), nargs="?", const="true", **kwargs)
+            parser.add_argument(*_flags("no_" + field.name), dest=field.name, action="store_const", const="false",
+                                default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+        elif _is_list(field):
+            parser.add_argument(*_flags(field.name), nargs="+", **kwargs)
+        else:
+            parser.add_argument(*_flags(field.name), **kwargs)
+    for old in renamed_options(options_cls):  # accepted by argparse so that the error can name the new one
+        parser.add_argument(*_flags(old), dest=old, nargs="*", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return parser
+
+
+def _list_value(value: Any) -> Any:
+    """Several values of a list flag stay a list; one value is parsed as written (``0,1``, ``[0,1]``, ``0``)."""
+    if isinstance(value, list) and len(value) == 1 and isinstance(value[0], str):
+        return value[0]
+    return value
 
 
 def parse_options(options_cls: type, ns: argparse.Namespace | dict, config_files: list | None = None,
@@ -167,9 +209,11 @@ def parse_options(options_cls: type, ns: argparse.Namespace | dict, config_files
         merged = deep_merge(merged, data)
     for key in values:
         sources[key] = source
+        if key in fields and _is_list(fields[key]):
+            values[key] = _list_value(values[key])
     # A mapping given in Python is checked like a config file; argparse adds only known keys anyway.
     merged.update(values)
-    renamed = getattr(options_cls, "RENAMED", {})
+    renamed = renamed_options(options_cls)
     for old in sorted(set(merged) & set(renamed)):
         raise ConfigError(f"{sources.get(old, 'config')}: option '{old}' was renamed: {renamed[old]} "
                           "(see CHANGELOG.md)")

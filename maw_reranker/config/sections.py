@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 from maw_reranker.config.maw_spec import AUTO, parse_maw
+from maw_reranker.utils.errors import OptionError
 
 # Numeric precision of model forward passes, in every command (fp32 = no autocast; logits stay fp32).
 Precision = Literal["fp32", "bf16", "fp16"]
@@ -132,6 +133,48 @@ class ModelOptions(_Section):
     def maw_spec(self):
         """The parsed ``maw`` option: a MAWConfig, None (unpatched) or "auto"."""
         return parse_maw(self.maw)
+
+
+NegativeSampling = Literal["random", "top"]
+
+
+@dataclass
+class NegativeOptions(_Section):
+    """Which candidates may be negatives of a query, and how many: training's groups and mined negatives."""
+
+    num_negatives: int = opt(7, "negatives per query: train: per group (group = 1 positive + num_negatives); "
+                                "mine-negatives: kept per query, at most")
+    neg_rank_min: int = opt(1, "highest candidate rank (1-based, inclusive) a negative may come from (mine-negatives: "
+                               "in the miner's order with the positives counted; not sentence-transformers' 0-based "
+                               "range_min)")
+    neg_rank_max: int = opt(100, "lowest candidate rank (inclusive) a negative may come from")
+    sampling_strategy: NegativeSampling = opt(
+        "random", "which candidates of the rank window: random = a uniform sample (train: fresh every epoch); "
+                  "top = the best-ranked ones (as sentence-transformers' mine_hard_negatives)")
+    relevance_threshold: int = opt(1, "a qrels grade >= this is a positive")
+    max_negative_grade: int = opt(0, "judged documents of at most this grade may be negatives (0 = judged-relevant "
+                                     "documents never are; with graded qrels, e.g. threshold 2 and 1 here, the "
+                                     "model learns to put grade 2 above grade 1); must be < relevance_threshold")
+    missing_positives: Literal["error", "skip"] = opt(
+        "error", "judged positives whose text is not in the corpus: error, or skip them (e.g. a candidates file that "
+                 "holds only the retrieved texts, such as TREC DL's BM25 top-100); a query left without one is "
+                 "left out")
+    max_queries: Optional[int] = opt(None, "only this many queries with a positive (a deterministic subset by seed, "
+                                           "the same in train and mine-negatives)")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("num_negatives", "neg_rank_min"):
+            if getattr(self, name) < 1:
+                raise OptionError(f"option '{name}' must be >= 1, got {getattr(self, name)}")
+        if self.neg_rank_max < self.neg_rank_min:
+            raise OptionError(f"option 'neg_rank_max' ({self.neg_rank_max}) is below 'neg_rank_min' "
+                             f"({self.neg_rank_min})")
+        if not 0 <= self.max_negative_grade < self.relevance_threshold:
+            raise OptionError(f"option 'max_negative_grade' must be >= 0 and < relevance_threshold "
+                             f"({self.relevance_threshold}), got {self.max_negative_grade}")
+        if self.max_queries is not None and self.max_queries < 1:
+            raise OptionError(f"option 'max_queries' must be >= 1 or null, got {self.max_queries}")
 
 
 CacheDtype = Literal["fp16", "bf16", "fp32"]

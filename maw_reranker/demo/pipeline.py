@@ -25,7 +25,7 @@ LEARNED = {"depth_dim": 4, "gating_mode": "learned", "maw_strength": 0.5}
 
 @dataclass
 class DemoResult:
-    out_dir: Path
+    output_dir: Path
     table: str
     bm25: dict
     summary_dir: Path | None
@@ -41,15 +41,15 @@ def _train(model_dir: Path, collection: Path, out: Path, maw: dict | None, seed:
     if (final / "config.json").is_file():
         return final  # idempotent: a finished training is reused
     opts = TrainOptions(model=str(model_dir), maw=maw, dataset=str(collection), split="train", dataset_name="demo",
-                        pools_dir=str(out.parent.parent / "pools"), pool_engine="bm25s", pool_k=100, n_negatives=7, batch_size=8,
+                        pools_dir=str(out.parent.parent / "pools"), pool_engine="bm25s", pool_k=100, num_negatives=7, batch_size=8,
                         # graded: grade-2 positives against grade-1 (same topic, other facet) and unjudged negatives
                         relevance_threshold=2, max_negative_grade=1,
                         max_steps=steps, lr=2e-3, maw_lr=1e-2, warmup_ratio=0.1, seed=seed, output_dir=str(out),
-                        checkpoint_every=0, report_to=[], progress_bar=False, overwrite=True, max_length=64)
+                        checkpoint_every=0, report_to=[], progress=False, force=True, max_length=64)
     return train(opts.validate()).final_model
 
 
-def run_demo(out_dir: str | Path = "demo_output", seeds: tuple[int, ...] = (0, 1, 2), train_steps: int = 300,
+def run_demo(output_dir: str | Path = "demo_output", seeds: tuple[int, ...] = (0, 1, 2), train_steps: int = 300,
              batch_size: int = 64, collection_size: dict | None = None) -> DemoResult:
     """Run the demo; ``collection_size`` overrides :func:`~maw_reranker.demo.collection.generate`'s sizes (tests)."""
     from maw_reranker.data import load_dataset, read_run
@@ -63,7 +63,7 @@ def run_demo(out_dir: str | Path = "demo_output", seeds: tuple[int, ...] = (0, 1
 
     start = time.perf_counter()
     logging.getLogger("accelerate").setLevel(logging.WARNING)  # per-checkpoint INFO lines would bury the demo's output
-    out = Path(out_dir)
+    out = Path(output_dir)
     collection = out / "collection"
     if not (collection / "corpus.jsonl").is_file():
         generate(collection, **(collection_size or {}))
@@ -74,8 +74,8 @@ def run_demo(out_dir: str | Path = "demo_output", seeds: tuple[int, ...] = (0, 1
         save_tiny_cross_encoder(base, vocabulary(collection), seed=0, **TINY)
     pools = out / "pools"
     test = load_dataset(str(collection), split="test", name="demo")
-    test_pool = build_pool(test, engine="bm25s", k=100, out_dir=pools)
-    build_pool(load_dataset(str(collection), split="train", name="demo"), engine="bm25s", k=100, out_dir=pools)
+    test_pool = build_pool(test, engine="bm25s", k=100, pools_dir=pools)
+    build_pool(load_dataset(str(collection), split="train", name="demo"), engine="bm25s", k=100, pools_dir=pools)
     bm25 = evaluate_run(read_run(test_pool), test.qrels(), list(test.measures) + ["RR(rel=2)@10"]).aggregate
     print(f"[2/5] BM25 pools (bm25s): {test_pool}  nDCG@10={bm25['nDCG@10']:.4f}")
 
@@ -89,7 +89,7 @@ def run_demo(out_dir: str | Path = "demo_output", seeds: tuple[int, ...] = (0, 1
     runs = []
     for seed in seeds:
         common = dict(dataset=str(collection), split="test", dataset_name="demo", candidates=str(test_pool),
-                      out_dir=str(out / "experiments"), pools_dir=str(pools), seed=seed, batch_size=batch_size,
+                      output_dir=str(out / "experiments"), pools_dir=str(pools), seed=seed, batch_size=batch_size,
                       progress=False, standard_measures=False, extra_measures=["RR(rel=2)@10"])
         runs.append(EvalOptions(model=str(trained[("non_maw", seed)]), maw=None, variant="non_maw", **common))
         runs.append(EvalOptions(model=str(trained[("non_maw", seed)]), maw=dict(ZERO_SHOT), variant="maw_zeroshot_stat",
@@ -123,9 +123,9 @@ def report(result: DemoResult) -> str:
         "",
         result.table.strip(),
         "",
-        f"artifacts: {result.out_dir / 'experiments'} (per run: config, run file, per-query metrics, scores, depth log)",
+        f"artifacts: {result.output_dir / 'experiments'} (per run: config, run file, per-query metrics, scores, depth log)",
         f"summary + plots: {result.summary_dir}",
-        f"trained models: {result.out_dir / 'models'}",
+        f"trained models: {result.output_dir / 'models'}",
         f"total time: {result.seconds:.0f} s",
         "",
         "Real data: see README 'Reproducing the study', e.g.",

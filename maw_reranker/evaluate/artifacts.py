@@ -30,8 +30,8 @@ class RunArtifacts:
     SCORES = "scores.tsv"
     DEPTH_LOG = "depth_log.jsonl"
 
-    def __init__(self, out_dir: str | Path):
-        self.out_dir = Path(out_dir)
+    def __init__(self, output_dir: str | Path):
+        self.output_dir = Path(output_dir)
 
     @classmethod
     def for_run(cls, root: str | Path, dataset: str, variant: str, seed: int | str) -> "RunArtifacts":
@@ -41,7 +41,7 @@ class RunArtifacts:
         return cls(Path(root) / dataset / variant / f"seed_{seed}")
 
     def path(self, name: str) -> Path:
-        return self.out_dir / name
+        return self.output_dir / name
 
     def _begin_write(self) -> None:
         # Any new content makes an earlier completion marker stale.
@@ -94,8 +94,8 @@ class RunArtifacts:
 
     def mark_complete(self, extra: Mapping | None = None) -> Path:
         """Write the completion marker; call it last, after every other artifact."""
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        files = sorted(p.name for p in self.out_dir.iterdir() if p.is_file() and not p.name.startswith("."))
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        files = sorted(p.name for p in self.output_dir.iterdir() if p.is_file() and not p.name.startswith("."))
         data = {"completed_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                 "files": [f for f in files if f != COMPLETE_MARKER], **(dict(extra) if extra else {})}
         write_json(self.path(COMPLETE_MARKER), data)

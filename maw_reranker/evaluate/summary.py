@@ -233,10 +233,10 @@ def _json_safe(obj):
     return obj
 
 
-def write_summary(summary: Mapping, out_dir: str | Path) -> tuple[Path, Path]:
-    """Write ``summary.json`` and ``summary.md`` atomically into ``out_dir``; returns their paths."""
-    out_dir = Path(out_dir)
-    json_path, md_path = out_dir / "summary.json", out_dir / "summary.md"
+def write_summary(summary: Mapping, output_dir: str | Path) -> tuple[Path, Path]:
+    """Write ``summary.json`` and ``summary.md`` atomically into ``output_dir``; returns their paths."""
+    output_dir = Path(output_dir)
+    json_path, md_path = output_dir / "summary.json", output_dir / "summary.md"
     write_json(json_path, _json_safe(summary))
     with atomic_write(md_path) as handle:
         handle.write(render_markdown(summary))

@@ -8,8 +8,8 @@ shared by every run), ``eval`` (evaluation options shared by every run), ``proto
 ``quick`` (overrides for ``--quick``: fewer seeds, steps, queries). A variant may set ``lora_r: match:<variant>``:
 the LoRA rank whose parameter count is closest to that (earlier) variant's trainable MAW parameters.
 
-Trained models go to ``<runs_dir>/<study>/<protocol>/<variant>/seed_<n>/`` and are reused when complete
-(``train_summary.json`` is written last), evaluation runs to ``<out_dir>/`` as for any suite, so an interrupted
+Trained models go to ``<models_dir>/<study>/<protocol>/<variant>/seed_<n>/`` and are reused when complete
+(``train_summary.json`` is written last), evaluation runs to ``<output_dir>/`` as for any suite, so an interrupted
 study continues where it stopped.
 """
 
@@ -29,13 +29,14 @@ from maw_reranker.config.sections import opt
 logger = logging.getLogger(__name__)
 MATCH = "match:"
 # Training options that change how a run is executed or logged, not the model it produces.
-EXECUTION_KEYS = frozenset({"progress_bar", "report_to", "resume", "overwrite", "log_every", "checkpoint_every",
+EXECUTION_KEYS = frozenset({"progress", "report_to", "resume", "force", "log_every", "checkpoint_every",
                             "keep_checkpoints", "prefix_cache", "dev_batch_size", "output_dir"})
 
 
 @dataclass
 class StudyOptions:
     CONFIG_KINDS = ("studies",)
+    RENAMED = {"out_dir": "use 'output_dir'", "runs_dir": "use 'models_dir' (the trained models' folder)"}
 
     name: str = opt("study", "study name: names its runs folder and its suites")
     model: str = opt("", "the cross-encoder every variant starts from (hub id, directory or bench:NAME)")
@@ -47,8 +48,8 @@ class StudyOptions:
     variants: list = opt([], "variants: {name, train: {training options}}; lora_r: match:<variant> matches the "
                              "trainable MAW parameters of that variant")
     quick: dict = opt({}, "overrides applied with --quick (a smoke run of the whole study)")
-    runs_dir: str = opt("runs", "trained models go to <runs_dir>/<name>/<protocol>/<variant>/seed_<n>/")
-    out_dir: str = opt("experiments", "evaluation runs and summaries (as for suites)")
+    models_dir: str = opt("runs", "trained models go to <models_dir>/<name>/<protocol>/<variant>/seed_<n>/")
+    output_dir: str = opt("experiments", "evaluation runs and summaries (as for suites)")
     n_resamples: int = opt(10_000, "bootstrap resamples for the CI")
     alpha: float = opt(0.05, "Holm-adjusted significance level")
     quick_run: bool = opt(False, "apply the `quick` overrides (a smoke run; its results are not the study's)")
@@ -160,7 +161,7 @@ def plan_trainings(options: StudyOptions) -> list[TrainingRun]:
                                       f"earlier variant ({variants[:v_index]})")
                 spec["lora_r"] = 1  # replaced by the matched rank before training
             for seed in options.seeds:
-                out = Path(options.runs_dir) / options.name / protocol["name"] / variant["name"] / f"seed_{seed}"
+                out = Path(options.models_dir) / options.name / protocol["name"] / variant["name"] / f"seed_{seed}"
                 values = {"model": options.model, **spec, "seed": seed, "output_dir": str(out)}
                 where = f"study protocol {protocol['name']!r}, variant {variant['name']!r}"
                 try:
@@ -183,7 +184,7 @@ def suite_for(options: StudyOptions, protocol: dict):
     """The evaluation suite of one protocol: every trained variant and seed on its test set."""
     from maw_reranker.experiments.suite import SuiteOptions
 
-    root = Path(options.runs_dir) / options.name / protocol["name"]
+    root = Path(options.models_dir) / options.name / protocol["name"]
     variants = [{"name": v["name"], "model": str(root / "{variant}" / "seed_{seed}" / "final"), "maw": "auto"}
                 for v in options.variants]
     overrides = dict(options.eval or {})
@@ -191,7 +192,7 @@ def suite_for(options: StudyOptions, protocol: dict):
         overrides["max_length"] = options.train["max_length"]
     return SuiteOptions(name=f"{options.name}-{protocol['name']}", datasets=[dict(protocol["test"])],
                         variants=variants, seeds=list(options.seeds), baseline=options.baseline,
-                        overrides=overrides, out_dir=options.out_dir, n_resamples=options.n_resamples,
+                        overrides=overrides, output_dir=options.output_dir, n_resamples=options.n_resamples,
                         alpha=options.alpha)
 
 
@@ -248,7 +249,7 @@ def run_study(options: StudyOptions) -> StudyResult:
         logger.info("study: training %d/%d: %s / %s / seed %d", i, len(trainings), run.protocol, run.variant, run.seed)
         train(run.options)
         trained.add((run.protocol, run.variant, run.seed))
-    result = StudyResult(Path(options.out_dir) / "_studies" / options.name / "report.md", trainings)
+    result = StudyResult(Path(options.output_dir) / "_studies" / options.name / "report.md", trainings)
     for protocol in options.protocols:
         if options.only and protocol["name"] not in options.only:
             continue

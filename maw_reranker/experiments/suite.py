@@ -16,7 +16,7 @@ for a model trained per seed.
 
 Each run's options = dataset config, then variant config, then the suite's ``overrides``. Every run is planned
 (unknown keys, MAW fields, model paths, datasets, measures, run folders) before the first one starts, and executed
-from that plan. Summaries go to ``<out_dir>/<dataset>/_suites/<suite name>/``; only the suite's own variants and
+from that plan. Summaries go to ``<output_dir>/<dataset>/_suites/<suite name>/``; only the suite's own variants and
 seeds enter them, so several suites can share one experiments tree.
 """
 
@@ -37,20 +37,23 @@ from maw_reranker.utils.errors import with_context
 from maw_reranker.utils.text import slugify
 
 logger = logging.getLogger(__name__)
-RESERVED = {"variant", "seed", "out_dir", "force"}  # set per run by the suite itself
+RESERVED = {"variant", "seed", "output_dir", "force"}  # set per run by the suite itself
 
 
 @dataclass
 class SuiteOptions:
     CONFIG_KINDS = ("suites",)
+    RENAMED = {"out_dir": "use 'output_dir'"}
 
-    name: str = field(default="suite", metadata={"help": "suite name: summaries go to <out_dir>/<dataset>/_suites/<name>/"})
-    datasets: list = field(default_factory=list, metadata={"help": "dataset entries (see `maw-rerank suite --help`)"})
+    name: str = field(default="suite", metadata={"help": "suite name: summaries go to <output_dir>/<dataset>/_suites/<name>/"})
+    datasets: list = field(default_factory=list, metadata={
+        "help": "datasets: each a dataset config name or file (`maw-rerank configs`), or a mapping of dataset and "
+                "eval options ({dataset: scifact, split: test, depth: 100})"})
     variants: list = field(default_factory=list, metadata={"help": "variant entries: model config names/files or mappings"})
     seeds: list[int] = field(default_factory=lambda: [0], metadata={"help": "run seeds"})
     baseline: str = field(default="non_maw", metadata={"help": "the variant every other is compared against"})
     overrides: dict = field(default_factory=dict, metadata={"help": "eval options applied to every run, last"})
-    out_dir: str = field(default="experiments", metadata={"help": "experiments folder"})
+    output_dir: str = field(default="experiments", metadata={"help": "experiments folder"})
     force: bool = field(default=False, metadata={"help": "redo complete runs"})
     summary_measures: Optional[list[str]] = field(default=None, metadata={
         "help": "measures of the summaries and plots (default: each dataset's primary measures)"})
@@ -64,8 +67,8 @@ class SuiteOptions:
             raise ValueError(f"option 'n_resamples' must be >= 1, got {self.n_resamples}")
         if not 0 < self.alpha < 1:
             raise ValueError(f"option 'alpha' must be in (0, 1), got {self.alpha}")
-        if not str(self.out_dir).strip():
-            raise ValueError("option 'out_dir' is empty")
+        if not str(self.output_dir).strip():
+            raise ValueError("option 'output_dir' is empty")
         if self.summary_measures is not None:
             from maw_reranker.data.measures import check_measures
 
@@ -166,7 +169,7 @@ def expand(options: SuiteOptions) -> list[EvalOptions]:
             for seed in options.seeds:
                 merged = deep_merge(deep_merge(dataset, variant), dict(options.overrides or {}))
                 merged = {k: _fill(v, name, seed) for k, v in merged.items()}
-                merged.update(variant=name, seed=seed, out_dir=options.out_dir, force=options.force)
+                merged.update(variant=name, seed=seed, output_dir=options.output_dir, force=options.force)
                 unknown = sorted(set(merged) - allowed)
                 if unknown:
                     raise ConfigError(f"{_where(name, d_index, merged)}: unknown option '{unknown[0]}'; allowed: "
@@ -206,7 +209,7 @@ def plan_runs(runs: list[EvalOptions]) -> list[EvalPlan]:
         except (ValueError, OSError) as exc:
             raise with_context(exc, f"suite variant {run_options.variant!r}, seed {run_options.seed}, dataset "
                                     f"{run_options.dataset!r}") from None
-    folders = [r.artifacts.out_dir for r in plans]
+    folders = [r.artifacts.output_dir for r in plans]
     clashes = sorted({str(f) for f in folders if folders.count(f) > 1})
     if clashes:
         raise ConfigError(f"suite: several runs would write the same folder: {clashes[0]}")
@@ -233,7 +236,7 @@ def _query_means(seeds: dict, measure: str) -> dict:
     return {q: float(np.mean([s[q] for s in per_seed])) for q in per_seed[0]}
 
 
-def summarize_dataset(dataset_dir: Path, seeds_by_variant: dict, baseline: str, measures: list, out_dir: Path,
+def summarize_dataset(dataset_dir: Path, seeds_by_variant: dict, baseline: str, measures: list, output_dir: Path,
                       plots: bool = True, **summary_kwargs) -> Optional[dict]:
     """Summary (summary.json/.md) and plots of the given variants/seeds of one dataset; None without metrics."""
     from maw_reranker.evaluate.summary import load_suite, summarize, write_summary
@@ -245,28 +248,28 @@ def summarize_dataset(dataset_dir: Path, seeds_by_variant: dict, baseline: str, 
         logger.warning("%s: baseline %r has no metrics (no qrels?); no summary", dataset_dir.name, baseline)
         return None
     summary = summarize(results, baseline, measures, dataset=dataset_dir.name, **summary_kwargs)
-    json_path, md_path = write_summary(summary, out_dir)
+    json_path, md_path = write_summary(summary, output_dir)
     logger.info("summary: %s", md_path)
     if plots:
-        _suite_plots(dataset_dir, results, seeds_by_variant, baseline, measures, out_dir)
+        _suite_plots(dataset_dir, results, seeds_by_variant, baseline, measures, output_dir)
     return summary
 
 
 def _suite_plots(dataset_dir: Path, results: dict, seeds_by_variant: dict, baseline: str, measures: list,
-                 out_dir: Path) -> None:
+                 output_dir: Path) -> None:
     from maw_reranker.evaluate.plots import plot_depth_usage, plot_query_deltas
 
     for variant, seeds in seeds_by_variant.items():
         logs = [dataset_dir / variant / f"seed_{s}" / RunArtifacts.DEPTH_LOG for s in seeds]
         logs = [p for p in logs if p.is_file() and p.stat().st_size > 0]
         if logs:  # the first seed's log: seeds of a zero-shot variant select alike
-            plot_depth_usage(logs[0], out_dir / f"depth_{slugify(variant)}.png")
+            plot_depth_usage(logs[0], output_dir / f"depth_{slugify(variant)}.png")
     for variant, seeds in results.items():
         if variant == baseline:
             continue
         for m in measures:
             plot_query_deltas(_query_means(results[baseline], m), _query_means(seeds, m), m,
-                              out_dir / f"delta_{slugify(variant)}_{slugify(m)}.png",
+                              output_dir / f"delta_{slugify(variant)}_{slugify(m)}.png",
                               label_a=baseline, label_b=variant)
 
 
@@ -297,8 +300,8 @@ def run_suite(runs: list, baseline: str, name: str = "suite", summary_measures: 
         entry["seeds"].setdefault(out.variant, []).append(str(out.seed))
     for dataset_dir, entry in by_dataset.items():
         measures = measure_names(summary_measures) if summary_measures else entry["primary"]
-        out_dir = dataset_dir / "_suites" / slugify(name)
-        summary = summarize_dataset(dataset_dir, entry["seeds"], baseline, measures, out_dir, plots=plots,
+        output_dir = dataset_dir / "_suites" / slugify(name)
+        summary = summarize_dataset(dataset_dir, entry["seeds"], baseline, measures, output_dir, plots=plots,
                                     **summary_kwargs)
-        result.summaries[dataset_dir.name] = out_dir if summary is not None else None
+        result.summaries[dataset_dir.name] = output_dir if summary is not None else None
     return result

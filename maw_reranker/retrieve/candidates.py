@@ -67,6 +67,6 @@ def resolve_candidates(ds, explicit: str | Path | None = None, *, engine: str = 
     from maw_reranker.retrieve.pools import build_pool
 
     with (guard or contextlib.nullcontext)():
-        path = Path(build_pool(ds, engine=engine, k=k, out_dir=pools_dir))
+        path = Path(build_pool(ds, engine=engine, k=k, pools_dir=pools_dir))
     source = {"kind": "bm25_pool", "path": str(path.resolve())}
     return Candidates(source, rows=_trec_rows(path)) if streaming else Candidates(source, run=read_run(path))

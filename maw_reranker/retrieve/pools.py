@@ -1,6 +1,6 @@
 """BM25 candidate pools: cached, atomically written TREC run files, one per (dataset, engine, k, k1, b).
 
-Layout under ``out_dir``::
+Layout under ``pools_dir``::
 
     <dataset slug>/bm25-<engine>-k<k>[-k1_<k1>-b_<b>].run   the pool (TREC run)
     <dataset slug>/bm25-<engine>-k<k>...run.json             how it was made (engine, params, timings, source)
@@ -32,10 +32,10 @@ _INDEX_MARKER = "maw-index.json"
 
 
 def pool_path(ds: Dataset, engine: str, k: int = 1000, k1: float = DEFAULT_K1, b: float = DEFAULT_B,
-              out_dir: str | Path = "pools") -> Path:
+              pools_dir: str | Path = "pools") -> Path:
     """Where ``build_pool`` writes (and looks for) this pool. ``engine`` must be concrete (not ``auto``)."""
     params = "" if (k1, b) == (DEFAULT_K1, DEFAULT_B) else f"-k1_{k1:g}-b_{b:g}"
-    return Path(out_dir) / ds.slug / f"bm25-{engine}-k{k}{params}.run"
+    return Path(pools_dir) / ds.slug / f"bm25-{engine}-k{k}{params}.run"
 
 
 def _source_stamp(ds: Dataset) -> dict:
@@ -74,11 +74,11 @@ def _stale_reason(path: Path, meta: dict | None, expected: dict) -> str | None:
     return None
 
 
-def _ensure_index(engine: Engine, ds: Dataset, out_dir: Path, force: bool, prebuilt: bool) -> str:
+def _ensure_index(engine: Engine, ds: Dataset, pools_dir: Path, force: bool, prebuilt: bool) -> str:
     """Open a cached index, a prebuilt one (pyserini), or build one atomically; return how it was obtained."""
     if prebuilt and ds.pyserini_index and hasattr(engine, "open_prebuilt") and engine.open_prebuilt(ds.pyserini_index):
         return f"prebuilt:{ds.pyserini_index}"
-    index_dir = out_dir / "_indexes" / ds.corpus_slug / engine.index_key()
+    index_dir = pools_dir / "_indexes" / ds.corpus_slug / engine.index_key()
     stamp = _source_stamp(ds)
     marker = _read_json(index_dir / _INDEX_MARKER)
     if not force and marker is not None and marker.get("stamp") == stamp:
@@ -105,7 +105,7 @@ def _ensure_index(engine: Engine, ds: Dataset, out_dir: Path, force: bool, prebu
 
 
 def build_pool(ds: Dataset, engine: str = "auto", k: int = 1000, k1: float = DEFAULT_K1, b: float = DEFAULT_B,
-               out_dir: str | Path = "pools", force: bool = False, threads: int | None = None,
+               pools_dir: str | Path = "pools", force: bool = False, threads: int | None = None,
                prebuilt: bool = True) -> Path:
     """Write the BM25 top-``k`` run for ``ds``'s queries and return its path.
 
@@ -116,8 +116,8 @@ def build_pool(ds: Dataset, engine: str = "auto", k: int = 1000, k1: float = DEF
     if not isinstance(k, int) or k < 1:
         raise ValueError(f"option 'k' must be a positive integer, got {k!r}")
     name = resolve_engine_name(engine)
-    out_dir = Path(out_dir)
-    path = pool_path(ds, name, k, k1, b, out_dir)
+    pools_dir = Path(pools_dir)
+    path = pool_path(ds, name, k, k1, b, pools_dir)
     meta_path = path.with_name(path.name + ".json")
     expected = _pool_params(ds, name, k, k1, b)
     if path.is_file() and not force:
@@ -128,7 +128,7 @@ def build_pool(ds: Dataset, engine: str = "auto", k: int = 1000, k1: float = DEF
         log.warning("rebuilding %s: %s", path, reason)
     eng = get_engine(name, k1=k1, b=b, threads=threads)
     start = time.perf_counter()
-    how = _ensure_index(eng, ds, out_dir, force, prebuilt)
+    how = _ensure_index(eng, ds, pools_dir, force, prebuilt)
     index_s = time.perf_counter() - start
     queries = ds.queries()
     if not queries:

@@ -135,7 +135,7 @@ def _check_loadable(path: Path) -> dict:
             raise ValueError("not a JSON object")
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise DataFormatError(f"{state_file}: unreadable checkpoint state ({exc}); resume from an earlier "
-                              "checkpoint (--resume PATH) or start over (--overwrite true)") from None
+                              "checkpoint (--resume PATH) or start over (--force)") from None
     for rng in sorted(path.glob("random_states_*.pkl")):
         try:
             torch.load(rng, weights_only=False)

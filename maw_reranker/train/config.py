@@ -11,17 +11,20 @@ from typing import Literal, Optional
 
 from maw_reranker.config.files import ConfigError
 from maw_reranker.config.maw_spec import AUTO, effective_maw, parse_maw
-from maw_reranker.config.sections import (DatasetOptions, HFOptions, ModelOptions, PoolOptions, Precision,
+from maw_reranker.config.sections import (DatasetOptions, HFOptions, ModelOptions, NegativeOptions, PoolOptions,
+                                          Precision,
                                           PrefixCacheOptions, opt, resolve_model_path)
 from maw_reranker.maw.config import MAWConfig
 from maw_reranker.train.losses import Loss
 
 
 @dataclass
-class TrainOptions(PrefixCacheOptions, PoolOptions, ModelOptions, HFOptions, DatasetOptions):
+class TrainOptions(NegativeOptions, PrefixCacheOptions, PoolOptions, ModelOptions, HFOptions, DatasetOptions):
     CONFIG_KINDS = ("training",)
     RENAMED = {"negatives_run": "use 'candidates' (the TREC run to sample negatives from)",
-               "mixed_precision": "use 'precision' with fp32 (was: no), bf16 or fp16"}
+               "mixed_precision": "use 'precision' with fp32 (was: no), bf16 or fp16",
+               "n_negatives": "use 'num_negatives'", "neg_sampling": "use 'sampling_strategy'",
+               "overwrite": "use 'force'", "progress_bar": "use 'progress'"}
 
     # -- model (also: model, maw, max_length from ModelOptions) --------------------------------------------------
     trainable: Literal["full", "top", "maw_only", "lora"] = opt(
@@ -41,23 +44,12 @@ class TrainOptions(PrefixCacheOptions, PoolOptions, ModelOptions, HFOptions, Dat
         "pool", "pool = positives from qrels, hard negatives sampled from a candidate pool; triples = stream the "
                 "dataset's official (query, positive, negative) docpairs (MS MARCO triples-small); hf = groups from "
                 "a Hugging Face dataset or local parquet/jsonl/csv files (hf_dataset)")
-    n_negatives: int = opt(7, "negatives per group (group = 1 positive + n negatives)")
-    neg_rank_min: int = opt(1, "highest pool rank (1-based) a negative may come from")
-    neg_rank_max: int = opt(100, "lowest pool rank a negative may come from")
-    neg_sampling: Literal["random", "top"] = opt("random", "random = uniform from the rank window (fresh every epoch); "
-                                                           "top = the best-ranked non-relevant candidates")
-    relevance_threshold: int = opt(1, "a qrels grade >= this is a positive")
-    max_negative_grade: int = opt(0, "pool documents judged at most this grade may be negatives (0 = judged-relevant "
-                                    "documents never are; with graded qrels, e.g. threshold 2 and 1 here, the model "
-                                    "learns to put grade 2 above grade 1); must be < relevance_threshold")
-    missing_positives: Literal["error", "skip"] = opt(
-        "error", "judged positives whose text is not in the corpus: error, or skip them (e.g. a candidates file that "
-                 "holds only the retrieved texts, such as TREC DL's BM25 top-100)")
+    # (also: num_negatives, neg_rank_min/max, sampling_strategy, relevance_threshold, max_negative_grade,
+    # missing_positives, max_queries from NegativeOptions, shared with mine-negatives)
     allow_missing_positives: bool = opt(True, "skip (with a warning) queries without a positive; false = error")
     streaming: bool = opt(False, "stream groups (run file / docpairs read lazily, bounded shuffle buffer) instead of "
                                 "holding the pool in memory: for MS MARCO-size data; needs max_steps")
     shuffle_buffer: int = opt(10000, "streaming: groups held for shuffling")
-    max_queries: Optional[int] = opt(None, "use only this many training queries (deterministic subset by seed)")
     holdout_queries: int = opt(0, "hold this many training queries out of training as the dev set")
     # -- source: hf (Hugging Face datasets; docs/training.md "Hugging Face datasets") ---------------------------
     hf_dataset: Optional[str] = opt(None, "source: hf: a hub dataset id, optionally with its config as ID:CONFIG "
@@ -92,7 +84,7 @@ class TrainOptions(PrefixCacheOptions, PoolOptions, ModelOptions, HFOptions, Dat
     maw_lr: Optional[float] = opt(1e-3, "learning rate of MAW parameters (gates, routers, depth projections); "
                                        "None = lr")
     weight_decay: float = opt(0.01, "AdamW weight decay (not on biases, norms and MAW gate logits)")
-    batch_size: int = opt(8, "groups per device per micro-step (pairs = batch_size * (1 + n_negatives))")
+    batch_size: int = opt(8, "groups per device per micro-step (pairs = batch_size * (1 + num_negatives))")
     grad_accum: int = opt(1, "gradient accumulation micro-steps per optimizer step")
     epochs: float = opt(1.0, "passes over the training groups (ignored when max_steps is set)")
     max_steps: Optional[int] = opt(None, "optimizer steps to run (overrides epochs)")
@@ -108,11 +100,12 @@ class TrainOptions(PrefixCacheOptions, PoolOptions, ModelOptions, HFOptions, Dat
     checkpoint_every: int = opt(500, "save a resumable checkpoint every N optimizer steps (0 = only at the end)")
     keep_checkpoints: int = opt(2, "keep the newest N checkpoints (0 = all)")
     resume: Optional[str] = opt(None, "continue from a checkpoint: 'latest' (newest in output_dir) or its path")
-    overwrite: bool = opt(False, "allow starting fresh in an output_dir that already has checkpoints")
+    force: bool = opt(False, "start fresh in an output_dir that already has checkpoints (the earlier run is kept "
+                             "aside until the new one completes)")
     log_every: int = opt(10, "log averaged losses every N optimizer steps")
     report_to: list[str] = opt(["tensorboard"], "trackers: tensorboard and/or wandb (empty = none)",
                               choices=["tensorboard", "wandb"])
-    progress_bar: bool = opt(True, "show a progress bar (loss, learning rate, pairs/s)")
+    progress: bool = opt(True, "show a progress bar (loss, learning rate, pairs/s)")
     # -- dev evaluation ---------------------------------------------------------------------------------------
     dev_dataset: Optional[str] = opt(None, "dev set for periodic evaluation (name or path); with holdout_queries "
                                           "the held-out training queries are used instead")
@@ -140,7 +133,7 @@ class TrainOptions(PrefixCacheOptions, PoolOptions, ModelOptions, HFOptions, Dat
 
     @property
     def group_size(self) -> int:
-        return 1 + self.n_negatives
+        return 1 + self.num_negatives
 
     def validate(self) -> "TrainOptions":
         """Raise ConfigError (a ValueError) naming the option for any setting the parser cannot check on its own."""
@@ -159,8 +152,8 @@ class TrainOptions(PrefixCacheOptions, PoolOptions, ModelOptions, HFOptions, Dat
         if not str(self.dataset).strip() and self.source != "hf":
             raise ValueError("option 'dataset' is empty; give the training dataset (name or path)")
         maw = self.maw_config
-        positive = {"n_negatives": self.n_negatives, "batch_size": self.batch_size, "grad_accum": self.grad_accum,
-                    "pool_k": self.pool_k, "neg_rank_min": self.neg_rank_min, "grpo_group_size": self.grpo_group_size,
+        positive = {"batch_size": self.batch_size, "grad_accum": self.grad_accum,
+                    "pool_k": self.pool_k, "grpo_group_size": self.grpo_group_size,
                     "oracle_every": self.oracle_every, "shuffle_buffer": self.shuffle_buffer,
                     "lora_r": self.lora_r, "log_every": self.log_every, "dev_depth": self.dev_depth,
                     "dev_batch_size": self.dev_batch_size, "teacher_batch_size": self.teacher_batch_size}
@@ -172,8 +165,6 @@ class TrainOptions(PrefixCacheOptions, PoolOptions, ModelOptions, HFOptions, Dat
                 raise ValueError(f"option '{name}' must be > 0, got {getattr(self, name)}")
         if self.maw_lr is not None and self.maw_lr <= 0:
             raise ValueError(f"option 'maw_lr' must be > 0 or null, got {self.maw_lr}")
-        if self.neg_rank_max < self.neg_rank_min:
-            raise ValueError(f"option 'neg_rank_max' ({self.neg_rank_max}) is below 'neg_rank_min' ({self.neg_rank_min})")
         if self.max_steps is not None and self.max_steps < 1:
             raise ValueError(f"option 'max_steps' must be >= 1 or null, got {self.max_steps}")
         if self.max_steps is None and self.epochs <= 0:
@@ -186,13 +177,8 @@ class TrainOptions(PrefixCacheOptions, PoolOptions, ModelOptions, HFOptions, Dat
                      "max_grad_norm", "weight_decay", "router_oracle_weight", "grpo_beta", "grpo_eta", "grpo_weight"):
             if getattr(self, name) < 0:
                 raise ValueError(f"option '{name}' must be >= 0, got {getattr(self, name)}")
-        if not 0 <= self.max_negative_grade < self.relevance_threshold:
-            raise ValueError(f"option 'max_negative_grade' must be >= 0 and < relevance_threshold "
-                             f"({self.relevance_threshold}), got {self.max_negative_grade}")
         if self.grpo_eps <= 0:
             raise ValueError(f"option 'grpo_eps' must be > 0, got {self.grpo_eps}")
-        if self.max_queries is not None and self.max_queries < 1:
-            raise ValueError(f"option 'max_queries' must be >= 1 or null, got {self.max_queries}")
         mode = maw.gating_mode if maw is not None else None
         if self.router_oracle_weight > 0 and mode != "router":
             raise ValueError(f"option 'router_oracle_weight' applies to maw.gating_mode 'router' only (got {mode!r})")
@@ -205,8 +191,8 @@ class TrainOptions(PrefixCacheOptions, PoolOptions, ModelOptions, HFOptions, Dat
                              f"lora_layers: top (got trainable: {self.trainable}, lora_layers: {self.lora_layers})")
         if self.top_lora and self.trainable != "top":
             raise ValueError(f"option 'top_lora' adds LoRA to trainable: top (got trainable: {self.trainable})")
-        if self.source == "triples" and self.n_negatives != 1:
-            raise ValueError("option 'source: triples' gives one negative per group; set n_negatives: 1 (or use "
+        if self.source == "triples" and self.num_negatives != 1:
+            raise ValueError("option 'source: triples' gives one negative per group; set num_negatives: 1 (or use "
                              "source: pool for more negatives per group)")
         if self.source != "pool" and self.holdout_queries:
             raise ValueError("option 'holdout_queries' needs source: pool")
@@ -214,8 +200,8 @@ class TrainOptions(PrefixCacheOptions, PoolOptions, ModelOptions, HFOptions, Dat
         self._validate_teacher()
         if self.dev_dataset and self.holdout_queries:
             raise ValueError("give either 'dev_dataset' or 'holdout_queries' as the dev set, not both")
-        if self.resume is not None and self.overwrite:
-            raise ValueError("options 'resume' and 'overwrite' contradict each other")
+        if self.resume is not None and self.force:
+            raise ValueError("options 'resume' and 'force' contradict each other")
         from maw_reranker.data.measures import check_measures
 
         check_measures([self.dev_measure], "dev_measure")

@@ -72,11 +72,11 @@ class PoolGroups:
 
     streaming = False
 
-    def __init__(self, positives: Mapping[str, list[str]], windows: Mapping[str, list[str]], n_negatives: int,
+    def __init__(self, positives: Mapping[str, list[str]], windows: Mapping[str, list[str]], num_negatives: int,
                  sampling: str = "random", seed: int = 0):
         self.items = sorted((q, p) for q, ps in positives.items() if windows.get(q) for p in ps)
         self.windows = dict(windows)
-        self.n_negatives = n_negatives
+        self.num_negatives = num_negatives
         self.sampling = sampling
         self.seed = seed
 
@@ -96,7 +96,7 @@ class PoolGroups:
         rng = np.random.default_rng([self.seed, epoch])
         for i in rng.permutation(len(self.items)):
             qid, pos = self.items[i]
-            yield Group(qid, pos, sample_negatives(self.windows[qid], self.n_negatives, self.sampling, rng))
+            yield Group(qid, pos, sample_negatives(self.windows[qid], self.num_negatives, self.sampling, rng))
 
 
 def shuffle_stream(items: Iterable, buffer: int, rng: np.random.Generator) -> Iterator:
@@ -136,9 +136,9 @@ class StreamingPoolGroups:
     streaming = True
 
     def __init__(self, rows: Callable[[], Iterable[tuple[str, str, float]]], qrels: Mapping[str, Mapping[str, int]],
-                 n_negatives: int, rank_min: int, rank_max: int, threshold: int, sampling: str = "random",
+                 num_negatives: int, rank_min: int, rank_max: int, threshold: int, sampling: str = "random",
                  seed: int = 0, buffer: int = 10000, include: Optional[set] = None, max_negative_grade: int = 0):
-        self.rows, self.qrels, self.n_negatives = rows, qrels, n_negatives
+        self.rows, self.qrels, self.num_negatives = rows, qrels, num_negatives
         self.max_negative_grade = max_negative_grade
         self.rank_min, self.rank_max, self.threshold = rank_min, rank_max, threshold
         self.sampling, self.seed, self.buffer, self.include = sampling, seed, buffer, include
@@ -160,7 +160,7 @@ class StreamingPoolGroups:
                 if not positives or not window:
                     continue
                 for pos in positives:
-                    yield Group(qid, pos, sample_negatives(window, self.n_negatives, self.sampling, rng))
+                    yield Group(qid, pos, sample_negatives(window, self.num_negatives, self.sampling, rng))
 
         return shuffle_stream(groups(), self.buffer, rng)
 

@@ -5,15 +5,15 @@ Layouts (``hf_layout``, or told from the columns):
 
 * ``tuples``: one row = a query, a positive (a value, or a list whose first item is used) and negatives (a list
   column, or ``negative_1`` ... ``negative_n``); optional ``positive_score`` + ``negative_scores`` (a list aligned
-  with the negatives) are teacher scores. One group per row per epoch; ``n_negatives`` drawn from the row's
-  negatives (``neg_sampling``: random, or top = the first ones).
+  with the negatives) are teacher scores. One group per row per epoch; ``num_negatives`` drawn from the row's
+  negatives (``sampling_strategy``: random, or top = the first ones).
 * ``scored``: one row = a query, document ids and their teacher scores (MS MARCO hard negatives scored by a
   cross-encoder, e.g. ``lightonai/ms-marco-en-bge``). The positive is the teacher's best document, the negatives
   are the others, best first (``top`` takes the hardest). For the distillation losses only: another loss is an
   error naming ``loss`` and ``hf_layout`` (it would train on the teacher's pick as if it were a label).
 * ``labeled``: one row = (query, document, label[, score]); rows are grouped by query in memory, then exactly as
   the pool source: one group per (query, positive) per epoch, positives ``label >= relevance_threshold``, negatives
-  ``label <= max_negative_grade``, ordered by the ``score`` column, best first (``neg_sampling: top`` needs one).
+  ``label <= max_negative_grade``, ordered by the ``score`` column, best first (``sampling_strategy: top`` needs one).
 
 Texts: when ``hf_queries`` / ``hf_corpus`` (or ``dataset``) give a queries / documents table, the rows hold ids
 resolved through it; otherwise the rows hold the texts themselves, and a group's ids are those texts. A query or
@@ -144,8 +144,8 @@ def scored_converter(roles: Mapping, label: str,
     return convert
 
 
-def row_group(c: RowCandidates, n_negatives: int, sampling: str, rng: np.random.Generator) -> Group:
-    idx = sample_negatives(list(range(len(c.negs))), n_negatives, sampling, rng)
+def row_group(c: RowCandidates, num_negatives: int, sampling: str, rng: np.random.Generator) -> Group:
+    idx = sample_negatives(list(range(len(c.negs))), num_negatives, sampling, rng)
     teacher = None
     if c.pos_score is not None and c.neg_scores is not None:
         teacher = (c.pos_score, *(c.neg_scores[j] for j in idx))
@@ -157,8 +157,8 @@ class RowGroups:
 
     streaming = False
 
-    def __init__(self, items: list[RowCandidates], n_negatives: int, sampling: str = "random", seed: int = 0):
-        self.items, self.n_negatives, self.sampling, self.seed = items, n_negatives, sampling, seed
+    def __init__(self, items: list[RowCandidates], num_negatives: int, sampling: str = "random", seed: int = 0):
+        self.items, self.num_negatives, self.sampling, self.seed = items, num_negatives, sampling, seed
 
     def __len__(self) -> int:
         return len(self.items)
@@ -174,7 +174,7 @@ class RowGroups:
     def iter_epoch(self, epoch: int) -> Iterator[Group]:
         rng = np.random.default_rng([self.seed, epoch])
         for i in rng.permutation(len(self.items)):
-            yield row_group(self.items[i], self.n_negatives, self.sampling, rng)
+            yield row_group(self.items[i], self.num_negatives, self.sampling, rng)
 
 
 class StreamingRowGroups:
@@ -182,9 +182,9 @@ class StreamingRowGroups:
 
     streaming = True
 
-    def __init__(self, rows: Callable[[], Iterator[Mapping]], convert, n_negatives: int, sampling: str = "random",
+    def __init__(self, rows: Callable[[], Iterator[Mapping]], convert, num_negatives: int, sampling: str = "random",
                  seed: int = 0, buffer: int = 10000):
-        self.rows, self.convert, self.n_negatives = rows, convert, n_negatives
+        self.rows, self.convert, self.num_negatives = rows, convert, num_negatives
         self.sampling, self.seed, self.buffer = sampling, seed, buffer
 
     def __len__(self) -> int:
@@ -197,7 +197,7 @@ class StreamingRowGroups:
             for i, row in enumerate(self.rows()):
                 c = self.convert(row, i)
                 if c is not None:
-                    yield row_group(c, self.n_negatives, self.sampling, rng)
+                    yield row_group(c, self.num_negatives, self.sampling, rng)
 
         return shuffle_stream(groups(), self.buffer, rng)
 
@@ -223,7 +223,7 @@ def _texts(opts):
 
 def _labeled(rows, roles: Mapping, opts, label: str, required: Optional[str] = None):
     """(PoolGroups, {qid: {docid: teacher score}} or None) from (query, document, label[, score]) rows. With a score
-    column each query's negatives are ordered by it, best first (what ``neg_sampling: top`` takes); ``required``
+    column each query's negatives are ordered by it, best first (what ``sampling_strategy: top`` takes); ``required``
     (why the scores are needed) makes a row without a score an error naming the row and the column."""
     queries = rows[roles["query"]]
     docs = rows[roles["document"]]
@@ -270,14 +270,14 @@ def _labeled(rows, roles: Mapping, opts, label: str, required: Optional[str] = N
     if skipped:
         log.warning("%s: %d queries without a positive or a negative are skipped (e.g. %s)", label, len(skipped),
                     preview(skipped))
-    source = PoolGroups({q: positives[q] for q in usable}, {q: windows[q] for q in usable}, opts.n_negatives,
-                        opts.neg_sampling, opts.seed)
+    source = PoolGroups({q: positives[q] for q in usable}, {q: windows[q] for q in usable}, opts.num_negatives,
+                        opts.sampling_strategy, opts.seed)
     return source, (teacher if scores is not None else None), {"queries": len(judged), "skipped_queries": len(skipped)}
 
 
 def _check_layout(opts, columns, score_columns: list, label: str) -> Optional[str]:
     """The checks of options against the resolved columns, before any text table or row is read. Returns why every
-    row needs its score (a distillation loss on the score columns, or ``neg_sampling: top`` of layout labeled), or
+    row needs its score (a distillation loss on the score columns, or ``sampling_strategy: top`` of layout labeled), or
     None."""
     layout = columns.layout
     distill = opts.loss in DISTILLATION_LOSSES
@@ -298,14 +298,14 @@ def _check_layout(opts, columns, score_columns: list, label: str) -> Optional[st
             raise TrainingDataError(f"{label}: column {held[0]!r} holds {one} ids, and nothing gives their "
                                     f"texts: set {option} (a table of ids and texts: ID:CONFIG or files) or dataset "
                                     f"(whose {kind} have these ids)")
-    if layout == "labeled" and opts.neg_sampling == "top" and "score" not in columns.roles:
-        raise TrainingDataError(f"{label}: neg_sampling: top takes each query's best-ranked negatives, and layout "
+    if layout == "labeled" and opts.sampling_strategy == "top" and "score" not in columns.roles:
+        raise TrainingDataError(f"{label}: sampling_strategy: top takes each query's best-ranked negatives, and layout "
                                 "labeled ranks them only by a score column (none found: map one with hf_columns: "
-                                "{score: COLUMN}); set neg_sampling: random")
+                                "{score: COLUMN}); set sampling_strategy: random")
     if distill and score_columns:
         return f"loss {opts.loss}"
-    if layout == "labeled" and opts.neg_sampling == "top":
-        return "neg_sampling: top (it orders the negatives)"
+    if layout == "labeled" and opts.sampling_strategy == "top":
+        return "sampling_strategy: top (it orders the negatives)"
     return None
 
 
@@ -326,8 +326,8 @@ def load_hf_training(opts, main_first) -> TrainingData:
     required = _check_layout(opts, columns, score_columns, label)
     queries, docs, texts_from = _texts(opts)
     description = {"dataset": source.label, "split": opts.hf_split, "source": "hf", "layout": columns.layout,
-                   "columns": roles, "streaming": opts.streaming, "n_negatives": opts.n_negatives,
-                   "sampling": opts.neg_sampling, **texts_from}
+                   "columns": roles, "streaming": opts.streaming, "num_negatives": opts.num_negatives,
+                   "sampling": opts.sampling_strategy, **texts_from}
     origin = f"score column{'s' if len(score_columns) > 1 else ''} {', '.join(map(repr, score_columns))} of {label}"
     teacher_info = {"source": "hf column", "columns": score_columns}
     teacher = None
@@ -344,18 +344,18 @@ def load_hf_training(opts, main_first) -> TrainingData:
         if score_columns:
             teacher = TeacherScores({}, origin, teacher_info)
         if opts.streaming:
-            group_source = StreamingRowGroups(lambda: iter(rows), convert, opts.n_negatives, opts.neg_sampling,
+            group_source = StreamingRowGroups(lambda: iter(rows), convert, opts.num_negatives, opts.sampling_strategy,
                                               opts.seed, opts.shuffle_buffer)
         else:
             items = [c for i, row in enumerate(rows) if (c := convert(row, i)) is not None]
             if not items:
                 raise TrainingDataError(f"{label}: no row has a query, a positive and a negative")
-            short = sum(1 for c in items if len(c.negs) < opts.n_negatives)
+            short = sum(1 for c in items if len(c.negs) < opts.num_negatives)
             if short:
-                log.warning("%s: %d of %d rows have fewer than n_negatives=%d negatives; their negatives repeat "
-                            "(lower n_negatives, e.g. 1 for triplets)", label, short, len(items), opts.n_negatives)
+                log.warning("%s: %d of %d rows have fewer than num_negatives=%d negatives; their negatives repeat "
+                            "(lower num_negatives, e.g. 1 for triplets)", label, short, len(items), opts.num_negatives)
             description.update(rows=len(rows), skipped_rows=len(rows) - len(items), short_rows=short)
-            group_source = RowGroups(items, opts.n_negatives, opts.neg_sampling, opts.seed)
+            group_source = RowGroups(items, opts.num_negatives, opts.sampling_strategy, opts.seed)
     if not group_source.streaming:
         pairs = list(group_source.pairs())
         qids = {q for q, _ in pairs}

@@ -9,14 +9,14 @@ query (a query with a judged positive; ``max_queries`` and ``missing_positives``
    BM25 pool from ``retrieve/``, or any run given as ``candidates``); ``cross-encoder`` rescores the top
    ``rescore_depth`` candidates with ``model`` (through ``evaluate/rerank.score_pairs``, the one scoring loop) and
    ranks them by that score;
-2. keep the candidates at 1-based ranks ``rank_min``..``rank_max`` (both inclusive) of that whole order: the
+2. keep the candidates at 1-based ranks ``neg_rank_min``..``neg_rank_max`` (both inclusive) of that whole order: the
    positives and every other judged document count as ranks, as in train's ``neg_rank_min`` / ``neg_rank_max``,
    and the rules below apply inside the window. sentence-transformers (6.2) differs: its ``range_min`` is a 0-based
    count of top hits to skip and ``range_max`` the last position kept, both counted after the positives (and the
    candidates its margin / score rules reject) are taken out of its top ``range_max + max_positives`` hits. So its
-   ``range_min=k, range_max=m`` is ``rank_min=k+1, rank_max=m`` here only when no positive or rejected candidate
-   ranks above its m-th kept hit; in general ``rank_min = k + 1 + (those ranked above its (k+1)-th kept hit)`` and
-   ``rank_max = m + (those ranked above its m-th kept hit)``, a shift that differs per query, so no fixed setting
+   ``range_min=k, range_max=m`` is ``neg_rank_min=k+1, neg_rank_max=m`` here only when no positive or rejected candidate
+   ranks above its m-th kept hit; in general ``neg_rank_min = k + 1 + (those ranked above its (k+1)-th kept hit)`` and
+   ``neg_rank_max = m + (those ranked above its m-th kept hit)``, a shift that differs per query, so no fixed setting
    reproduces it;
 3. drop every judged document of grade > ``max_negative_grade`` (so the positives, grade >= ``relevance_threshold``,
    are never mined), and candidates outside ``min_score``..``max_score``;
@@ -24,13 +24,13 @@ query (a query with a judged positive; ``max_queries`` and ``missing_positives``
    candidate scoring above ``positive - margin`` is skipped) and/or ``relative_margin`` (above
    ``positive - |positive| * relative_margin`` is skipped, as sentence-transformers computes it); with several positives the reference is the lowest-scored
    (``margin_reference: min``) or the best-scored one (``max``);
-5. keep at most ``num_negatives``: the best ranked (``sampling: top``) or a seeded random subset (``random``), in
+5. keep at most ``num_negatives``: the best ranked (``sampling_strategy: top``) or a seeded random subset (``random``), in
    rank order.
 
 The result is written atomically (``utils/io.atomic_write``: an error or interrupt midway leaves no partial file
 and an earlier output intact), one query at a time in the miner's order with the miner's scores, and a JSON
-sidecar ``<output>.json`` records the settings, inputs, counts and provenance. Training reads it with no new
-option: ``train --candidates mined.run`` (a query may have fewer negatives than ``n_negatives``: training repeats
+sidecar ``<output_run>.json`` records the settings, inputs, counts and provenance. Training reads it with no new
+option: ``train --candidates mined.run`` (a query may have fewer negatives than ``num_negatives``: training repeats
 them; a query without any is skipped).
 """
 
@@ -46,7 +46,8 @@ from typing import Iterator, Literal, Mapping, Optional, Sequence
 import numpy as np
 
 from maw_reranker.config.parser import options_to_dict
-from maw_reranker.config.sections import (DatasetOptions, ModelOptions, PoolOptions, Precision,
+from maw_reranker.config.sections import (DatasetOptions, ModelOptions, NegativeOptions, NegativeSampling,
+                                          PoolOptions, Precision,
                                           candidates_from_options, dataset_from_options, opt, resolve_model_path)
 from maw_reranker.data.dataset import fetch_texts
 from maw_reranker.train.data import consecutive_runs
@@ -69,22 +70,23 @@ class MiningError(ValueError):
 
 
 @dataclass
-class MineOptions(PoolOptions, ModelOptions, DatasetOptions):
+class MineOptions(NegativeOptions, PoolOptions, ModelOptions, DatasetOptions):
     """Every setting of `maw-rerank mine-negatives` (the dataset, pool and model sections are shared with train)."""
 
     CONFIG_KINDS = ("datasets", "models")
 
-    output: str = opt("", "the mined TREC run (negatives only, in the miner's order with its scores); a JSON "
-                          "sidecar <output>.json records settings and inputs. Train on it with --candidates")
+    RENAMED = {"output": "use 'output_run' (the mined TREC run)", "rank_min": "use 'neg_rank_min'",
+               "rank_max": "use 'neg_rank_max'", "sampling": "use 'sampling_strategy'"}
+
+    output_run: str = opt("", "the mined TREC run (negatives only, in the miner's order with its scores); a JSON "
+                              "sidecar <output_run>.json records settings and inputs. Train on it with --candidates")
     miner: Miner = opt("bm25", "bm25 = the candidate pool's own ranks and scores (its BM25 pool, or the run given as "
                                "candidates); cross-encoder = rescore the top rescore_depth candidates with model")
-    rank_min: int = opt(1, "highest rank (1-based, inclusive, in the miner's order with the positives counted, as "
-                           "train's neg_rank_min; not sentence-transformers' 0-based range_min) a negative may come "
-                           "from")
-    rank_max: int = opt(100, "lowest rank (inclusive, positives counted) a negative may come from")
+    # (also: neg_rank_min/max, relevance_threshold, max_negative_grade, missing_positives, max_queries from
+    # NegativeOptions, shared with train; two defaults differ, as sentence-transformers' mine_hard_negatives has them)
     num_negatives: int = opt(10, "negatives kept per query, at most")
-    sampling: Literal["top", "random"] = opt("top", "which of the candidates left keep: top = the best ranked; "
-                                                   "random = a random subset (seed), written in rank order")
+    sampling_strategy: NegativeSampling = opt("top", "which of the candidates left to keep: top = the best ranked; "
+                                                     "random = a random subset (seed), written in rank order")
     margin: Optional[float] = opt(None, "absolute margin: skip a candidate scoring above (positive score - margin), "
                                         "a likely false negative (None = off; 0 skips those above the positive)")
     relative_margin: Optional[float] = opt(None, "relative margin in [0, 1): skip a candidate scoring above "
@@ -95,57 +97,40 @@ class MineOptions(PoolOptions, ModelOptions, DatasetOptions):
                                                          "best-scored")
     max_score: Optional[float] = opt(None, "skip candidates scoring above this (None = off)")
     min_score: Optional[float] = opt(None, "skip candidates scoring below this (None = off)")
-    relevance_threshold: int = opt(1, "a qrels grade >= this is a positive (the queries mined are those with one)")
-    max_negative_grade: int = opt(0, "judged documents of at most this grade may be negatives (0 = no judged-relevant "
-                                     "document is; as train's option of the same name); must be < "
-                                     "relevance_threshold")
-    max_queries: Optional[int] = opt(None, "mine only this many queries: the same fixed subset as train's "
-                                           "max_queries (with the same missing_positives)")
-    missing_positives: Literal["error", "skip"] = opt(
-        "error", "as train's option: skip = judged positives whose text is not in the corpus are left out, and a "
-                 "query left without one is not mined (set it as in train, so max_queries picks train's queries)")
-    rescore_depth: Optional[int] = opt(None, "cross-encoder: candidates rescored per query (default: rank_max); "
-                                             "must be >= rank_max")
+    rescore_depth: Optional[int] = opt(None, "cross-encoder: candidates rescored per query (default: neg_rank_max); "
+                                             "must be >= neg_rank_max")
     batch_size: int = opt(32, "cross-encoder: pairs per forward pass")
     precision: Precision = opt("fp32", "cross-encoder: fp32, or autocast to bf16/fp16")
     device: Optional[str] = opt(None, "cross-encoder: cpu, cuda, cuda:1 ... (default: cuda if available)")
-    seed: int = opt(0, "seed of sampling: random")
+    seed: int = opt(0, "seed of sampling_strategy: random")
     tag: Optional[str] = opt(None, "run tag of the output (default: mined-<miner>)")
     progress: bool = opt(True, "show a progress bar (queries)")
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not str(self.output).strip():
-            raise OptionError("option 'output' is empty: give the path of the mined run (e.g. mined.run)")
+        if not str(self.output_run).strip():
+            raise OptionError("option 'output_run' is empty: give the path of the mined run (e.g. mined.run)")
         if not str(self.dataset).strip():
             raise OptionError("option 'dataset' is empty: give the training dataset (name or path)")
-        for name in ("rank_min", "num_negatives", "batch_size"):
-            if getattr(self, name) < 1:
-                raise OptionError(f"option '{name}' must be >= 1, got {getattr(self, name)}")
-        if self.rank_max < self.rank_min:
-            raise OptionError(f"option 'rank_max' ({self.rank_max}) is below 'rank_min' ({self.rank_min})")
+        if self.batch_size < 1:
+            raise OptionError(f"option 'batch_size' must be >= 1, got {self.batch_size}")
         if self.margin is not None and self.margin < 0:
             raise OptionError(f"option 'margin' must be >= 0 or null, got {self.margin}")
         if self.relative_margin is not None and not 0 <= self.relative_margin < 1:
             raise OptionError(f"option 'relative_margin' must be in [0, 1) or null, got {self.relative_margin}")
         if self.max_score is not None and self.min_score is not None and self.min_score > self.max_score:
             raise OptionError(f"option 'min_score' ({self.min_score}) is above 'max_score' ({self.max_score})")
-        if not 0 <= self.max_negative_grade < self.relevance_threshold:
-            raise OptionError(f"option 'max_negative_grade' must be >= 0 and < relevance_threshold "
-                              f"({self.relevance_threshold}), got {self.max_negative_grade}")
         if self.seed < 0:
             raise OptionError(f"option 'seed' must be >= 0, got {self.seed}")
-        if self.max_queries is not None and self.max_queries < 1:
-            raise OptionError(f"option 'max_queries' must be >= 1 or null, got {self.max_queries}")
         if self.tag is not None and (not self.tag.strip() or len(self.tag.split()) != 1):
             raise OptionError(f"option 'tag' must be one word (a TREC run column), got {self.tag!r}")
         if self.miner == "cross-encoder":
             if not str(self.model).strip():
                 raise OptionError("option 'model' is empty: miner cross-encoder needs a model (hub id, folder or "
                                   "bench:NAME)")
-            if self.rescore_depth is not None and self.rescore_depth < self.rank_max:
-                raise OptionError(f"option 'rescore_depth' ({self.rescore_depth}) is below 'rank_max' "
-                                  f"({self.rank_max}): the ranks are ranks among the rescored candidates")
+            if self.rescore_depth is not None and self.rescore_depth < self.neg_rank_max:
+                raise OptionError(f"option 'rescore_depth' ({self.rescore_depth}) is below 'neg_rank_max' "
+                                  f"({self.neg_rank_max}): the ranks are ranks among the rescored candidates")
         else:
             if str(self.model).strip():
                 raise OptionError(f"option 'model' ({self.model}) is used by miner cross-encoder only; set miner: "
@@ -157,7 +142,7 @@ class MineOptions(PoolOptions, ModelOptions, DatasetOptions):
     def effective_rescore_depth(self) -> Optional[int]:
         if self.miner != "cross-encoder":
             return None
-        return self.rescore_depth if self.rescore_depth is not None else self.rank_max
+        return self.rescore_depth if self.rescore_depth is not None else self.neg_rank_max
 
     @property
     def uses_margins(self) -> bool:
@@ -195,7 +180,7 @@ def select_negatives(ranked: Sequence[tuple[str, float]], judged: Mapping[str, i
     skipped: Counter = Counter()
     reference = reference_score(positive_scores, opts.margin_reference)
     left = []
-    for docid, score in ranked[opts.rank_min - 1:opts.rank_max]:
+    for docid, score in ranked[opts.neg_rank_min - 1:opts.neg_rank_max]:
         if judged.get(docid, 0) > opts.max_negative_grade:
             reason = "judged"
         elif opts.max_score is not None and score > opts.max_score:
@@ -214,7 +199,7 @@ def select_negatives(ranked: Sequence[tuple[str, float]], judged: Mapping[str, i
         skipped[reason] += 1
     if len(left) > opts.num_negatives:
         skipped["beyond_num"] += len(left) - opts.num_negatives
-        if opts.sampling == "random":
+        if opts.sampling_strategy == "random":
             rng = rng if rng is not None else np.random.default_rng(opts.seed)
             keep = sorted(rng.choice(len(left), size=opts.num_negatives, replace=False))
             left = [left[i] for i in keep]
@@ -234,18 +219,16 @@ def _ranked(hits: Mapping[str, float]) -> list[tuple[str, float]]:
 
 
 def _check_output(opts: MineOptions, candidates_path: Optional[str] = None) -> Path:
-    from maw_reranker.utils.io import check_writable
+    from maw_reranker.utils.io import check_not_an_input, check_writable
 
-    output = Path(opts.output).expanduser()
-    check_writable(output, "output", is_file=True)
-    target = output.resolve()
+    output = Path(opts.output_run).expanduser()
+    check_writable(output, "output_run", is_file=True)
     inputs = {name: getattr(opts, name) for name in ("dataset", "queries", "qrels", "run", "candidates")}
     if candidates_path:
         inputs["candidates"] = candidates_path
-    for name, value in inputs.items():
-        if value and Path(value).expanduser().resolve() == target:
-            raise OptionError(f"option 'output' is the same file as option '{name}' ({target}): it would be "
-                              "overwritten; write the mined run elsewhere")
+    if opts.miner == "cross-encoder":
+        inputs["model"] = resolve_model_path(opts.model)
+    check_not_an_input({"output_run": output, "output_run (its sidecar)": sidecar_path(output)}, inputs)
     return output
 
 
@@ -425,8 +408,8 @@ def mine_negatives(opts: MineOptions) -> MiningResult:
         "run_bytes": output.stat().st_size,
         "format": "TREC run 'qid Q0 docid rank score tag': per query the kept negatives in the miner's order, "
                   "scores of the miner; train on it with --candidates",
-        "settings": {"miner": opts.miner, "rank_min": opts.rank_min, "rank_max": opts.rank_max,
-                     "num_negatives": opts.num_negatives, "sampling": opts.sampling, "seed": opts.seed,
+        "settings": {"miner": opts.miner, "neg_rank_min": opts.neg_rank_min, "neg_rank_max": opts.neg_rank_max,
+                     "num_negatives": opts.num_negatives, "sampling_strategy": opts.sampling_strategy, "seed": opts.seed,
                      "margin": opts.margin, "relative_margin": opts.relative_margin,
                      "margin_reference": opts.margin_reference, "max_score": opts.max_score,
                      "min_score": opts.min_score, "relevance_threshold": opts.relevance_threshold,
@@ -455,7 +438,7 @@ def _nothing_mined(opts: MineOptions, where: str, counts: Counter, skipped: Coun
         return (f"none of the {counts['queries_with_positive']} queries with a positive has candidates in {where} "
                 "(mismatched query ids?)")
     rules = ", ".join(f"{reason} {n}" for reason, n in skipped.most_common() if n) or "none"
-    return (f"no negative left for any query: candidates at ranks {opts.rank_min}-{opts.rank_max} of {where} "
+    return (f"no negative left for any query: candidates at ranks {opts.neg_rank_min}-{opts.neg_rank_max} of {where} "
             f"skipped by rule: {rules}; widen the rank window or loosen margin/relative_margin/max_score")
 
 

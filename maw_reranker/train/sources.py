@@ -143,11 +143,11 @@ def load_training_data(opts, main_first=None) -> TrainingData:
     candidates = candidates_from_options(opts, ds, streaming=opts.streaming, guard=main_first)
     run, rows, where = candidates.run, candidates.rows, candidates.description
     description.update(negatives=where, rank_window=[opts.neg_rank_min, opts.neg_rank_max],
-                       sampling=opts.neg_sampling, n_negatives=opts.n_negatives,
+                       sampling=opts.sampling_strategy, num_negatives=opts.num_negatives,
                        max_negative_grade=opts.max_negative_grade)
     if rows is not None:
-        source = StreamingPoolGroups(rows, qrels, opts.n_negatives, opts.neg_rank_min, opts.neg_rank_max,
-                                     opts.relevance_threshold, opts.neg_sampling, opts.seed, opts.shuffle_buffer,
+        source = StreamingPoolGroups(rows, qrels, opts.num_negatives, opts.neg_rank_min, opts.neg_rank_max,
+                                     opts.relevance_threshold, opts.sampling_strategy, opts.seed, opts.shuffle_buffer,
                                      include=train_qids, max_negative_grade=opts.max_negative_grade)
         return TrainingData(source, queries, docs, description, _dev_set(opts, main_first))
     ranked = {q: rank_candidates(run.get(q, {})) for q in train_qids | set(holdout)}
@@ -160,14 +160,14 @@ def load_training_data(opts, main_first=None) -> TrainingData:
     if no_neg:
         log.warning("%s: %d queries have no negative candidate in ranks %d-%d and are skipped (e.g. %s)", label,
                     len(no_neg), opts.neg_rank_min, opts.neg_rank_max, preview(no_neg))
-    short = sum(1 for q in train_qids if 0 < len(windows[q]) < opts.n_negatives)
+    short = sum(1 for q in train_qids if 0 < len(windows[q]) < opts.num_negatives)
     if short:
         log.warning("%d queries have fewer than %d negative candidates; their negatives repeat", short,
-                    opts.n_negatives)
+                    opts.num_negatives)
     _check_docs(docs, {d for q in train_qids for d in positives[q]}, "positive documents of the qrels")
     _check_docs(docs, {d for w in windows.values() for d in w}, f"negative candidates of {where}")
     train_pos = {q: positives[q] for q in train_qids}
-    source = PoolGroups(train_pos, windows, opts.n_negatives, opts.neg_sampling, opts.seed)
+    source = PoolGroups(train_pos, windows, opts.num_negatives, opts.sampling_strategy, opts.seed)
     description.update(training_queries=sum(1 for q in train_qids if windows[q]), groups_per_epoch=len(source),
                        queries_without_negatives=len(no_neg), short_windows=short, holdout_queries=len(holdout))
     dev = None

@@ -25,6 +25,8 @@ import tempfile
 from pathlib import Path
 from typing import IO, Iterator
 
+from maw_reranker.utils.errors import OptionError
+
 log = logging.getLogger(__name__)
 # What torch says when a write is cut short by a full disk (its own errors carry no errno).
 DISK_FULL_HINTS = ("unexpected pos", "PytorchStreamWriter failed", "file write failed")
@@ -269,3 +271,17 @@ def check_writable(path: str | Path, option: str, is_file: bool = False) -> None
         read_only = bool(os.statvfs(probe).f_flag & os.ST_RDONLY)
     if read_only:
         raise PermissionError(f"option '{option}': {probe} is on a read-only file system (needed for {target})")
+
+
+def check_not_an_input(outputs: dict, inputs: dict) -> None:
+    """Refuse any output path (option -> path) that is one of the inputs (option -> path) or lies inside an input
+    folder (a BEIR folder's corpus, a model directory): every path is resolved first, so links and ``..`` count."""
+    sources = {name: Path(path).expanduser().resolve() for name, path in inputs.items() if path}
+    for out_name, out_path in outputs.items():
+        target = Path(out_path).expanduser().resolve()
+        same = next((name for name, source in sources.items() if source == target), None)
+        inside = next((name for name, source in sources.items() if source.is_dir() and source in target.parents), None)
+        if same or inside:
+            name = same or inside
+            raise OptionError(f"option '{out_name}' ({target}) {'is' if same else 'lies inside'} option '{name}' "
+                              f"({sources[name]}), an input: it would be overwritten; write it elsewhere")

@@ -22,7 +22,7 @@ def data_args(tmp_path):
 
 
 def _eval(args, model_dir, out, *extra):
-    return main(["eval", *args, "--model", model_dir, "--out-dir", str(out), "--progress", "false",
+    return main(["eval", *args, "--model", model_dir, "--output-dir", str(out), "--progress", "false",
                  "--standard-measures", "false", "--variant", "v", *extra])
 
 
@@ -77,7 +77,7 @@ def test_duplicate_and_empty_qrels_are_errors(data_args, model_dir, tmp_path, ca
     _one_line_error(capsys.readouterr().err, str(qrels), "empty")
     beir = write_beir(tmp_path / "beir")
     (beir / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n")
-    assert main(["build-pools", "--dataset", str(beir), "--engine", "bm25s", "--out-dir", str(tmp_path / "p")]) == 1
+    assert main(["build-pools", "--dataset", str(beir), "--pool-engine", "bm25s", "--pools-dir", str(tmp_path / "p")]) == 1
     _one_line_error(capsys.readouterr().err, "test.tsv", "empty")
 
 
@@ -115,9 +115,9 @@ def test_mapping_model_in_a_config_is_refused_even_when_overridden(data_args, mo
     _, args = data_args
     config = tmp_path / "c.yaml"
     config.write_text("model: {name: x}\n")
-    assert main(["eval", "--config", str(config), *args, "--out-dir", str(tmp_path / "e")]) == 2
+    assert main(["eval", "--config", str(config), *args, "--output-dir", str(tmp_path / "e")]) == 2
     _one_line_error(capsys.readouterr().err, str(config), "model")
-    assert main(["eval", "--config", str(config), *args, "--model", model_dir, "--out-dir", str(tmp_path / "e")]) == 2
+    assert main(["eval", "--config", str(config), *args, "--model", model_dir, "--output-dir", str(tmp_path / "e")]) == 2
     _one_line_error(capsys.readouterr().err, str(config), "model")
 
 
@@ -125,7 +125,7 @@ def test_build_pools_refuses_run(tmp_path, capsys):
     beir = write_beir(tmp_path / "beir")
     run = tmp_path / "r.run"
     run.write_text("q1 Q0 d1 1 1.0 x\n")
-    assert main(["build-pools", "--dataset", str(beir), "--run", str(run), "--out-dir", str(tmp_path / "p")]) == 2
+    assert main(["build-pools", "--dataset", str(beir), "--run", str(run), "--pools-dir", str(tmp_path / "p")]) == 2
     _one_line_error(capsys.readouterr().err, "run")
 
 
@@ -143,7 +143,7 @@ def test_unwritable_output_is_checked_first(data_args, model_dir, tmp_path, caps
     blocker = tmp_path / "file"
     blocker.write_text("x")
     assert _eval(args, model_dir, blocker / "exp") == 1
-    _one_line_error(capsys.readouterr().err, "out_dir", str(blocker))
+    _one_line_error(capsys.readouterr().err, "output_dir", str(blocker))
 
 
 def test_os_errors_become_one_line(data_args, model_dir, tmp_path, capsys, monkeypatch):
@@ -169,7 +169,7 @@ def test_debug_shows_the_traceback(data_args, model_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(eval_run, "_score_and_write", boom)
     assert _eval(args, model_dir, tmp_path / "exp") == 1
     with pytest.raises(ZeroDivisionError):
-        main(["--debug", "eval", *args, "--model", model_dir, "--out-dir", str(tmp_path / "exp"), "--progress", "false"])
+        main(["--debug", "eval", *args, "--model", model_dir, "--output-dir", str(tmp_path / "exp"), "--progress", "false"])
 
 
 def test_on_missing_skip_applies_to_a_dataset_run(data_args, model_dir, tmp_path, capsys):
@@ -183,7 +183,7 @@ def test_on_missing_skip_applies_to_a_dataset_run(data_args, model_dir, tmp_path
 def test_output_run_must_not_overwrite_an_input_or_be_a_folder(data_args, model_dir, tmp_path, capsys):
     paths, args = data_args
     before = paths["run"].read_bytes()
-    assert _eval(args, model_dir, tmp_path / "a", "--output-run", str(paths["run"])) == 1
+    assert _eval(args, model_dir, tmp_path / "a", "--output-run", str(paths["run"])) == 2
     _one_line_error(capsys.readouterr().err, "output_run", "option 'run'")
     assert paths["run"].read_bytes() == before
     assert _eval(args, model_dir, tmp_path / "a") == 0
@@ -220,12 +220,12 @@ def test_bad_values_name_the_field(data_args, model_dir, tmp_path, capsys):
                          ("q1 0 d1", "a column missing")):
         qrels.write_text(line + "\n")
         assert main(["eval", *args[:4], "--qrels", str(qrels), *args[6:], "--model", model_dir,
-                     "--out-dir", str(tmp_path / "b"), "--progress", "false"]) == 1
+                     "--output-dir", str(tmp_path / "b"), "--progress", "false"]) == 1
         _one_line_error(capsys.readouterr().err, f"{qrels}:1", needle)
     queries = tmp_path / "queries.tsv"
     queries.write_text("q1\t\nq2\tcats\n")
     assert main(["eval", *args[:2], "--queries", str(queries), *args[4:], "--model", model_dir,
-                 "--out-dir", str(tmp_path / "c"), "--progress", "false"]) == 1
+                 "--output-dir", str(tmp_path / "c"), "--progress", "false"]) == 1
     _one_line_error(capsys.readouterr().err, f"{queries}:1", "no text")
 
 
@@ -235,8 +235,8 @@ def test_empty_run_and_empty_output_folders(data_args, model_dir, tmp_path, caps
     assert _eval(args, model_dir, tmp_path / "a") == 1
     _one_line_error(capsys.readouterr().err, str(paths["run"]), "empty")
     beir = write_beir(tmp_path / "beir")
-    assert main(["build-pools", "--dataset", str(beir), "--engine", "bm25s", "--out-dir", ""]) == 2
-    _one_line_error(capsys.readouterr().err, "out_dir", "empty")
+    assert main(["build-pools", "--dataset", str(beir), "--pool-engine", "bm25s", "--pools-dir", ""]) == 2
+    _one_line_error(capsys.readouterr().err, "pools_dir", "empty")
 
 
 def test_a_closed_pipe_is_not_an_error():

@@ -20,7 +20,7 @@ def data_args(tmp_path):
 
 def test_eval_cli_end_to_end_and_idempotent(data_args, model_dir, tmp_path, capsys):
     args = ["eval", *data_args, "--model", model_dir, "--maw", "{depth_dim: 2, gating_mode: argmax}",
-            "--variant", "cli", "--out-dir", str(tmp_path / "exp"), "--progress", "false", "--depth", "3",
+            "--variant", "cli", "--output-dir", str(tmp_path / "exp"), "--progress", "false", "--depth", "3",
             "--extra-measures", "P@1", "--standard-measures", "false"]
     assert main(args) == 0
     out = capsys.readouterr().out
@@ -38,7 +38,7 @@ def test_eval_cli_composed_yaml_configs(data_args, model_dir, tmp_path, capsys):
                                                         "maw": {"depth_dim": 2, "gating_mode": "stat"}}))
     (tmp_path / "variant.yaml").write_text("defaults: [base.yaml]\nmaw: {gating_mode: uniform}\nvariant: composed\n")
     assert main(["eval", "--config", str(tmp_path / "variant.yaml"), *data_args,
-                 "--out-dir", str(tmp_path / "exp"), "--standard-measures", "false"]) == 0
+                 "--output-dir", str(tmp_path / "exp"), "--standard-measures", "false"]) == 0
     config = json.loads((tmp_path / "exp" / "tiny" / "composed" / "seed_0" / "config.json").read_text())
     assert config["config"]["maw"]["gating_mode"] == "uniform" and config["config"]["maw"]["depth_dim"] == 2
 

@@ -25,7 +25,7 @@ def labeled(tmp_path):
 
 def test_eval_hf_labeled_metrics_match_ir_measures(labeled, model_dir, tmp_path, capsys):
     args = ["eval", "--dataset", f"hf:{labeled}", "--hf-layout", "labeled", "--model", model_dir, "--maw", "null",
-            "--variant", "plain", "--out-dir", str(tmp_path / "exp"), "--progress", "false",
+            "--variant", "plain", "--output-dir", str(tmp_path / "exp"), "--progress", "false",
             "--standard-measures", "false"]
     assert main(args) == 0
     out = capsys.readouterr().out
@@ -46,7 +46,7 @@ def test_eval_hf_labeled_metrics_match_ir_measures(labeled, model_dir, tmp_path,
 
 
 def test_eval_hf_errors_are_one_line(labeled, model_dir, tmp_path, capsys):
-    base = ["eval", "--model", model_dir, "--out-dir", str(tmp_path / "exp"), "--progress", "false"]
+    base = ["eval", "--model", model_dir, "--output-dir", str(tmp_path / "exp"), "--progress", "false"]
     assert main([*base, "--dataset", f"hf:{labeled}", "--hf-columns", "{label: grade}"]) == 1
     err = capsys.readouterr().err
     assert "no column 'grade'" in err and "its columns: question, passage, relevance" in err

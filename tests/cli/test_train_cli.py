@@ -34,8 +34,8 @@ def test_cli_train_runs(tmp_path, capsys):
     model = tiny_model_dir(tmp_path / "m")
     config = tmp_path / "c.yaml"
     config.write_text(f"model: {model}\ndataset: {task['dataset']}\nsplit: train\ncandidates: {task['run']}\n"
-                      "maw: {gating_mode: learned, depth_dim: 4}\nn_negatives: 3\nbatch_size: 4\nmax_length: 32\n"
-                      f"report_to: []\nprogress_bar: false\noutput_dir: {tmp_path / 'out'}\n")
+                      "maw: {gating_mode: learned, depth_dim: 4}\nnum_negatives: 3\nbatch_size: 4\nmax_length: 32\n"
+                      f"report_to: []\nprogress: false\noutput_dir: {tmp_path / 'out'}\n")
     code = main(["train", "--config", str(config), "--max-steps", "2", "--maw", '{"gating_mode": "gate", "depth_dim": 2}',
                  "--loss", "ranknet"])
     assert code == 0

@@ -59,9 +59,9 @@ def test_tiny_cross_encoder_learns_the_demo_task(tmp_path):
     collection = generate(tmp_path / "c", n_topics=6)
     base = save_tiny_cross_encoder(tmp_path / "base", vocabulary(collection), seed=0, **TINY)
     test = load_dataset(str(collection), split="test", name="demo")
-    pool = read_run(build_pool(test, engine="bm25s", k=100, out_dir=tmp_path / "pools"))
+    pool = read_run(build_pool(test, engine="bm25s", k=100, pools_dir=tmp_path / "pools"))
     build_pool(load_dataset(str(collection), split="train", name="demo"), engine="bm25s", k=100,
-               out_dir=tmp_path / "pools")
+               output_dir=tmp_path / "pools")
     docs, queries = dict(test.iter_docs()), test.queries()
 
     def ndcg(run):

@@ -11,7 +11,7 @@ from maw_reranker.evaluate.metrics import evaluate_run
 
 def test_run_folder_round_trip(tmp_path):
     art = RunArtifacts.for_run(tmp_path, "msmarco-dev", "maw-gated", 2)
-    assert art.out_dir == tmp_path / "msmarco-dev" / "maw-gated" / "seed_2"
+    assert art.output_dir == tmp_path / "msmarco-dev" / "maw-gated" / "seed_2"
     assert not art.is_complete()
     art.write_config({"variant": "maw-gated"})
     run = {"q1": {"d1": 2.5, "d2": 1.25}, "q2": {"d3": 0.5}}

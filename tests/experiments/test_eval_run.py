@@ -30,7 +30,7 @@ def collection(tmp_path):
 
 def options(collection, model_dir, out, **kw):
     base = dict(dataset=str(collection["docs"]), queries=str(collection["queries"]), qrels=str(collection["qrels"]),
-                run=str(collection["run"]), dataset_name="tiny", model=model_dir, out_dir=str(out), progress=False,
+                run=str(collection["run"]), dataset_name="tiny", model=model_dir, output_dir=str(out), progress=False,
                 standard_measures=False, measures=MEASURES, plots=False)
     base.update(kw)
     return EvalOptions(**base)
@@ -105,7 +105,7 @@ def test_missing_documents_error_or_logged_skip(tmp_path, model_dir, caplog):
     beir = write_beir(tmp_path / "beir")
     cands = tmp_path / "cands.run"
     cands.write_text("q1 Q0 d1 1 3 x\nq1 Q0 nope 2 2 x\nq2 Q0 d2 1 3 x\n")
-    base = dict(dataset=str(beir), candidates=str(cands), model=model_dir, out_dir=str(tmp_path / "exp"), maw=None,
+    base = dict(dataset=str(beir), candidates=str(cands), model=model_dir, output_dir=str(tmp_path / "exp"), maw=None,
                 progress=False, standard_measures=False, measures=MEASURES)
     with pytest.raises(RerankError, match="q1/nope"):
         run_eval(EvalOptions(**base))
@@ -126,7 +126,7 @@ def test_mismatched_ids_fail_before_scoring(tmp_path, model_dir, monkeypatch):
                         lambda *a, **k: pytest.fail("model loaded before the id check"))
     with pytest.raises(RerankError, match="mismatched ids"):
         run_eval(EvalOptions(dataset=str(beir), candidates=str(cands), model=model_dir, maw=None,
-                             out_dir=str(tmp_path / "exp"), progress=False))
+                             output_dir=str(tmp_path / "exp"), progress=False))
 
 
 def test_parse_maw_names_bad_fields():

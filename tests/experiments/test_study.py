@@ -14,8 +14,8 @@ def study(tmp_path, **overrides):
     data = {"dataset": str(task["dataset"]), "split": "train", "candidates": str(task["run"])}
     base = dict(
         name="tiny", model=str(tiny_model_dir(tmp_path / "model")), seeds=[0], baseline="topk",
-        train={"max_length": 32, "trainable": "top", "top_layers": 1, "n_negatives": 3, "batch_size": 4,
-               "max_steps": 2, "checkpoint_every": 0, "report_to": [], "progress_bar": False, "lr": 1e-3},
+        train={"max_length": 32, "trainable": "top", "top_layers": 1, "num_negatives": 3, "batch_size": 4,
+               "max_steps": 2, "checkpoint_every": 0, "report_to": [], "progress": False, "lr": 1e-3},
         eval={"progress": False, "standard_measures": False, "batch_size": 16, "plots": False},
         protocols=[{"name": "self", "train": dict(data), "test": {**data, "dataset_name": "tiny-test"}}],
         variants=[{"name": "topk", "train": {"maw": None}},
@@ -23,7 +23,7 @@ def study(tmp_path, **overrides):
                                                             "depth_source": "project", "depth_rank": 2}}},
                   {"name": "lora_matched", "train": {"maw": None, "top_lora": True, "lora_r": "match:maw_project"}}],
         quick={"seeds": [5], "train": {"max_steps": 1}},
-        runs_dir=str(tmp_path / "runs"), out_dir=str(tmp_path / "exp"), n_resamples=100)
+        models_dir=str(tmp_path / "runs"), output_dir=str(tmp_path / "exp"), n_resamples=100)
     base.update(overrides)
     return StudyOptions(**base)
 

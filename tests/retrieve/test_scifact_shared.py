@@ -16,14 +16,14 @@ def scifact(shared_data):
 
 
 def test_bm25s_close_to_anserini(scifact, tmp_path):
-    scores = pool_scores(scifact, build_pool(scifact, engine="bm25s", out_dir=tmp_path), 1000)
+    scores = pool_scores(scifact, build_pool(scifact, engine="bm25s", pools_dir=tmp_path), 1000)
     assert abs(scores["nDCG@10"] - ANSERINI_NDCG10) < 0.01
     assert scores["R@1000"] >= 0.97
 
 
 @pytest.mark.pyserini
 def test_pyserini_reproduces_anserini(scifact, tmp_path):
-    scores = pool_scores(scifact, build_pool(scifact, engine="pyserini", out_dir=tmp_path), 1000)
+    scores = pool_scores(scifact, build_pool(scifact, engine="pyserini", pools_dir=tmp_path), 1000)
     assert abs(scores["nDCG@10"] - ANSERINI_NDCG10) <= 0.003
     assert scores["R@100"] == pytest.approx(0.9253, abs=0.002)
     assert scores["R@1000"] >= 0.97

@@ -59,8 +59,8 @@ def options(tmp: Path, task: dict, model: Path, **overrides):
     from maw_reranker.train.config import TrainOptions
 
     base = dict(model=str(model), dataset=str(task["dataset"]), split="train", candidates=str(task["run"]),
-                output_dir=str(tmp / "out"), n_negatives=3, neg_rank_max=1000, batch_size=4, max_steps=6,
-                lr=5e-3, maw_lr=5e-2, warmup_ratio=0.0, checkpoint_every=0, report_to=[], progress_bar=False,
+                output_dir=str(tmp / "out"), num_negatives=3, neg_rank_max=1000, batch_size=4, max_steps=6,
+                lr=5e-3, maw_lr=5e-2, warmup_ratio=0.0, checkpoint_every=0, report_to=[], progress=False,
                 max_length=32, seed=0)
     base.update(overrides)
     return TrainOptions(**base)

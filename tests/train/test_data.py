@@ -36,7 +36,7 @@ def test_sampling_modes():
 def _pool(seed=0):
     positives = {f"q{i}": [f"p{i}"] for i in range(10)}
     windows = {f"q{i}": [f"n{i}_{k}" for k in range(6)] for i in range(10)}
-    return PoolGroups(positives, windows, n_negatives=3, sampling="random", seed=seed)
+    return PoolGroups(positives, windows, num_negatives=3, sampling="random", seed=seed)
 
 
 def test_pool_groups_deterministic_per_seed_and_epoch():
@@ -66,7 +66,7 @@ def test_shuffle_stream_is_a_deterministic_permutation():
 def test_streaming_pool_matches_window_rules():
     rows = [("q1", d, 10.0 - i) for i, d in enumerate(RANKED)] + [("q2", "x", 1.0)]
     qrels = {"q1": JUDGED, "q2": {"y": 1}}  # threshold 2: q2 has no positive
-    source = StreamingPoolGroups(lambda: iter(rows), qrels, n_negatives=2, rank_min=1, rank_max=100, threshold=2,
+    source = StreamingPoolGroups(lambda: iter(rows), qrels, num_negatives=2, rank_min=1, rank_max=100, threshold=2,
                                  seed=0, buffer=4)
     groups = list(source.iter_epoch(0))
     assert [g.qid for g in groups] == ["q1"]  # q2's only judged doc has grade 1 < threshold 2: no positive

@@ -246,8 +246,8 @@ def test_two_steps_with_teacher_scores_from_a_column(tmp_path, student, loss):
              "scores": [5.0, 1.0, 0.5, -2.0]} for i, t in enumerate(TOPICS[:8])]
     path = tmp_path / "scored.parquet"
     datasets.Dataset.from_list(rows).to_parquet(str(path))
-    opts = TrainOptions(model=str(student), source="hf", hf_dataset=str(path), loss=loss, n_negatives=3, batch_size=2,
-                        max_steps=2, output_dir=str(tmp_path / "out"), report_to=[], progress_bar=False,
+    opts = TrainOptions(model=str(student), source="hf", hf_dataset=str(path), loss=loss, num_negatives=3, batch_size=2,
+                        max_steps=2, output_dir=str(tmp_path / "out"), report_to=[], progress=False,
                         checkpoint_every=0, max_length=32)
     result = train(opts)
     assert result.steps == 2 and all(math.isfinite(r["loss/rank"]) for r in result.history)
@@ -266,8 +266,8 @@ def test_teacher_model_over_an_hf_source(tmp_path, student, teacher_dir):
             for i, t in enumerate(TOPICS[:6])]
     path = tmp_path / "tuples.parquet"
     datasets.Dataset.from_list(rows).to_parquet(str(path))
-    opts = TrainOptions(model=str(student), source="hf", hf_dataset=str(path), loss="margin_mse", n_negatives=2,
-                        batch_size=2, max_steps=2, output_dir=str(tmp_path / "out"), report_to=[], progress_bar=False,
+    opts = TrainOptions(model=str(student), source="hf", hf_dataset=str(path), loss="margin_mse", num_negatives=2,
+                        batch_size=2, max_steps=2, output_dir=str(tmp_path / "out"), report_to=[], progress=False,
                         checkpoint_every=0, max_length=32, teacher_model=str(teacher_dir),
                         teacher_cache=str(tmp_path / "cache"))
     assert train(opts).steps == 2
@@ -323,8 +323,8 @@ def test_a_teacher_option_and_score_columns_are_refused(tmp_path, task, student,
     monkeypatch.setattr(trainer, "load_encoder", no_load)
     path = _scored_tuples(tmp_path / "tuples.parquet")
     value = str(task["run"]) if option == "teacher_run" else str(teacher_dir)
-    opts = TrainOptions(model=str(student), source="hf", hf_dataset=str(path), loss="margin_mse", n_negatives=2,
-                        batch_size=2, max_steps=2, output_dir=str(tmp_path / "out"), report_to=[], progress_bar=False,
+    opts = TrainOptions(model=str(student), source="hf", hf_dataset=str(path), loss="margin_mse", num_negatives=2,
+                        batch_size=2, max_steps=2, output_dir=str(tmp_path / "out"), report_to=[], progress=False,
                         checkpoint_every=0, max_length=32, teacher_cache=str(tmp_path / "cache"), **{option: value})
     with pytest.raises(TrainingDataError, match=f"tuples.parquet: option '{option}' and the score columns "
                                                 "'positive_score', 'negative_scores' both give teacher scores"):

@@ -30,8 +30,8 @@ def tuple_rows(scores: bool = False):
 
 
 def hf_options(tmp_path, model="unused-model", **overrides) -> TrainOptions:
-    base = dict(model=str(model), source="hf", output_dir=str(tmp_path / "out"), n_negatives=2, batch_size=2,
-                max_steps=2, lr=5e-3, warmup_ratio=0.0, checkpoint_every=0, report_to=[], progress_bar=False,
+    base = dict(model=str(model), source="hf", output_dir=str(tmp_path / "out"), num_negatives=2, batch_size=2,
+                max_steps=2, lr=5e-3, warmup_ratio=0.0, checkpoint_every=0, report_to=[], progress=False,
                 max_length=32, seed=0)
     base.update(overrides)
     return TrainOptions(**base).validate()
@@ -60,7 +60,7 @@ def test_numbered_negative_columns_and_top_sampling(tmp_path):
     rows = [{"query": "apple story", "positive": doc("apple"), "negative_1": doc("river"), "negative_2": doc("tiger"),
              "negative_3": doc("ocean")}]
     path = write_jsonl(tmp_path / "t.jsonl", rows)
-    data = load_training_data(hf_options(tmp_path, hf_dataset=str(path), neg_sampling="top", batch_size=1))
+    data = load_training_data(hf_options(tmp_path, hf_dataset=str(path), sampling_strategy="top", batch_size=1))
     (group,) = data.source.iter_epoch(0)
     assert group.negs == (doc("river"), doc("tiger"))
 
@@ -90,7 +90,7 @@ def test_scored_ids_resolved_through_queries_and_corpus(tmp_path):
              "scores": [1.0, 9.0, 3.0, 2.0]} for i in range(4)]
     path = write_parquet(tmp_path / "train.parquet", rows)
     opts = hf_options(tmp_path, hf_dataset=str(path), hf_queries=str(queries), hf_corpus=str(corpus),
-                      loss="margin_mse", neg_sampling="top", batch_size=1)
+                      loss="margin_mse", sampling_strategy="top", batch_size=1)
     data = load_training_data(opts)
     assert data.description["layout"] == "scored" and data.teacher is not None
     g = next(g for g in data.source.iter_epoch(0) if g.qid == "q0")
@@ -245,11 +245,11 @@ def test_labeled_top_sampling_orders_negatives_by_the_score_column(tmp_path):
             {"query": "apple story", "document": doc("tiger"), "label": 0, "score": 7.0},
             {"query": "apple story", "document": doc("ocean"), "label": 0, "score": 4.0}]
     path = write_jsonl(tmp_path / "l.jsonl", rows)
-    data = load_training_data(hf_options(tmp_path, hf_dataset=str(path), neg_sampling="top", batch_size=1))
+    data = load_training_data(hf_options(tmp_path, hf_dataset=str(path), sampling_strategy="top", batch_size=1))
     (group,) = data.source.iter_epoch(0)
     assert group.negs == (doc("tiger"), doc("ocean"))  # the two best-scored, not the first two rows
     unscored = write_jsonl(tmp_path / "u.jsonl", [{k: v for k, v in r.items() if k != "score"} for r in rows])
-    with pytest.raises(TrainingDataError, match="u.jsonl: neg_sampling: top takes each query's best-ranked "
+    with pytest.raises(TrainingDataError, match="u.jsonl: sampling_strategy: top takes each query's best-ranked "
                                                 "negatives, and layout labeled ranks them only by a score column"):
-        load_training_data(hf_options(tmp_path, hf_dataset=str(unscored), neg_sampling="top", batch_size=1))
+        load_training_data(hf_options(tmp_path, hf_dataset=str(unscored), sampling_strategy="top", batch_size=1))
     assert load_training_data(hf_options(tmp_path, hf_dataset=str(unscored), batch_size=1)).source  # random: fine

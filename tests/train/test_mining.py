@@ -29,7 +29,7 @@ def _write_run(path: Path, ranked: dict[str, list[tuple[str, float]]]) -> Path:
 
 
 def _options(tmp_path, task, **overrides) -> MineOptions:
-    base = dict(dataset=str(task["dataset"]), split="train", output=str(tmp_path / "mined.run"), progress=False)
+    base = dict(dataset=str(task["dataset"]), split="train", output_run=str(tmp_path / "mined.run"), progress=False)
     base.update(overrides)
     return MineOptions(**base)
 
@@ -60,7 +60,7 @@ def task(tmp_path):
 def test_rank_window_and_judged_documents(tmp_path, task):
     # grade 0: a certified negative (kept); grade 1 at rank 6: relevant, never a negative
     _qrels(task, [("q0", "d3_0", 0), ("q0", "d5_0", 1)])
-    run, meta = _mine(tmp_path, task, candidates=str(task["run"]), rank_min=2, rank_max=7, num_negatives=10)
+    run, meta = _mine(tmp_path, task, candidates=str(task["run"]), neg_rank_min=2, neg_rank_max=7, num_negatives=10)
     assert _docs(run, "q0") == ["d2_0", "d3_0", "d4_0", "d6_0"]  # ranks 2-7 minus d0_0 (rank 3) and d5_0 (rank 6)
     assert run["q0"]["d2_0"] == 9.0 and run["q0"]["d6_0"] == 4.0  # the miner's scores
     assert _docs(run, "q1") == ["d3_1"]  # q1: rank 1 is out of the window, its own positive d1_0 left out
@@ -72,10 +72,10 @@ def test_graded_negatives_as_in_training(tmp_path, task):
     _qrels(task, [("q0", "d0_0", 2), ("q0", "d2_0", 1)])
     path = task["dataset"] / "qrels" / "train.tsv"
     path.write_text(path.read_text().replace("q0\td0_0\t1\n", ""))
-    run, _ = _mine(tmp_path, task, candidates=str(task["run"]), rank_max=4, relevance_threshold=2,
+    run, _ = _mine(tmp_path, task, candidates=str(task["run"]), neg_rank_max=4, relevance_threshold=2,
                    max_negative_grade=1)
     assert _docs(run, "q0") == ["d1_0", "d2_0", "d3_0"] and "q1" not in run  # q1 has no grade-2 positive
-    run, _ = _mine(tmp_path, task, candidates=str(task["run"]), rank_max=4, relevance_threshold=2)
+    run, _ = _mine(tmp_path, task, candidates=str(task["run"]), neg_rank_max=4, relevance_threshold=2)
     assert _docs(run, "q0") == ["d1_0", "d3_0"]
 
 
@@ -83,7 +83,7 @@ def test_positives_are_never_mined_from_a_bm25_pool(tmp_path):
     task = write_task(tmp_path / "t")
     _qrels(task, [("q3", "d4_0", 1), ("q3", "d7_1", 2)])  # more positives than one per query
     run, meta = _mine(tmp_path, task, pool_engine="bm25s", pool_k=30, pools_dir=str(tmp_path / "pools"),
-                      rank_max=30, num_negatives=30)
+                      neg_rank_max=30, num_negatives=30)
     qrels = {}
     for line in (task["dataset"] / "qrels" / "train.tsv").read_text().splitlines()[1:]:
         q, d, g = line.split("\t")
@@ -151,18 +151,18 @@ def test_num_negatives_and_sampling(tmp_path, task):
     assert meta["counts"]["queries_short"] == 1 and meta["counts"]["skipped"]["beyond_num"] == 5
     picks = set()
     for seed in range(6):
-        run, _ = _mine(tmp_path, task, candidates=str(task["run"]), num_negatives=4, sampling="random", seed=seed)
+        run, _ = _mine(tmp_path, task, candidates=str(task["run"]), num_negatives=4, sampling_strategy="random", seed=seed)
         docs = _docs(run, "q0")
         assert len(docs) == 4 and set(docs) <= {d for d, _ in Q0} - {"d0_0"}
         assert docs == [d for d, _ in Q0 if d in docs]  # rank order kept
-        again, _ = _mine(tmp_path, task, candidates=str(task["run"]), num_negatives=4, sampling="random", seed=seed)
+        again, _ = _mine(tmp_path, task, candidates=str(task["run"]), num_negatives=4, sampling_strategy="random", seed=seed)
         assert again == run  # deterministic per seed
         picks.add(tuple(docs))
     assert len(picks) > 1
 
 
 def test_output_round_trips_and_sidecar(tmp_path, task):
-    result = mine_negatives(_options(tmp_path, task, candidates=str(task["run"]), rank_max=6, num_negatives=3,
+    result = mine_negatives(_options(tmp_path, task, candidates=str(task["run"]), neg_rank_max=6, num_negatives=3,
                                      margin=0.5, tag="hn"))
     assert result.output.read_text().splitlines() == [
         "q0 Q0 d3_0 1 7.000000 hn", "q0 Q0 d4_0 2 6.000000 hn", "q0 Q0 d5_0 3 5.000000 hn", "q1 Q0 d3_1 1 1.000000 hn"]
@@ -171,7 +171,7 @@ def test_output_round_trips_and_sidecar(tmp_path, task):
     assert result.sidecar == tmp_path / "mined.run.json"
     assert meta["kind"] == "mined_negatives" and meta["output"] == str(result.output.resolve())
     assert meta["run_bytes"] == result.output.stat().st_size
-    assert meta["settings"] == {"miner": "bm25", "rank_min": 1, "rank_max": 6, "num_negatives": 3, "sampling": "top",
+    assert meta["settings"] == {"miner": "bm25", "neg_rank_min": 1, "neg_rank_max": 6, "num_negatives": 3, "sampling_strategy": "top",
                                 "seed": 0, "margin": 0.5, "relative_margin": None, "margin_reference": "min",
                                 "max_score": None, "min_score": None, "relevance_threshold": 1,
                                 "max_negative_grade": 0, "max_queries": None, "missing_positives": "error",
@@ -184,7 +184,7 @@ def test_output_round_trips_and_sidecar(tmp_path, task):
     assert meta["counts"]["queries_with_positive"] == 2 and meta["counts"]["skipped"]["margin"] == 2 + 1
     prov = meta["provenance"]
     assert {"git", "packages", "system", "created_utc", "argv"} <= set(prov)
-    assert prov["config"]["output"] == str(tmp_path / "mined.run") and prov["config"]["margin"] == 0.5
+    assert prov["config"]["output_run"] == str(tmp_path / "mined.run") and prov["config"]["margin"] == 0.5
 
 
 def test_max_queries_is_trains_subset(tmp_path):
@@ -252,9 +252,9 @@ def test_an_error_midway_leaves_no_partial_file(tmp_path, task, monkeypatch):
 
 
 @pytest.mark.parametrize("overrides,message", [
-    ({"output": ""}, "option 'output' is empty"),
-    ({"rank_min": 0}, "option 'rank_min' must be >= 1"),
-    ({"rank_min": 5, "rank_max": 4}, "option 'rank_max' .4. is below 'rank_min' .5."),
+    ({"output_run": ""}, "option 'output_run' is empty"),
+    ({"neg_rank_min": 0}, "option 'neg_rank_min' must be >= 1"),
+    ({"neg_rank_min": 5, "neg_rank_max": 4}, "option 'neg_rank_max' .4. is below 'neg_rank_min' .5."),
     ({"num_negatives": 0}, "option 'num_negatives' must be >= 1"),
     ({"margin": -1.0}, "option 'margin' must be >= 0"),
     ({"relative_margin": 1.0}, r"option 'relative_margin' must be in \[0, 1\)"),
@@ -266,11 +266,11 @@ def test_an_error_midway_leaves_no_partial_file(tmp_path, task, monkeypatch):
     ({"model": "some/model"}, "option 'model' .some/model. is used by miner cross-encoder only"),
     ({"rescore_depth": 50}, "option 'rescore_depth' applies to miner cross-encoder only"),
     ({"miner": "cross-encoder"}, "option 'model' is empty: miner cross-encoder needs a model"),
-    ({"miner": "cross-encoder", "model": "m", "rescore_depth": 10}, "option 'rescore_depth' .10. is below 'rank_max'"),
+    ({"miner": "cross-encoder", "model": "m", "rescore_depth": 10}, "option 'rescore_depth' .10. is below 'neg_rank_max'"),
     ({"pool_k": 0}, "option 'pool_k' must be >= 1"),
 ])
 def test_options_are_checked(tmp_path, overrides, message):
-    base = dict(dataset="d", output=str(tmp_path / "o.run"))
+    base = dict(dataset="d", output_run=str(tmp_path / "o.run"))
     with pytest.raises(ValueError, match=message) as caught:
         MineOptions(**{**base, **overrides})
     assert isinstance(caught.value, OptionError) or "pool_k" in overrides  # the CLI exits 2 for these
@@ -279,8 +279,8 @@ def test_options_are_checked(tmp_path, overrides, message):
 def test_bad_inputs(tmp_path, task):
     with pytest.raises(FileNotFoundError, match="option 'candidates': run file not found"):
         mine_negatives(_options(tmp_path, task, candidates=str(tmp_path / "nope.run")))
-    with pytest.raises(OptionError, match="option 'output' is the same file as option 'candidates'"):
-        mine_negatives(_options(tmp_path, task, candidates=str(task["run"]), output=str(task["run"])))
+    with pytest.raises(OptionError, match="option 'output_run' .* is option 'candidates'"):
+        mine_negatives(_options(tmp_path, task, candidates=str(task["run"]), output_run=str(task["run"])))
     lines = task["run"].read_text().splitlines()
     split = tmp_path / "split.run"
     split.write_text("\n".join(lines[:2] + lines[-3:] + lines[2:-3]) + "\n")  # q0, q1, q0 again
@@ -320,21 +320,21 @@ def test_cross_encoder_rescoring_and_margins(tmp_path, task, monkeypatch):
     monkeypatch.setattr(rerank, "score_pairs", fake_score_pairs)
     model = tiny_model_dir(tmp_path / "m")
     common = dict(candidates=str(task["run"]), miner="cross-encoder", model=str(model), max_length=32)
-    run, meta = _mine(tmp_path, task, **common, rank_max=10, num_negatives=3)
+    run, meta = _mine(tmp_path, task, **common, neg_rank_max=10, num_negatives=3)
     assert _docs(run, "q0") == ["d9_0", "d8_0", "d7_0"]  # the model's order, the model's scores
     assert run["q0"] == {"d9_0": 7.0, "d8_0": 6.0, "d7_0": 5.5}
     assert sum(len(p) for p in seen) == 10 + 3  # every candidate once; no positive scored without a margin
     # rescore_depth: only the first-stage top 4 are rescored (d0_0 is among them: ranks are among the rescored)
-    run, _ = _mine(tmp_path, task, **common, rank_max=4, rescore_depth=4)
+    run, _ = _mine(tmp_path, task, **common, neg_rank_max=4, rescore_depth=4)
     assert _docs(run, "q0") == ["d3_0", "d2_0", "d1_0"]
     # absolute margin against the model's positive score 5.0: skip above 4.0
     seen.clear()
-    run, meta = _mine(tmp_path, task, **common, rank_max=10, margin=1.0, num_negatives=2)
+    run, meta = _mine(tmp_path, task, **common, neg_rank_max=10, margin=1.0, num_negatives=2)
     assert _docs(run, "q0") == ["d5_0", "d4_0"]
     assert sum(len(p) for p in seen) == 10 + 3 + 2  # the positives are scored too
     assert meta["inputs"]["model"]["path"] == str(model) and meta["settings"]["rescore_depth"] == 10
     # relative margin 0.5: skip above 2.5
-    run, meta = _mine(tmp_path, task, **common, rank_max=10, relative_margin=0.5)
+    run, meta = _mine(tmp_path, task, **common, neg_rank_max=10, relative_margin=0.5)
     assert _docs(run, "q0") == ["d3_0", "d2_0", "d1_0"]
     # q1's positive d1_0 scores 0.0: a threshold of 0 - 0 * 0.5 keeps d2_1 (-1) and d3_1 (-2)
     assert _docs(run, "q1") == ["d2_1", "d3_1"]
@@ -345,7 +345,7 @@ def test_relative_margin_with_a_negative_positive_score():
     below the positive, not positive * (1 - relative_margin), which would lie above it."""
     from maw_reranker.train.mining import MineOptions, select_negatives
 
-    opts = MineOptions(dataset="x", output="o.run", relative_margin=0.5, num_negatives=10)
+    opts = MineOptions(dataset="x", output_run="o.run", relative_margin=0.5, num_negatives=10)
     ranked = [("a", -1.0), ("b", -2.5), ("c", -3.0), ("d", -4.0)]
     kept, why = select_negatives(ranked, {}, [-2.0], opts)
     assert [d for d, _ in kept] == ["c", "d"] and why["relative_margin"] == 2
@@ -356,7 +356,7 @@ def test_cross_encoder_with_a_real_tiny_model(tmp_path, task):
 
     model = tiny_model_dir(tmp_path / "m")
     run, meta = _mine(tmp_path, task, candidates=str(task["run"]), miner="cross-encoder", model=str(model),
-                      max_length=32, rank_max=10, num_negatives=4, margin=0.0, maw=None)
+                      max_length=32, neg_rank_max=10, num_negatives=4, margin=0.0, maw=None)
     texts = {d: t for t, d in _doc_texts(task).items()}
     encoder = CrossEncoderWithMAW.from_pretrained(str(model), maw=None, max_length=32)
     queries = {"q0": "apple story", "q1": "river story"}
@@ -375,7 +375,7 @@ def test_cross_encoder_needs_the_candidates_texts(tmp_path, monkeypatch):
     with pytest.raises(MiningError, match="1 candidate documents of .*candidates.run are missing from the corpus: "
                                           "ghost-doc"):
         mine_negatives(_options(tmp_path, task, candidates=str(task["run"]), miner="cross-encoder", model=str(model),
-                                rank_max=100, max_length=32))
+                                neg_rank_max=100, max_length=32))
     assert not (tmp_path / "mined.run").exists()
 
 
@@ -388,11 +388,11 @@ def test_mine_with_bm25_then_train_on_the_mined_run(tmp_path, monkeypatch):
 
     task = write_task(tmp_path / "t")
     result = mine_negatives(_options(tmp_path, task, pool_engine="bm25s", pool_k=20, pools_dir=str(tmp_path / "pools"),
-                                     rank_min=2, rank_max=10, num_negatives=2, margin=0.1))
+                                     neg_rank_min=2, neg_rank_max=10, num_negatives=2, margin=0.1))
     mined = read_run(result.output)
     assert mined and all(1 <= len(h) <= 2 for h in mined.values())
     opts = train_options(tmp_path, task, tiny_model_dir(tmp_path / "m"), candidates=str(result.output),
-                         n_negatives=3, max_steps=2, batch_size=2)
+                         num_negatives=3, max_steps=2, batch_size=2)
     data = load_training_data(opts)
     assert data.description["negatives"] == str(result.output.resolve())
     assert {q: set(w) for q, w in data.source.windows.items() if w} == {q: set(h) for q, h in mined.items()}

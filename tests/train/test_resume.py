@@ -77,7 +77,7 @@ def test_failed_overwrite_keeps_the_earlier_checkpoints(tmp_path):
     task, model, _, before = _trained(tmp_path)
     bad = write_task(tmp_path / "bad", no_positive=True)
     with pytest.raises(ValueError, match="no query has a positive"):
-        train(options(tmp_path / "o", bad, model, max_steps=2, overwrite=True))
+        train(options(tmp_path / "o", bad, model, max_steps=2, force=True))
     assert sorted(p.name for p in (tmp_path / "o" / "out" / "checkpoints").iterdir()) == before
 
 
@@ -99,11 +99,11 @@ def test_resume_drops_a_torn_last_metrics_line(tmp_path, caplog):
 def test_interrupted_overwrite_keeps_the_earlier_run_aside(tmp_path):
     task, model, out, before = _trained(tmp_path)
     with pytest.raises(Killed):
-        train(options(tmp_path / "o", task, model, max_steps=4, overwrite=True),
+        train(options(tmp_path / "o", task, model, max_steps=4, force=True),
               callbacks=[lambda step, row: _raise() if step == 1 else None])
     assert not (out / "final").exists() and not (out / "train_summary.json").exists()  # nothing stale beside it
     assert sorted(p.name for p in (out / ".previous" / "checkpoints").iterdir()) == before
-    train(options(tmp_path / "o", task, model, max_steps=4, overwrite=True))
+    train(options(tmp_path / "o", task, model, max_steps=4, force=True))
     assert not (out / ".previous").exists() and (out / "final").is_dir()
 
 
@@ -127,7 +127,7 @@ def test_a_second_interrupted_overwrite_keeps_the_complete_run(tmp_path):
     task, model, out, complete = _trained(tmp_path)
     for _ in range(2):
         with pytest.raises(Killed):
-            train(options(tmp_path / "o", task, model, max_steps=4, overwrite=True, checkpoint_every=1),
+            train(options(tmp_path / "o", task, model, max_steps=4, force=True, checkpoint_every=1),
                   callbacks=[lambda step, row: _raise() if step == 2 else None])
     assert (out / ".previous" / "train_summary.json").is_file()
     assert sorted(p.name for p in (out / ".previous" / "checkpoints").iterdir()) == complete
