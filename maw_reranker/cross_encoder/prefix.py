@@ -51,7 +51,6 @@ from torch import nn
 
 from maw_reranker.cross_encoder.fingerprint import config_entries, fingerprint
 
-STATE_KEYS = ("hidden_states", "attention_mask")
 SUPPORTED_MODEL_TYPES = ("bert", "roberta", "xlm-roberta", "camembert", "electra", "deberta-v2", "modernbert")
 # Backbone modules outside the layers that act after the last layer: they belong to the top, not the prefix.
 _TOP_MODULES = ("pooler", "final_norm")
@@ -332,7 +331,7 @@ def prefix_fingerprint(encoder: Any, start: int, tokenizer: Any = None) -> str:
     return fingerprint(head, tokenizer, _prefix_named_tensors(encoder, start))
 
 
-__all__ = ["STATE_KEYS", "SUPPORTED_MODEL_TYPES", "hf_model", "num_layers", "split_layer", "top_start",
+__all__ = ["SUPPORTED_MODEL_TYPES", "hf_model", "num_layers", "split_layer", "top_start",
            "top_layer_indices", "prefix_modules",
            "prefix_maw_layers", "freeze_prefix", "top_parameters", "train_top", "prefix_states", "top_only",
            "top_forward", "split_forward", "prefix_fingerprint"]

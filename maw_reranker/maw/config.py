@@ -13,7 +13,6 @@ from maw_reranker.utils.io import write_json
 GatingMode = Literal["uniform", "random", "stat", "argmax", "learned", "gate", "router", "grpo"]
 DepthSource = Literal["split", "project"]
 GATING_MODES = get_args(GatingMode)
-LEARNED_MODES = ("learned", "gate", "router", "grpo")
 STAT_MODES = ("stat", "argmax", "router", "grpo")  # modes whose weights need per-depth attention statistics
 DEPTH_SOURCES = get_args(DepthSource)
 CONFIG_NAME = "maw_config.json"
@@ -65,10 +64,6 @@ class MAWConfig:
             raise ValueError("MAWConfig.per_head is supported for gating_mode 'learned' and 'gate' only")
 
     @property
-    def is_learned(self) -> bool:
-        return self.gating_mode in LEARNED_MODES
-
-    @property
     def needs_stats(self) -> bool:
         return self.gating_mode in STAT_MODES
 
@@ -114,4 +109,4 @@ def resolve_layers(config: MAWConfig, num_layers: int) -> list[int]:
     return list(range(num_layers - config.inject_last_k, num_layers))
 
 
-__all__ = ["MAWConfig", "GATING_MODES", "LEARNED_MODES", "STAT_MODES", "DEPTH_SOURCES", "resolve_layers"]
+__all__ = ["MAWConfig", "GATING_MODES", "STAT_MODES", "DEPTH_SOURCES", "resolve_layers"]

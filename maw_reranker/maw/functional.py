@@ -3,8 +3,11 @@
 Nothing here allocates the ``B x H x L x L x D`` tensor. Inference (``explicit_maw``) works one chunk of the batch
 at a time (one example, cut into head groups, at realistic sizes): each group's D score maps come from one batched
 matmul, are turned into probabilities and reduced to row statistics while still in cache, and the chunk's maps are
-combined with its depth weights and applied to V. Training (``combine_depths``) uses one fused attention call per
-depth, so autograd never stores a map either.
+combined with its depth weights and applied to V. Training (``maw/layer.py`` picks the path) takes
+``maw/combined_attention.py`` (depths combined, one dropout mask, maps recomputed in backward), except for inputs with
+a score bias (DeBERTa) and for training without dropout on a device in ``layer.FUSED_DEVICES``: those take
+``combine_depths`` here (one fused attention call per depth, no map stored for autograd), as does statistics-free
+inference on those devices.
 """
 
 from __future__ import annotations

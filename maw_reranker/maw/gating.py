@@ -130,7 +130,7 @@ class DepthGating(nn.Module):
             weights = torch.full((batch, depth), 1.0 / depth, device=device)
         elif mode == "random":
             w = self.random_weights.to(device=device, dtype=torch.float32)
-            weights = (w / w.sum()).expand(batch, -1)  # renormalized: model.to(bf16) also casts this buffer
+            weights = (w / w.sum()).expand(batch, -1)  # renormalized: a bf16 save of the buffer sums to 1 roughly
         elif mode == "stat":
             weights = torch.softmax(float(self.config.stat_sharpness) * stat_scores(stats), dim=-1)
         elif mode == "argmax":
@@ -173,6 +173,15 @@ class DepthGating(nn.Module):
         decision = self.decide(batch, stats, pooled, device)
         self.record(decision)
         return decision.weights
+
+    def _apply(self, fn, recurse=True):
+        # ``random_weights`` stays float32 under model.to(dtype) / .half(): only its device follows (a bf16 copy
+        # would move the weights by up to 0.2%).
+        weights = getattr(self, "random_weights", None)
+        super()._apply(fn, recurse)
+        if weights is not None and self.random_weights.dtype != weights.dtype:
+            self.random_weights = weights.to(self.random_weights.device)
+        return self
 
     def _device(self) -> torch.device:
         tensor = next(iter(self.parameters()), None)

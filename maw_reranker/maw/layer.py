@@ -23,8 +23,9 @@ from maw_reranker.maw.gating import DepthGating, GateDecision
 
 # Devices on which inference without statistics and training without attention dropout take one fused attention
 # call per depth instead of the explicit path (which does D times less A @ V work but holds a chunk's maps). On a CPU
-# the explicit path is faster in every measured case but one (benchmarks/bench_maw_paths.py, docs/maw.md); on a GPU
-# fused kernels avoid the memory traffic (to be confirmed by gpu_check.py's `paths` step).
+# the explicit path is faster in every measured case but one (benchmarks/bench_maw_paths.py, docs/maw.md). "cuda" is
+# an expectation, not a measurement: that fused kernels win there by avoiding the memory traffic is unmeasured until
+# gpu_check.py's `paths` step has run on a GPU.
 FUSED_DEVICES = frozenset({"cuda"})
 
 

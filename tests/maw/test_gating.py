@@ -154,3 +154,18 @@ def test_router_uses_its_gumbel_temperature():
         grads[tau], draws[tau] = logits.grad, w.detach()
     assert torch.equal(draws[0.25], draws[4.0])  # argmax of (logits + g) / tau: the draw ignores tau
     assert not torch.allclose(grads[0.25], grads[1.0]) and not torch.allclose(grads[4.0], grads[1.0])
+
+
+def test_random_weights_stay_float32_when_the_model_is_cast():
+    """model.to(bf16) casts the model, not the fixed draw: the weights are the float32 ones exactly."""
+    config = MAWConfig(gating_mode="random", depth_dim=8, maw_random_seed=3)
+    exact = DepthGating(config, 8, 2, layer_index=1)(2, None, None)
+    model = tiny_model("bert")
+    patch_model(model, MAWConfig(gating_mode="random", depth_dim=8, maw_random_seed=3, inject_last_k=1))
+    gate = next(iter(maw_layers(model).values())).gating
+    model.to(torch.bfloat16)
+    assert next(model.parameters()).dtype == torch.bfloat16
+    assert gate.random_weights.dtype == torch.float32
+    assert torch.equal(gate(2, None, None), exact)
+    model.half().float()
+    assert torch.equal(gate(2, None, None), exact)
