@@ -103,6 +103,18 @@ class CrossEncoderWithMAW(nn.Module):
         """Set alpha for every MAW layer (one change to the config they share)."""
         set_maw_strength(self.model, strength)
 
+    @classmethod
+    def from_sentence_transformers(cls, model, maw: MAWConfig | None | str = _AUTO, max_length: int | None = None,
+                                   device: str | torch.device | None = None) -> "CrossEncoderWithMAW":
+        """From a ``sentence_transformers.CrossEncoder`` object (its model is copied: the object is left as it was)
+        or folder/hub id (loaded as :meth:`from_pretrained` does). ``maw`` as in :meth:`from_pretrained`: ``"auto"``
+        keeps the MAW a CrossEncoder loaded from a portable checkpoint carries (or none), a ``MAWConfig`` injects
+        MAW, ``None`` is the unpatched model. Scores are logits (sentence-transformers applies a sigmoid to one-label
+        models by default: ``predict(..., activation="sigmoid")``). See ``cross_encoder/st_interop.py``."""
+        from maw_reranker.cross_encoder.st_interop import from_sentence_transformers
+
+        return from_sentence_transformers(cls, model, maw=maw, max_length=max_length, device=device)
+
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
@@ -129,6 +141,9 @@ class CrossEncoderWithMAW(nn.Module):
             state = {k: v.contiguous().cpu() for k, v in maw_state_dict(self.model).items()}
             if state:
                 save_file(state, str(tmp / MAW_WEIGHTS_NAME))
+            from maw_reranker.cross_encoder.portable import write_portable_code
+
+            write_portable_code(tmp)  # modeling_maw.py + auto_map: loads with trust_remote_code, no package needed
         _swap_in(tmp, directory)
         return directory
 
