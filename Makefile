@@ -14,8 +14,9 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	# CPU build first: an unpinned torch would pull a multi-GB CUDA build (GPU users: see README).
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
-	# The test install includes the pyserini extra (Lucene through its bundled Java runtime), so CI runs the Lucene path.
-	$(PY) -m pip install -q -e ".[dev,pyserini]"
+	# The test install includes the pyserini extra (Lucene through its bundled Java runtime), so CI runs the Lucene path,
+	# and the pyterrier extra (PyTerrier's Python side), so CI runs the PyTerrier reranker against the real package.
+	$(PY) -m pip install -q -e ".[dev,pyserini,pyterrier]"
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "maw_reranker"
-LAYER = {"utils": 0, "maw": 1, "data": 1, "cross_encoder": 2, "retrieve": 2, "evaluate": 3, "config": 4, "train": 5,
+LAYER = {"utils": 0, "maw": 1, "data": 1, "cross_encoder": 2, "retrieve": 2, "evaluate": 3, "config": 4,
+         "integrations": 4, "train": 5,
          "experiments": 6, "demo": 7, "cli": 8}
 
 

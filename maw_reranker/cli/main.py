@@ -21,6 +21,7 @@ COMMANDS = {
     "train": ("maw_reranker.cli.train", "fine-tune a cross-encoder (full, top layers, MAW-only or LoRA)"),
     "mine-negatives": ("maw_reranker.cli.mine", "mine hard negatives into a TREC run that train reads"),
     "study": ("maw_reranker.cli.study", "train and evaluate every variant x seed of a study; one report"),
+    "push": ("maw_reranker.cli.push", "upload a saved model with its model card to the Hugging Face Hub"),
     "demo": ("maw_reranker.cli.demo", "the whole pipeline offline on a built-in demo collection"),
     "datasets": ("maw_reranker.cli.datasets", "the named datasets (ir_datasets ids, primary measures)"),
     "configs": ("maw_reranker.cli.configs", "the configs --config accepts by name; --show NAME prints one"),

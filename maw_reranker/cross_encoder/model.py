@@ -119,10 +119,14 @@ class CrossEncoderWithMAW(nn.Module):
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    def save_pretrained(self, directory: str | os.PathLike) -> Path:
+    def save_pretrained(self, directory: str | os.PathLike, card=None) -> Path:
         """Write a standard Hugging Face directory (backbone + head + tokenizer) plus ``maw_config.json`` and
-        ``maw_model.safetensors`` (MAW parameters only). Written to a temp folder first, then swapped in."""
+        ``maw_model.safetensors`` (MAW parameters only) and a model card (``README.md``, with the facts it is made
+        from in ``maw_card.json``; ``card``: a ``cross_encoder.card.CardInfo`` of what the caller knows, e.g. the
+        training run). Written to a temp folder first, then swapped in."""
         from safetensors.torch import save_file
+
+        from maw_reranker.cross_encoder.card import CardInfo, write_card_files
 
         directory = Path(directory)
         directory.parent.mkdir(parents=True, exist_ok=True)
@@ -144,8 +148,22 @@ class CrossEncoderWithMAW(nn.Module):
             from maw_reranker.cross_encoder.portable import write_portable_code
 
             write_portable_code(tmp)  # modeling_maw.py + auto_map: loads with trust_remote_code, no package needed
+        card = card or CardInfo()
+        counts = {"saved_total": sum(p.numel() for p in self.model.parameters()),
+                  "saved_maw": sum(p.numel() for p in maw_state_dict(self.model).values())}
+        write_card_files(tmp, card.replace(parameters={**card.parameters, **counts}), title=directory.name)
         _swap_in(tmp, directory)
         return directory
+
+    def push_to_hub(self, repo_id: str, private: bool = True, commit_message: str | None = None,
+                    token: str | None = None, revision: str | None = None, create_pr: bool = False, card=None,
+                    exist_ok: bool = True) -> str:
+        """Upload a ``save_pretrained`` folder (written to a temp folder) to the Hub repo ``repo_id``, created private
+        unless ``private=False``; returns the commit's URL. See ``cross_encoder/hub.py``."""
+        from maw_reranker.cross_encoder.hub import push_to_hub
+
+        return push_to_hub(self, repo_id, private=private, commit_message=commit_message, token=token,
+                           revision=revision, create_pr=create_pr, card=card, exist_ok=exist_ok)
 
     # -- scoring ----------------------------------------------------------------------------------------------
     def tokenize(self, pairs: Sequence[tuple[str, str]], padding: bool = True) -> dict:

@@ -282,6 +282,10 @@ def execute(plan: EvalPlan, state: Any = "auto") -> EvalOutcome:
             from maw_reranker.data.trec import write_run
 
             write_run(Path(options.output_run).expanduser(), run, tag=plan.variant)
+    if outcome.metrics:  # a saved model folder's card shows its evaluations (experiments/card_results.py)
+        from maw_reranker.experiments.card_results import record_on_model
+
+        record_on_model(plan, outcome.run_dir)
     return outcome
 
 

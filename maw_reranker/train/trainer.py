@@ -109,12 +109,13 @@ def total_steps(opts: TrainOptions, data: TrainingData, global_batch: int) -> in
     return max(1, int(math.floor(per_epoch * opts.epochs)))
 
 
-def save_model(encoder, directory: Path) -> Path:
-    """``save_pretrained`` of the model as trained; LoRA adapters are merged into a copy first."""
+def save_model(encoder, directory: Path, card=None) -> Path:
+    """``save_pretrained`` of the model as trained (with its model card, ``card``: a CardInfo of the run); LoRA
+    adapters are merged into a copy first."""
     from maw_reranker.train.lora import has_lora, merged_copy
 
     target = merged_copy(encoder) if has_lora(encoder.model) else encoder
-    return target.save_pretrained(directory)
+    return target.save_pretrained(directory, card=card)
 
 
 def _flat_config(opts: TrainOptions) -> dict:
@@ -304,7 +305,7 @@ class Trainer:
             improved = self.state.best_metric is None or value > self.state.best_metric
             if improved:
                 self.state.best_metric, self.state.best_step = value, self.state.step
-                save_model(self.encoder, self.out / "best")
+                save_model(self.encoder, self.out / "best", self._card("best"))
                 from maw_reranker.utils.io import write_json
 
                 write_json(self.out / "best.json", {"step": self.state.step, "measure": opts.dev_measure,
@@ -316,6 +317,17 @@ class Trainer:
         # Only the main process evaluates and tracks the best score (it is the one whose state is checkpointed).
         acc.wait_for_everyone()
         return value
+
+    def _card(self, saved: str, train_seconds: Optional[float] = None):
+        """The model card's facts of this run (train/card.py) for the model saved as ``saved`` (final or best)."""
+        from maw_reranker.train.card import training_card
+
+        state = self.state
+        best = None if state.best_metric is None else {
+            "step": state.best_step, "value": state.best_metric, "measure": self.opts.dev_measure,
+            "dev_set": self.data.dev.name if self.data.dev is not None else None}
+        return training_card(self.opts, self.data.description, self.counts, saved=saved, output_dir=self.out,
+                             steps=state.step, train_seconds=train_seconds, best=best)
 
     def _append_metrics(self, row: dict) -> None:
         with open(self.out / "metrics.jsonl", "a", encoding="utf-8") as handle:
@@ -366,7 +378,7 @@ class Trainer:
             save_checkpoint(acc, state, self.out, opts.keep_checkpoints)
         final = self.out / "final"
         if acc.is_main_process:
-            save_model(self.encoder, final)
+            save_model(self.encoder, final, self._card("final", None if self.resumed_from else train_time))
             from maw_reranker.utils.io import write_json
 
             done = state.step - start_step

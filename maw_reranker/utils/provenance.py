@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import platform
+import shlex
 import subprocess
 import sys
 from importlib import metadata
@@ -75,3 +76,21 @@ def run_metadata(config: Mapping) -> dict:
         "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "argv": list(sys.argv),
     }
+
+
+SECRET_FLAGS = ("--token",)
+
+
+def command_line(argv: list[str] | None = None) -> str | None:
+    """The ``maw-rerank ...`` command line this process was started as (``--token`` values hidden); None when it runs
+    from Python (a notebook, the tests), where no command reproduces it."""
+    argv = list(sys.argv if argv is None else argv)
+    if not argv or not (Path(argv[0]).name == "maw-rerank"
+                        or argv[0].replace("\\", "/").endswith("maw_reranker/cli/main.py")):
+        return None
+    shown, hide = [], False
+    for arg in argv[1:]:
+        shown.append("***" if hide else (arg.split("=", 1)[0] + "=***" if arg.split("=", 1)[0] in SECRET_FLAGS
+                                         and "=" in arg else arg))
+        hide = arg in SECRET_FLAGS
+    return shlex.join(["maw-rerank", *shown])
