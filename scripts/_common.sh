@@ -18,8 +18,8 @@ run() {
 # suite ARGS...: run a suite; with --dry-run the suite still loads and validates every run, then lists them
 suite() {
   if [[ $DRY_RUN -eq 1 ]]; then
-    echo "+ ${CLI[*]} suite $* --dry-run true"
-    "${CLI[@]}" suite "$@" --dry-run true
+    echo "+ ${CLI[*]} suite $* --dry-run"
+    "${CLI[@]}" suite "$@" --dry-run
   else
     run "${CLI[@]}" suite "$@"
   fi

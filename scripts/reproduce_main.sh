@@ -18,6 +18,6 @@ while [[ $# -gt 0 ]]; do
 done
 run ./build_bm25.sh MSMARCO/dev-small TREC-DL-2019-passage TREC-DL-2020-passage --pool-engine "$ENGINE" --pool-k 1000
 overrides="{pool_engine: $ENGINE, pool_k: 1000${MODEL:+, model: $MODEL}}"
-suite --config reproduce_main --seeds "$SEEDS" --output-dir "$OUT" \
+suite --config main --seeds "$SEEDS" --output-dir "$OUT" \
   --overrides "$overrides"
 echo "summaries: $OUT/<dataset>/_suites/main/summary.md"

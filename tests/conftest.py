@@ -3,6 +3,7 @@ skipping tests whose extras are absent."""
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -10,6 +11,12 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = (REPO / ".." / "shared" / "data").resolve()
+# Tests never reach the network; configs of local data copies (benchmarks/configs) resolve by name, with their data
+# root at ../shared/data when it is there. Set before transformers / huggingface_hub read their constants.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("MAW_CONFIG_PATH", str(REPO / "benchmarks" / "configs"))
+if SHARED_DATA.is_dir():
+    os.environ.setdefault("MAW_DATA", str(SHARED_DATA))
 
 
 @pytest.fixture(scope="session")

@@ -2,15 +2,13 @@
 
 # No `from __future__ import annotations`: the options parser reads the field types at runtime.
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Optional
 
 import yaml
 
-from maw_reranker.config.files import CONFIGS_DIR, KINDS, list_configs, load_yaml_config, require_config
+from maw_reranker.config.files import CONFIGS_DIR, KINDS, config_roots, list_configs, load_yaml_config, require_config
 
-HELP = ("List the packaged configs (datasets, models, suites, training) that --config accepts by name, or print "
-        "one with its defaults composed.")
+HELP = ("List the configs (datasets, models, suites, training, studies) that --config accepts by name: the working directory's configs/, those of $MAW_CONFIG_PATH, and the packaged ones; or print one with its defaults composed.")
 
 
 @dataclass
@@ -27,10 +25,11 @@ def run(options: Options) -> int:
     print(f"packaged configs ({CONFIGS_DIR}):")
     for kind in KINDS:
         print(f"  {kind}: {', '.join(list_configs(kind))}")
-    local = {kind: sorted(p.stem for p in (Path.cwd() / "configs" / kind).glob("*.yaml")) for kind in KINDS}
-    if any(local.values()):
-        print(f"in {Path.cwd() / 'configs'} (these come first):")
-        for kind, names in local.items():
-            if names:
-                print(f"  {kind}: {', '.join(names)}")
+    for root in config_roots()[:-1]:  # the working directory's and $MAW_CONFIG_PATH's come first
+        local = {kind: sorted(p.stem for p in (root / kind).glob("*.yaml")) for kind in KINDS}
+        if any(local.values()):
+            print(f"in {root} (these come first):")
+            for kind, names in local.items():
+                if names:
+                    print(f"  {kind}: {', '.join(names)}")
     return 0

@@ -1,12 +1,18 @@
-"""YAML config files: loading with ``defaults:`` composition, deep merge, and lookup by name.
+"""YAML config files: loading with ``defaults:`` composition, deep merge, ``${VAR}`` values, and lookup by name.
 
-Configs ship inside the package (``maw_reranker/configs/<kind>/<name>.yaml``), so a name such as ``main`` or
-``maw_default`` is found from any working directory after any kind of install. A ``configs/<kind>/`` folder in
-the working directory comes first, so a project can shadow or add configs without touching the package.
+Configs ship inside the package (``maw_reranker/configs/<kind>/<name>.yaml``, the repository's top-level
+``configs/``), so a name such as ``main`` or ``maw_default`` is found from any working directory after any kind of
+install. Names are looked up, in order, in ``configs/<kind>/`` of the working directory, in each root of
+``$MAW_CONFIG_PATH`` (folders holding ``<kind>/`` folders, separated by ``:``), then in the package; so a project
+can shadow or add configs without touching the package. A string value may hold ``${VAR}`` (or
+``${VAR:-default}``), replaced from the environment when the file is read: configs of local data copies take their
+data root that way.
 """
 
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
 
 import yaml
@@ -15,6 +21,8 @@ from maw_reranker.utils.errors import OptionError
 
 CONFIGS_DIR = Path(__file__).resolve().parent.parent / "configs"
 KINDS = ("datasets", "models", "suites", "training", "studies")
+CONFIG_PATH_ENV = "MAW_CONFIG_PATH"
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
 class ConfigError(OptionError):
@@ -79,7 +87,7 @@ def load_yaml_config(path: str | Path, _seen: tuple = ()) -> dict:
         text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    data = parse_yaml(text, str(path)) or {}
+    data = _expand(parse_yaml(text, str(path)) or {}, path)
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a config file must hold a mapping of option: value")
     includes = data.pop("defaults", None) or []
@@ -91,10 +99,38 @@ def load_yaml_config(path: str | Path, _seen: tuple = ()) -> dict:
     return deep_merge(merged, data)
 
 
+def _expand(value, path: Path):
+    """``${VAR}`` / ``${VAR:-default}`` in every string value of a loaded file; an unset VAR without a default is an
+    error naming the file and the variable."""
+    if isinstance(value, dict):
+        return {k: _expand(v, path) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_expand(v, path) for v in value]
+    if not isinstance(value, str) or "${" not in value:
+        return value
+
+    def replace(match: re.Match) -> str:
+        name, default = match.group(1), match.group(2)
+        if os.environ.get(name):
+            return os.environ[name]
+        if default is not None:
+            return default
+        raise ConfigError(f"{path}: {match.group(0)} needs the environment variable {name} (for example: export "
+                          f"{name}=/path/to/data)")
+
+    return _VAR.sub(replace, value)
+
+
+def config_roots() -> list[Path]:
+    """Folders holding ``<kind>/`` config folders, in lookup order: the working directory's ``configs``, the roots
+    of ``$MAW_CONFIG_PATH``, the package's."""
+    extra = [Path(p).expanduser() for p in os.environ.get(CONFIG_PATH_ENV, "").split(os.pathsep) if p.strip()]
+    return [Path.cwd() / "configs", *extra, CONFIGS_DIR]
+
+
 def _candidates(entry: str, kind: str) -> list[Path]:
     names = [entry] if entry.endswith((".yaml", ".yml")) else [entry, f"{entry}.yaml"]
-    roots = [Path.cwd() / "configs" / kind, CONFIGS_DIR / kind]
-    return [root / name for root in roots for name in names]
+    return [root / kind / name for root in config_roots() for name in names]
 
 
 def find_config(entry: str | Path, kinds: str | tuple[str, ...]) -> Path | None:
@@ -127,9 +163,9 @@ def require_config(entry: str | Path, kinds: str | tuple[str, ...], where: str =
         raise ConfigError(f"{where}: config file not found: {text}")
     if path is None:
         kinds = (kinds,) if isinstance(kinds, str) else tuple(kinds)
-        looked = ", ".join(f"configs/{k}/{entry}.yaml" for k in kinds)
+        looked = ", ".join(f"{k}/{entry}.yaml" for k in kinds)
         raise ConfigError(f"{where}: {str(entry)!r} is neither a file nor a known config name (looked for {looked} "
-                          f"in the working directory and in the package)")
+                          f"in ./configs, ${CONFIG_PATH_ENV} and the package: `maw-rerank configs` lists them)")
     return path
 
 

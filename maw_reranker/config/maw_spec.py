@@ -9,7 +9,6 @@ These are exactly the values ``CrossEncoderWithMAW.from_pretrained(maw=...)`` ac
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from maw_reranker.config.files import parse_yaml
@@ -52,21 +51,24 @@ def _bad(value):
     raise ValueError(f"option 'maw' must be auto, null or a mapping of MAWConfig fields; got {value!r}")
 
 
-def with_run_seed(maw, seed: int):
-    """A suite's seeds draw different random gates: the effective ``maw_random_seed`` is the variant's + seed."""
-    if maw is None or maw == AUTO:
+def with_run_seed(maw, seed: int, model_path: str | None = None):
+    """A suite's seeds draw different random gates: the effective ``maw_random_seed`` is the variant's + seed. A model
+    that saved MAW keeps its own settings: the run seed never rewrites them."""
+    if maw is None or maw == AUTO or (model_path is not None and saved_maw(model_path) is not None):
         return maw
     return maw.replace(maw_random_seed=maw.maw_random_seed + int(seed))
 
 
-def effective_maw(maw, model_path: str):
-    """The MAW settings a model will run with: ``auto`` resolved against the directory (None when unpatched)."""
-    if maw != AUTO:
-        return maw
-    from maw_reranker.maw.config import CONFIG_NAME, MAWConfig
+def saved_maw(model_path: str):
+    """The MAW settings saved with a model folder or hub repo (None for a plain checkpoint)."""
+    from maw_reranker.cross_encoder.loading import saved_maw_config
 
-    saved = Path(model_path) / CONFIG_NAME
-    return MAWConfig.load(saved.parent) if saved.is_file() else None
+    return saved_maw_config(model_path)
+
+
+def effective_maw(maw, model_path: str):
+    """The MAW settings a model will run with: ``auto`` resolved against the model (None when unpatched)."""
+    return saved_maw(model_path) if maw == AUTO else maw
 
 
 def maw_to_dict(maw):

@@ -19,7 +19,6 @@ from maw_reranker.utils.errors import OptionError
 # Numeric precision of model forward passes, in every command (fp32 = no autocast; logits stay fp32).
 Precision = Literal["fp32", "bf16", "fp16"]
 PoolEngine = Literal["auto", "pyserini", "bm25s"]
-BENCH_PREFIX = "bench:"
 MIN_LENGTH = 8  # tokens: [CLS] query [SEP] document [SEP] needs a few of each to mean anything
 
 
@@ -115,12 +114,15 @@ class PoolOptions(_Section):
 
 @dataclass
 class ModelOptions(_Section):
-    model: str = opt("", "cross-encoder: hub id, a local directory (a saved CrossEncoderWithMAW included), or "
-                         "bench:NAME = NAME under $MAW_BENCH_MODELS (default ~/.cache/maw-bench-models)")
+    model: str = opt("", "cross-encoder: a Hugging Face hub id (e.g. cross-encoder/ms-marco-MiniLM-L-12-v2; offline: "
+                         "from the Hugging Face cache with HF_HUB_OFFLINE=1) or a local directory (a saved "
+                         "CrossEncoderWithMAW included)")
     maw: Any = opt(AUTO, "MAW variant: auto = what the model directory saved (unpatched for a plain checkpoint); "
                          "null = unpatched; or a mapping of MAWConfig fields (YAML in a config, YAML/JSON on the "
                          "command line, e.g. '{depth_dim: 4, gating_mode: uniform}')")
     max_length: Optional[int] = opt(None, "max tokens per (query, document) pair (default: the model's, at most 512)")
+    fresh_maw: bool = opt(False, "a model that saved MAW: start its MAW parameters fresh instead of loading the trained "
+                                 "ones (needed for a `maw` of another structure: depth, source, gating, layers)")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -202,16 +204,10 @@ class PrefixCacheOptions(_Section):
 
 
 def resolve_model_path(model: str) -> str:
-    """``bench:NAME`` -> ``$MAW_BENCH_MODELS/NAME``; ``~`` and ``$VARS`` expanded; hub ids pass through."""
+    """A local model folder (``~`` and ``$VARS`` expanded) or a hub id, passed through."""
     if not str(model).strip():
-        raise ValueError("option 'model' is empty: give a hub id, a model directory, or bench:NAME")
-    if model.startswith(BENCH_PREFIX):
-        root = os.environ.get("MAW_BENCH_MODELS") or os.path.expanduser("~/.cache/maw-bench-models")
-        path = Path(root) / model[len(BENCH_PREFIX):]
-        if not path.is_dir():
-            raise FileNotFoundError(f"option 'model' {model!r}: {path} not found (prepare it with "
-                                    "shared/tools/get-models.sh or set MAW_BENCH_MODELS)")
-        return str(path)
+        raise ValueError("option 'model' is empty: give a hub id (e.g. cross-encoder/ms-marco-MiniLM-L-12-v2) or a "
+                         "model directory")
     expanded = os.path.expandvars(os.path.expanduser(model))
     if Path(expanded).exists():
         return expanded

@@ -1,4 +1,6 @@
-"""The ``activation`` of ``predict`` (``CrossEncoderWithMAW`` and ``CachedScorer``): one check, one mapping."""
+"""What ``predict`` takes and gives back (``CrossEncoderWithMAW`` and ``CachedScorer``), as sentence-transformers'
+``CrossEncoder.predict``: one pair or many; ``activation`` None = logits (the ranking is the same either way), or
+``"sigmoid"``, sentence-transformers' default for one-label models, to map them to (0, 1)."""
 
 from __future__ import annotations
 
@@ -21,4 +23,9 @@ def apply_activation(scores: np.ndarray, activation: str | None) -> np.ndarray:
         return 1.0 / (1.0 + np.exp(-scores))
 
 
-__all__ = ["ACTIVATIONS", "check_activation", "apply_activation"]
+def is_one_pair(pairs) -> bool:
+    """``("query", "document")``: one pair (scored as one), not a list of pairs."""
+    return isinstance(pairs, (tuple, list)) and len(pairs) == 2 and all(isinstance(t, str) for t in pairs)
+
+
+__all__ = ["ACTIVATIONS", "check_activation", "apply_activation", "is_one_pair"]

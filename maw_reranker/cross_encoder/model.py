@@ -15,9 +15,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from maw_reranker.cross_encoder.activation import apply_activation, check_activation, is_one_pair
 from maw_reranker.maw.config import CONFIG_NAME, MAWConfig
-from maw_reranker.maw.patcher import (load_maw_state_dict, maw_layers, maw_state_dict, patch_model, repatch,
-                                      set_maw_strength, unpatch_model)
+from maw_reranker.maw.patcher import (find_attention_modules, load_maw_state_dict, maw_layers,
+                                      maw_named_parameters, maw_state_dict, patch_model, repatch, set_maw_strength,
+                                      unpatch_model)
 from maw_reranker.utils.progress import progress_bar
 
 logger = logging.getLogger(__name__)
@@ -56,41 +58,47 @@ class CrossEncoderWithMAW(nn.Module):
     def from_pretrained(cls, name_or_path: str | os.PathLike, maw: MAWConfig | None | str = _AUTO,
                         max_length: int | None = None, device: str | torch.device | None = None,
                         torch_dtype: torch.dtype | None = None, attn_implementation: str | None = None,
-                        **hf_kwargs) -> "CrossEncoderWithMAW":
+                        fresh_maw: bool = False, **hf_kwargs) -> "CrossEncoderWithMAW":
         """Load a cross-encoder from a hub id or a directory.
 
-        ``maw="auto"`` (default): restore the MAW settings and parameters saved in the directory, or no MAW if none
-        were saved. ``maw=MAWConfig(...)``: inject MAW with these settings (a directory's saved MAW parameters are
-        loaded if the settings match). ``maw=None``: the unpatched model.
+        ``maw="auto"`` (default): restore the MAW settings and parameters saved with the model, or no MAW if none
+        were saved. ``maw=MAWConfig(...)``: inject MAW with these settings; when the model saved MAW, its trained
+        parameters load whenever the structure is the same (``MAWConfig.structure_diff``: depth, source, rank,
+        gating, layers) and the requested settings (strength, seeds, sharpness, temperature) apply to them; another
+        structure is an error naming the fields, unless ``fresh_maw=True`` asks for fresh MAW parameters.
+        ``maw=None``: the unpatched model.
         """
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-        path = Path(name_or_path)
-        saved_cfg = MAWConfig.load(path) if (path / CONFIG_NAME).is_file() else None
-        settings = json.loads((path / SETTINGS_NAME).read_text()) if (path / SETTINGS_NAME).is_file() else {}
-        if maw == _AUTO:
-            maw = saved_cfg
-        elif maw is not None and not isinstance(maw, MAWConfig):
+        from maw_reranker.cross_encoder.loading import hub_error, is_local, model_file, reconcile_maw, \
+            saved_maw_config
+
+        if maw != _AUTO and maw is not None and not isinstance(maw, MAWConfig):
             raise TypeError(f"maw must be a MAWConfig, None or 'auto', got {type(maw).__name__}")
-        if maw is not None and not maw.use_maw:
+        if isinstance(maw, MAWConfig) and not maw.use_maw:
             maw = None  # MAWConfig(use_maw=False) is the unpatched baseline, as maw=None
+        name = str(name_or_path)
+        saved_cfg = saved_maw_config(name)
+        settings_file = model_file(name, SETTINGS_NAME)
+        settings = json.loads(settings_file.read_text()) if settings_file is not None else {}
         kwargs = dict(hf_kwargs)
         if torch_dtype is not None:
             kwargs["dtype"] = torch_dtype
         if attn_implementation is not None:
             kwargs["attn_implementation"] = attn_implementation
         kwargs.setdefault("num_labels", 1)
-        model = AutoModelForSequenceClassification.from_pretrained(str(name_or_path), **kwargs)
-        tokenizer = AutoTokenizer.from_pretrained(str(name_or_path))
+        try:
+            model = AutoModelForSequenceClassification.from_pretrained(name, **kwargs)
+            tokenizer = AutoTokenizer.from_pretrained(name)
+        except OSError as exc:
+            if is_local(name):
+                raise
+            raise hub_error(name, exc) from None
+        num_layers = max(find_attention_modules(model), default=-1) + 1
+        maw, load_saved = reconcile_maw(saved_cfg, maw, num_layers, fresh_maw, name)
         encoder = cls(model, tokenizer, maw=maw, max_length=max_length or settings.get("max_length"))
-        weights = path / MAW_WEIGHTS_NAME
-        if maw is not None and weights.is_file() and saved_cfg is not None:
-            if saved_cfg == maw:
-                from safetensors.torch import load_file
-
-                load_maw_state_dict(model, load_file(str(weights)))
-            else:
-                logger.warning("%s holds MAW parameters for different settings; MAW starts fresh", path)
+        if load_saved and maw is not None:
+            _load_saved_maw(model, model_file(name, MAW_WEIGHTS_NAME), saved_cfg, maw, name)
         encoder.to(device or default_device())
         encoder.eval()
         return encoder
@@ -186,14 +194,20 @@ class CrossEncoderWithMAW(nn.Module):
         return torch.autocast(device_type=self.device.type, dtype=dtype)
 
     @torch.inference_mode()
-    def predict(self, pairs: Sequence[tuple[str, str]], batch_size: int = 32, precision: str = "fp32",
-                activation: str | None = None, show_progress_bar: bool = False, return_depth: bool = False):
-        """Score (query, document) pairs. Batches are formed from length-sorted pairs with dynamic padding.
+    def predict(self, pairs: Sequence[tuple[str, str]] | tuple[str, str], batch_size: int = 32,
+                precision: str = "fp32", activation: str | None = None, show_progress_bar: bool = False,
+                return_depth: bool = False):
+        """Score (query, document) pairs, as sentence-transformers' ``CrossEncoder.predict``: a list of pairs gives a
+        float32 array, one pair ``("query", "document")`` one score. Batches are formed from length-sorted pairs with
+        dynamic padding.
 
-        Returns a float32 array of logits (``activation="sigmoid"`` maps them to (0, 1)); with ``return_depth``
-        also ``{layer_index: {"weights": [N, D], "selected": [N]}}`` for the MAW layers.
+        ``activation``: None (default) returns logits; ``"sigmoid"`` maps them to (0, 1), sentence-transformers'
+        default for one-label models (the ranking is the same). With ``return_depth`` also
+        ``{layer_index: {"weights": [N, D], "selected": [N]}}`` for the MAW layers.
         """
-        pairs = list(pairs)
+        check_activation(activation)
+        single = is_one_pair(pairs)
+        pairs = [tuple(pairs)] if single else list(pairs)
         if not pairs:
             return (np.zeros(0, dtype=np.float32), {}) if return_depth else np.zeros(0, dtype=np.float32)
         was_training = self.training
@@ -218,15 +232,16 @@ class CrossEncoderWithMAW(nn.Module):
             progress.update(len(idx))
         progress.close()
         self.train(was_training)
-        if activation == "sigmoid":
-            scores = 1.0 / (1.0 + np.exp(-scores))
-        elif activation is not None:
-            raise ValueError(f"activation must be None or 'sigmoid', got {activation!r}")
+        scores = apply_activation(scores, activation)
+        if single:
+            scores = scores[0]
         return (scores, depth) if return_depth else scores
 
     def rank(self, query: str, documents: Sequence[str], top_k: int | None = None, batch_size: int = 32,
              return_documents: bool = False, **predict_kwargs) -> list[dict]:
-        """Rank documents for one query: ``[{"corpus_id": i, "score": s[, "text": doc]}]``, best first."""
+        """Rank documents for one query as sentence-transformers' ``CrossEncoder.rank``: ``[{"corpus_id": i,
+        "score": s}]`` (with ``"text"`` when ``return_documents``), best first, the top ``top_k``; ``predict_kwargs``
+        (``activation``, ``precision``, ...) as :meth:`predict`."""
         scores = self.predict([(query, doc) for doc in documents], batch_size=batch_size, **predict_kwargs)
         order = sorted(range(len(documents)), key=lambda i: (-float(scores[i]), i))[:top_k]
         return [{"corpus_id": i, "score": float(scores[i]), **({"text": documents[i]} if return_documents else {})}
@@ -236,6 +251,32 @@ class CrossEncoderWithMAW(nn.Module):
         """Depth weights and selected depth of each MAW layer's last forward pass."""
         return {m.layer_index: {"weights": m.last_depth_weights.tolist(), "selected": m.last_selected_depth.tolist()}
                 for m in maw_layers(self.model).values() if m.last_depth_weights is not None}
+
+
+def _load_saved_maw(model: nn.Module, weights: Path | None, saved: MAWConfig, maw: MAWConfig, name: str) -> None:
+    """The saved MAW parameters into ``model`` (patched with ``maw``, of the saved structure); trained parameters
+    whose file is missing are an error, never a silent fresh start."""
+    if weights is None:
+        if any(True for _ in maw_named_parameters(model)):
+            raise FileNotFoundError(f"{name}: {CONFIG_NAME} says MAW {saved.gating_mode} was saved with trained "
+                                    f"parameters, but {MAW_WEIGHTS_NAME} is missing; restore it, or load with "
+                                    "fresh_maw=True (CLI: --fresh-maw) to start MAW fresh")
+        return
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        state = load_file(str(weights))
+    except (SafetensorError, OSError) as exc:
+        raise ValueError(f"{weights}: unreadable MAW parameters ({exc})") from None
+    if maw.maw_random_seed != saved.maw_random_seed:
+        # `random` weights are drawn from the seed, not trained: the requested seed's draw stays.
+        state = {k: v for k, v in state.items() if not k.endswith("random_weights")}
+        state.update({k: v for k, v in maw_state_dict(model).items() if k.endswith("random_weights")})
+    try:
+        load_maw_state_dict(model, state)
+    except ValueError as exc:
+        raise ValueError(f"{weights}: {exc}") from None
 
 
 def depth_buffers(layers: dict, n: int) -> dict:

@@ -7,6 +7,7 @@ from functools import cached_property
 from typing import Iterable, Iterator, Mapping
 
 from maw_reranker.data.measures import check_measures
+from maw_reranker.utils.errors import network_reason
 from maw_reranker.utils.text import slugify as _slugify
 
 Run = dict[str, dict[str, float]]
@@ -60,11 +61,11 @@ def _download_errors(name: str, irds_id: str, enabled: bool):
     except OSError as exc:
         if not enabled:
             raise
-        reason = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
+        reason = network_reason(exc)
         raise DatasetDownloadError(
             f"dataset {name!r} ({irds_id}) is not in the ir_datasets cache (~/.ir_datasets or $IR_DATASETS_HOME) "
             f"and could not be downloaded: {reason}. Offline? Use a local copy instead, e.g. a BEIR folder path "
-            f"as the dataset (see `maw-rerank datasets`).") from exc
+            f"as the dataset (see `maw-rerank datasets`).") from None
 
 
 class DocsMapping(Mapping):

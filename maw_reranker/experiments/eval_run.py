@@ -1,6 +1,6 @@
 """One evaluation run end to end: options -> a checked plan -> reranked run, metrics and artifacts in its folder.
 
-A run lives in ``<out_dir>/<dataset slug>/<variant>/seed_<n>/`` (see ``evaluate/artifacts.py``). It is planned
+A run lives in ``<output_dir>/<dataset slug>/<variant>/seed_<n>/`` (see ``evaluate/artifacts.py``). It is planned
 first (:func:`plan_eval`: model path, MAW spec, dataset, measures, variant and folder resolved and checked, nothing
 written), then executed (:func:`execute`). A complete run is skipped when asked again with the same settings
 (suites are idempotent); asked with different settings it is an error unless ``force``. The run is built in a
@@ -29,7 +29,7 @@ logger = logging.getLogger(__name__)
 
 # Options that change how fast a run goes or what is printed, not its results: ignored when deciding whether a
 # complete run folder holds "the same" run.
-EXECUTION_KEYS = frozenset({"force", "progress", "plots", "output_run", "out_dir", "device", "batch_size"})
+EXECUTION_KEYS = frozenset({"force", "progress", "plots", "output_run", "output_dir", "device", "batch_size"})
 RERANK_INFO = "rerank_info.json"
 DEPTH_PLOT = "depth_usage.png"
 
@@ -41,6 +41,7 @@ class RunConflictError(ValueError):
 @dataclass
 class EvalOptions(PrefixCacheOptions, PoolOptions, ModelOptions, HFOptions, DatasetOptions):
     CONFIG_KINDS = ("models", "datasets")
+    RENAMED = {"out_dir": "use 'output_dir'"}
 
     variant: Optional[str] = opt(None, "variant name (the run folder); default: non_maw, or "
                                        "maw-<gating>-d<D>-k<k>-a<strength>")
@@ -61,7 +62,7 @@ class EvalOptions(PrefixCacheOptions, PoolOptions, ModelOptions, HFOptions, Data
                                                         "the corpus: error, or skip and log")
     append_tail: bool = opt(False, "keep candidates beyond `depth` in the run, below the reranked ones, in "
                                    "first-stage order")
-    out_dir: str = opt("experiments", "runs go to <out_dir>/<dataset>/<variant>/seed_<n>/")
+    output_dir: str = opt("experiments", "runs go to <output_dir>/<dataset>/<variant>/seed_<n>/")
     output_run: Optional[str] = opt(None, "also write the reranked TREC run here")
     log_depth: bool = opt(True, "write the MAW depth log (depth_log.jsonl)")
     save_scores: bool = opt(True, "write per-pair scores (scores.tsv)")
@@ -140,15 +141,15 @@ def plan_eval(options: EvalOptions, dataset=None) -> EvalPlan:
     model_path = resolve_model_path(options.model)
     check_model_dir(model_path, options.max_length)
     check_device(options.device)
-    check_writable(options.out_dir, "out_dir")
+    check_writable(options.output_dir, "output_dir")
     check_writable(options.pools_dir, "pools_dir")
     if options.output_run:
         check_writable(options.output_run, "output_run", is_file=True)
         _check_not_an_input(options)
-    maw = with_run_seed(parse_maw(options.maw), options.seed)
+    maw = with_run_seed(parse_maw(options.maw), options.seed, model_path)
     ds = dataset if dataset is not None else dataset_from_options(options)
     variant = options.variant or default_variant_name(effective_maw(maw, model_path))
-    artifacts = RunArtifacts.for_run(options.out_dir, ds.slug, variant, options.seed)
+    artifacts = RunArtifacts.for_run(options.output_dir, ds.slug, variant, options.seed)
     options_dict = options_to_dict(options)
     options_dict.update(maw=maw_to_dict(maw), variant=variant,  # the resolved mapping
                         input_files=input_files(options, model_path))
@@ -160,16 +161,14 @@ INPUT_OPTIONS = ("dataset", "queries", "qrels", "run", "candidates")
 
 def _check_not_an_input(options: EvalOptions) -> None:
     """``output_run`` must not overwrite one of the run's own input files (e.g. the first-stage run)."""
+    from maw_reranker.utils.io import check_not_an_input
+
     target = Path(options.output_run).expanduser().resolve()
-    run_dir = Path(options.out_dir).expanduser().resolve()
+    run_dir = Path(options.output_dir).expanduser().resolve()
     if run_dir in target.parents:
-        raise ValueError(f"option 'output_run' ({target}) lies inside out_dir ({run_dir}), where run folders are "
+        raise ValueError(f"option 'output_run' ({target}) lies inside output_dir ({run_dir}), where run folders are "
                          "replaced as a whole; write it elsewhere")
-    for name in INPUT_OPTIONS:
-        value = getattr(options, name)
-        if value and Path(value).expanduser().resolve() == target:
-            raise ValueError(f"option 'output_run' is the same file as option '{name}' ({target}): it would be "
-                             "overwritten; write the reranked run elsewhere")
+    check_not_an_input({"output_run": target}, {name: getattr(options, name) for name in INPUT_OPTIONS})
 
 
 def input_files(options: EvalOptions, model_path: str) -> dict:
@@ -220,9 +219,9 @@ def is_done(plan: EvalPlan) -> bool:
     if differing == ["input_files"]:
         changed = sorted(k for k in set(old["input_files"] or {}) | set(new["input_files"])
                          if (old["input_files"] or {}).get(k) != new["input_files"].get(k))
-        raise RunConflictError(f"{artifacts.out_dir} holds a complete run made from input files that have changed "
+        raise RunConflictError(f"{artifacts.output_dir} holds a complete run made from input files that have changed "
                                f"since ({', '.join(changed)}); pass force to redo it")
-    raise RunConflictError(f"{artifacts.out_dir} holds a complete run made with other settings (differing: "
+    raise RunConflictError(f"{artifacts.output_dir} holds a complete run made with other settings (differing: "
                            f"{', '.join(differing) or 'unreadable config.json'}); pass force to overwrite it, or "
                            "choose another variant name")
 
@@ -246,10 +245,10 @@ def execute(plan: EvalPlan, state: Any = "auto") -> EvalOutcome:
     from maw_reranker.evaluate.rerank import RerankError, distributed_state
 
     options, ds = plan.options, plan.dataset
-    outcome = EvalOutcome("done", plan.artifacts.out_dir, ds.slug, plan.variant, options.seed,
+    outcome = EvalOutcome("done", plan.artifacts.output_dir, ds.slug, plan.variant, options.seed,
                           measures=plan.measures, primary=measure_names(ds.measures))
     if not options.force and is_done(plan):
-        logger.info("complete already, skipping: %s (force to redo)", plan.artifacts.out_dir)
+        logger.info("complete already, skipping: %s (force to redo)", plan.artifacts.output_dir)
         outcome.status = "skipped"
         if options.output_run:  # asked for now: the complete run's reranked run
             from maw_reranker.utils.io import atomic_write
@@ -276,7 +275,7 @@ def execute(plan: EvalPlan, state: Any = "auto") -> EvalOutcome:
         return outcome
     from maw_reranker.utils.io import atomic_directory
 
-    with atomic_directory(plan.artifacts.out_dir) as staging:
+    with atomic_directory(plan.artifacts.output_dir) as staging:
         outcome.metrics, outcome.info, run = _score_and_write(plan, candidates, qrels, RunArtifacts(staging), state)
         if options.output_run:  # inside: if it cannot be written, the earlier complete run stays
             from maw_reranker.data.trec import write_run
@@ -297,7 +296,7 @@ def _score(plan: EvalPlan, pool: dict, state):
     _seed_everything(options.seed)
     device = options.device or (str(state.device) if state is not None else None)
     model = CrossEncoderWithMAW.from_pretrained(plan.model_path, maw=plan.maw, max_length=options.max_length,
-                                                device=device)
+                                                device=device, fresh_maw=options.fresh_maw)
     queries, docs = plan.dataset.queries(), plan.dataset.docs()
     scorer, cache = model, None
     try:

@@ -39,7 +39,7 @@ class StudyOptions:
     RENAMED = {"out_dir": "use 'output_dir'", "runs_dir": "use 'models_dir' (the trained models' folder)"}
 
     name: str = opt("study", "study name: names its runs folder and its suites")
-    model: str = opt("", "the cross-encoder every variant starts from (hub id, directory or bench:NAME)")
+    model: str = opt("", "the cross-encoder every variant starts from (hub id or directory)")
     seeds: list[int] = opt([0, 1, 2], "training (and evaluation) seeds of every variant")
     baseline: str = opt("", "the variant every other is compared against")
     train: dict = opt({}, "training options shared by every run (see `maw-rerank train --help`)")

@@ -16,6 +16,9 @@ GATING_MODES = get_args(GatingMode)
 STAT_MODES = ("stat", "argmax", "router", "grpo")  # modes whose weights need per-depth attention statistics
 DEPTH_SOURCES = get_args(DepthSource)
 CONFIG_NAME = "maw_config.json"
+# Fields that decide which MAW parameters exist and their shapes (and the layers, compared resolved); the others
+# are settings applied to the same parameters.
+STRUCTURE_FIELDS = ("use_maw", "depth_dim", "depth_source", "depth_rank", "gating_mode", "per_head", "gate_hidden")
 
 
 @dataclass
@@ -86,9 +89,25 @@ class MAWConfig:
     @classmethod
     def load(cls, directory: str | Path) -> "MAWConfig":
         path = Path(directory) / CONFIG_NAME
-        data = json.loads(path.read_text())
-        data.pop("maw_reranker_config_version", None)
-        return cls.from_dict(data)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(data, dict):
+                raise ValueError("not a JSON object of MAWConfig fields")
+            data.pop("maw_reranker_config_version", None)
+            return cls.from_dict(data)
+        except (UnicodeDecodeError, json.JSONDecodeError, TypeError, ValueError) as exc:
+            raise ValueError(f"{path}: not a valid MAW config ({exc})") from None
+
+    def structure_diff(self, other: "MAWConfig", num_layers: int) -> list[str]:
+        """Fields that make ``other`` a different MAW structure (other parameters, shapes or layers) for a model of
+        ``num_layers`` layers; the fields outside STRUCTURE_FIELDS (strength, seeds, sharpness, temperature, chunking)
+        can change on a trained model without touching its parameters."""
+        diff = [name for name in STRUCTURE_FIELDS if getattr(self, name) != getattr(other, name)]
+        if self.depth_source == other.depth_source == "split" and "depth_rank" in diff:
+            diff.remove("depth_rank")  # split depths have no projection of that rank
+        if resolve_layers(self, num_layers) != resolve_layers(other, num_layers):
+            diff.append("layers")
+        return diff
 
     def replace(self, **changes) -> "MAWConfig":
         return dataclasses.replace(self, **changes)
@@ -109,4 +128,4 @@ def resolve_layers(config: MAWConfig, num_layers: int) -> list[int]:
     return list(range(num_layers - config.inject_last_k, num_layers))
 
 
-__all__ = ["MAWConfig", "GATING_MODES", "STAT_MODES", "DEPTH_SOURCES", "resolve_layers"]
+__all__ = ["MAWConfig", "GATING_MODES", "STAT_MODES", "STRUCTURE_FIELDS", "DEPTH_SOURCES", "resolve_layers"]

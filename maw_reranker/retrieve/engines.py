@@ -173,8 +173,10 @@ class PyseriniEngine(Engine):
 
             index_dir = download_prebuilt_index(name, verbose=False)
         except Exception as exc:  # offline, mirror down, bad checksum: fall back to a local index
-            log.warning("pyserini prebuilt index %s unavailable (%s); building an index locally", name,
-                        str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+            from maw_reranker.utils.errors import network_reason
+
+            log.warning("pyserini prebuilt index %s unavailable (%s); building an index locally (offline: "
+                        "--no-prebuilt skips the download)", name, network_reason(exc))
             return False
         self.open_index(Path(index_dir))
         return True

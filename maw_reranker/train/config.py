@@ -63,7 +63,7 @@ class TrainOptions(NegativeOptions, PrefixCacheOptions, PoolOptions, ModelOption
     # -- distillation (loss: margin_mse or listwise_kl) ----------------------------------------------------------
     teacher_run: Optional[str] = opt(None, "teacher scores from a TREC run (its score column): every training pair "
                                            "must be in it")
-    teacher_model: Optional[str] = opt(None, "teacher cross-encoder (hub id, directory or bench:NAME), run once over "
+    teacher_model: Optional[str] = opt(None, "teacher cross-encoder (hub id or directory), run once over "
                                              "every training pair before training; its scores are cached in "
                                              "teacher_cache")
     teacher_max_length: Optional[int] = opt(None, "max tokens per pair for teacher_model (default: the teacher's "

@@ -265,6 +265,7 @@ class _Scorer:
 
         self.opts = opts
         self.model = CrossEncoderWithMAW.from_pretrained(model_path, maw=opts.maw_spec, max_length=opts.max_length,
+                                                         fresh_maw=opts.fresh_maw,
                                                          device=opts.device)
 
     def __call__(self, pairs: list[tuple[str, str]]) -> np.ndarray:

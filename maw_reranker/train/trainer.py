@@ -86,7 +86,8 @@ def load_encoder(opts: TrainOptions, device):
     from maw_reranker.cross_encoder.model import CrossEncoderWithMAW
 
     encoder = CrossEncoderWithMAW.from_pretrained(resolve_model_path(opts.model), maw=opts.maw_spec,
-                                                  max_length=opts.max_length, device=device)
+                                                  max_length=opts.max_length, device=device,
+                                                  fresh_maw=opts.fresh_maw)
     if opts.trainable == "lora" or opts.top_lora:
         from maw_reranker.train.lora import add_lora
 
@@ -139,16 +140,16 @@ class Trainer:
         if opts.resume:
             return resolve_resume(opts.resume, self.out)
         existing = complete_checkpoints(self.out)
-        if existing and not opts.overwrite:
+        if existing and not opts.force:
             raise ValueError(f"{self.out} already has checkpoints ({existing[-1].name}); continue with --resume "
-                             "latest, or start over with --overwrite true")
+                             "latest, or start over with --force")
         return None
 
     def _clear_previous(self) -> None:
-        """``overwrite``: once data and model have passed every check, the earlier run's outputs move aside into
+        """``force``: once data and model have passed every check, the earlier run's outputs move aside into
         ``<output_dir>/.previous/`` (so no stale final model or summary sits beside the new run), and are deleted
         only when the new training completes: an interrupted or failed start-over loses nothing."""
-        if not (self.opts.overwrite and not self.opts.resume and self.accelerator.is_main_process):
+        if not (self.opts.force and not self.opts.resume and self.accelerator.is_main_process):
             return
         aside = self.out / PREVIOUS
         earlier = [self.out / name for name in RUN_OUTPUTS if (self.out / name).exists()]
@@ -180,7 +181,7 @@ class Trainer:
         check_model_dir(resolve_model_path(opts.model), opts.max_length)
         # Teacher scores (distillation): a run's are checked, a teacher model's computed or read from its cache.
         self.data.teacher = load_teacher(opts, self.data, acc.device, acc.main_process_first,
-                                         opts.progress_bar and acc.is_local_main_process)
+                                         opts.progress and acc.is_local_main_process)
         if self.data.teacher is not None:
             self.data.description["teacher"] = {"origin": self.data.teacher.origin, **self.data.teacher.info}
         self.encoder = load_encoder(opts, acc.device)
@@ -241,7 +242,7 @@ class Trainer:
             raise ValueError("option 'prefix_cache' runs in a single process (fill it once, then train); leave it out "
                              "under accelerate launch with several processes")
         cache = PrefixCache(self.opts.prefix_cache, self.encoder, self.start, dtype=self.opts.prefix_cache_dtype,
-                            show_progress=self.opts.progress_bar)
+                            show_progress=self.opts.progress)
         log.info("prefix cache: %s (%d pairs cached; layers >= %d train)", cache.path, len(cache), self.start)
         return cache, TopModel(self.encoder, self.start)
 
@@ -339,7 +340,7 @@ class Trainer:
         acc, opts, state = self.accelerator, self.opts, self.state
         batches = iter_batches(self.data.source, self.global_batch, state.position)
         pairs_per_step = self.global_batch * opts.grad_accum * opts.group_size
-        bar = progress_bar(self.steps, opts.progress_bar and acc.is_local_main_process, "train", unit="step",
+        bar = progress_bar(self.steps, opts.progress and acc.is_local_main_process, "train", unit="step",
                            initial=state.step)
         history, window, train_time, start_step, saved_at = [], [], 0.0, state.step, state.step
         self._train_mode()

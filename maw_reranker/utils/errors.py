@@ -16,3 +16,27 @@ def with_context(exc: BaseException, prefix: str) -> BaseException:
     else:
         exc.args = (prefix,)
     return exc
+
+
+_NETWORK_HINTS = ("NameResolutionError", "Failed to resolve", "Name or service not known", "Temporary failure in name",
+                  "ConnectionError", "Connection refused", "Network is unreachable", "Max retries exceeded",
+                  "timed out", "couldn't connect", "could not connect")
+
+
+def network_reason(exc: BaseException, limit: int = 120) -> str:
+    """A short reason for a failed download: "no network (HOST unreachable)" when the cause chain says so, else the
+    first line of the message, cut to ``limit`` characters (never a whole exception repr)."""
+    import re
+
+    seen, chain = set(), []
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        chain.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    text = " ".join(f"{type(e).__name__}: {e}" for e in chain)
+    if any(hint.lower() in text.lower() for hint in _NETWORK_HINTS):
+        host = re.search(r"host='([^']+)'|https?://([^/\s'\"]+)", text)
+        where = next((g for g in host.groups() if g), None) if host else None
+        return f"no network ({where} unreachable)" if where else "no network"
+    first = (str(chain[0]).strip().splitlines() or [type(chain[0]).__name__])[0]
+    return first if len(first) <= limit else first[:limit - 3] + "..."

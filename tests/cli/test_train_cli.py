@@ -26,7 +26,7 @@ def test_recipes_parse_and_validate(recipe):
 def test_recipe_composition():
     options = parse_options(Options, {"config": [str(RECIPES[0].parent / "router.yaml")], "lr": "3e-5"})
     assert options.maw["gating_mode"] == "router" and options.router_oracle_weight == 0.5
-    assert options.lr == 3e-5 and options.dataset == "../shared/data/scifact"  # inherited
+    assert options.lr == 3e-5 and options.dataset == "scifact"  # inherited: official SciFact through ir_datasets
 
 
 def test_cli_train_runs(tmp_path, capsys):

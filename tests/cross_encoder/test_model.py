@@ -140,3 +140,19 @@ def test_bf16_autocast_runs_and_stays_close(base_dir):
     np.testing.assert_allclose(bf16, fp32, atol=0.1)
     with pytest.raises(ValueError, match="precision"):
         model.predict(PAIRS, precision="int3")
+
+
+def test_predict_takes_one_pair_as_sentence_transformers_does(base_dir):
+    model = CrossEncoderWithMAW.from_pretrained(base_dir, maw=MAWConfig(depth_dim=2), device="cpu")
+    many = model.predict(PAIRS)
+    one = model.predict(PAIRS[1])
+    assert np.ndim(one) == 0 and one == pytest.approx(many[1], abs=1e-5)  # alone: other padding
+    assert model.predict(list(PAIRS[1])) == one  # a list of two strings is one pair too
+    sig = model.predict(PAIRS[1], activation="sigmoid")
+    assert sig == pytest.approx(1 / (1 + np.exp(-one)), abs=1e-6)
+    score, depth = model.predict(PAIRS[0], return_depth=True)
+    assert np.ndim(score) == 0 and all(d["weights"].shape == (1, 2) for d in depth.values())
+    with pytest.raises(ValueError, match="activation"):
+        model.predict(PAIRS[0], activation="softplus")
+    ranked = model.rank("the cat", [d for _, d in PAIRS], activation="sigmoid")
+    assert set(ranked[0]) == {"corpus_id", "score"} and 0 < ranked[0]["score"] < 1
