@@ -223,3 +223,22 @@ def test_real_hub_client_errors_end_in_one_line(trained, local_hub, capsys, stat
     assert main(["push", "--model", str(trained / "final"), "--repo_id", REPO, "--token", "hf_not_a_real_token"]) == 1
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and f"cannot push to {REPO}" in err and expected in err, err
+
+
+def test_a_pushed_repo_loads_back_by_its_id(trained, hub, tmp_path):
+    """What push uploads, placed in a Hugging Face cache under the repo id, loads with from_pretrained(repo id)
+    (HF_HUB_OFFLINE=1, in a subprocess) with its MAW settings and trained parameters."""
+    from tests.hub_cache import run_offline, seed_hub_cache
+
+    CrossEncoderWithMAW.from_pretrained(trained / "final", device="cpu").push_to_hub(REPO)
+    hf_home = tmp_path / "hf"
+    seed_hub_cache(hf_home, REPO, hub.uploaded)
+    expected = CrossEncoderWithMAW.from_pretrained(trained / "final", device="cpu").predict(PAIRS)
+    code = ("import json; from maw_reranker import CrossEncoderWithMAW as C\n"
+            f"m = C.from_pretrained({REPO!r}, device='cpu')\n"
+            f"print(json.dumps({{'scores': m.predict({PAIRS!r}).tolist(), 'mode': m.maw_config.gating_mode}}))")
+    out = run_offline(hf_home, ["-c", code], cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["mode"] == "learned"
+    np.testing.assert_allclose(got["scores"], expected, atol=1e-6)
