@@ -6,7 +6,8 @@
   is local when it starts with ``./`` ``../`` ``/`` or ``~``, has a data-file suffix, has more than one ``/`` or
   exists; a local path that does not exist is "not found", never a hub id.
 * :func:`load_hf` loads it; hub failures (offline, unknown id) become one :class:`DatasetDownloadError` line naming the
-  dataset, and unreadable local files a :class:`DataFormatError` naming them.
+  dataset, unreadable local files a :class:`DataFormatError` naming them, and a source without rows (an empty file,
+  a header or schema only) one saying so.
 * :func:`resolve_columns` maps roles (query, positive, negatives, ...) to columns, from ``hf_columns`` or the usual
   names, and tells the layout (``tuples``, ``labeled``, ``scored``) apart; a missing column is an error naming the
   role, the column and the dataset, and listing its columns.
@@ -138,7 +139,53 @@ def load_hf(source: HFSource, split: str = "train", streaming: bool = False):
     """``datasets.load_dataset`` of ``source``: a ``Dataset`` (Arrow, memory-mapped) or, with ``streaming``, an
     ``IterableDataset``. ``split`` picks the split of a hub dataset or a folder (whose splits ``datasets`` tells from
     the file names, e.g. ``train-*.parquet`` / ``test-*.parquet``; a folder without split names is one split,
-    ``train``); files given by name form one split (``train``), whatever ``split`` says."""
+    ``train``); files given by name form one split (``train``), whatever ``split`` says. A source without rows is a
+    :class:`DataFormatError` saying so (a stream is peeked at: its first row)."""
+    if source.local and _local_files_empty(source):  # before datasets, whose errors on empty files say otherwise
+        raise _no_rows(source, split)
+    ds = _load(source, split, streaming)
+    if (next(iter(ds), None) is None) if streaming else len(ds) == 0:
+        raise _no_rows(source, split)
+    return ds
+
+
+def _no_rows(source: HFSource, split: str) -> DataFormatError:
+    where = "" if source.files else f" (split {split})"
+    return DataFormatError(f"{source.label}: no rows{where}")
+
+
+def _local_files_empty(source: HFSource) -> bool:
+    """Whether every data file of a local source holds no row: parquet files of 0 rows, csv/tsv files of a header
+    line at most, json/jsonl files of white space only. False when unsure (an unreadable file: its own error
+    stands)."""
+    import gzip
+
+    files = [Path(f) for f in source.files] or [p for p in Path(source.path).rglob("*")
+                                                if p.is_file() and _suffix(str(p)) in BUILDERS]
+    if not files:
+        return False
+    try:
+        for path in files:
+            if _suffix(str(path)) == ".parquet":
+                import pyarrow.parquet as pq
+
+                if pq.read_metadata(str(path)).num_rows:
+                    return False
+                continue
+            header = 1 if BUILDERS[_suffix(str(path))] == "csv" else 0
+            opener = gzip.open if str(path).lower().endswith(".gz") else open
+            with opener(path, "rb") as handle:
+                lines = 0
+                for line in handle:
+                    lines += bool(line.strip())
+                    if lines > header:
+                        return False
+    except Exception:  # noqa: BLE001 - unreadable: not known to be empty
+        return False
+    return True
+
+
+def _load(source: HFSource, split: str, streaming: bool):
     import datasets
 
     kwargs: dict = {"streaming": streaming}

@@ -21,9 +21,12 @@ document column under an id name (``data/hf.ID_COLUMNS``: ``query_id``, ``docume
 is an error. ``streaming`` reads the rows lazily (``tuples`` and ``scored``) through the trainer's bounded shuffle
 buffer.
 
-Score columns: every score must be a finite number (checked as each row is read). When a distillation loss trains
-on them, every row needs its scores: an in-memory source is checked before the model loads, a streamed one stops at
-the row; each error names the dataset, the row and the column. They are the only teacher: ``teacher_run`` /
+Cell types, checked as each row is read (an in-memory source: all before the model loads; a streamed one: its
+first row then, the others as they come), each error naming the dataset, the row and the column: a query or document
+column holds texts (strings) when the rows hold the texts, ids (strings or integers) when a table gives the texts;
+a label is a finite number. Score columns: every score must be a finite number (not a string, not a bool). When a
+distillation loss trains on them, every row needs its scores: an in-memory source is checked before the model loads,
+a streamed one stops at the row; each error names the dataset, the row and the column. They are the only teacher: ``teacher_run`` /
 ``teacher_model`` with score columns is an error naming both.
 """
 
@@ -60,24 +63,43 @@ class RowCandidates:
     neg_scores: Optional[tuple[float, ...]] = None
 
 
-def _values(value) -> list[str]:
-    if value is None:
-        return []
-    if isinstance(value, (list, tuple)):
-        return [str(v) for v in value if v is not None and str(v) != ""]
-    return [str(value)] if str(value) != "" else []
+def _shown(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _values(value, where: str, column, ids: bool = False, many: bool = True) -> list[str]:
+    """The items of a query or document cell (a value, or with ``many`` a list; nulls and empty strings dropped) as
+    strings. Texts must be strings, ids (``ids``) strings or integers: anything else (a dict, a float, a bool, an
+    integer as a text) is an error naming ``where`` (the dataset and row) and ``column``."""
+    if many and isinstance(value, (list, tuple)):
+        items = value
+    else:
+        items = [value]
+    out = []
+    for v in items:
+        if v is None or v == "":
+            continue
+        if not (isinstance(v, str) or (ids and isinstance(v, int) and not isinstance(v, bool))):
+            kind = "ids (strings or integers)" if ids else "texts (strings)"
+            raise DataFormatError(f"{where}: column {column!r} holds {kind}, got {_shown(v)} ({type(v).__name__})")
+        out.append(str(v))
+    return out
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 def _floats(value, where: str, column) -> Optional[list[float]]:
-    """The number(s) of a score cell (None for a null cell); not a number, or nan / inf, is an error naming
-    ``where`` (the dataset and row) and ``column``."""
+    """The number(s) of a score cell (None for a null cell); not a number (a string, a bool), or nan / inf, is an
+    error naming ``where`` (the dataset and row) and ``column``."""
     if value is None:
         return None
     items = value if isinstance(value, (list, tuple)) else [value]
-    try:
-        numbers = [float(v) for v in items]
-    except (TypeError, ValueError):
-        raise DataFormatError(f"{where}: teacher scores must be numbers, got {value!r} (column {column!r})") from None
+    if not all(_is_number(v) for v in items):
+        raise DataFormatError(f"{where}: teacher scores must be numbers, got {_shown(value)} (column {column!r})")
+    numbers = [float(v) for v in items]
     if not all(math.isfinite(v) for v in numbers):
         raise DataFormatError(f"{where}: teacher scores must be finite, got {value!r} (column {column!r})")
     return numbers
@@ -88,10 +110,12 @@ def _no_score(where: str, column, required: str) -> DataFormatError:
                            "fill or drop the row")
 
 
-def tuple_converter(roles: Mapping, label: str,
-                    required: Optional[str] = None) -> Callable[[Mapping, int], Optional[RowCandidates]]:
+def tuple_converter(roles: Mapping, label: str, required: Optional[str] = None,
+                    ids: Optional[Mapping[str, bool]] = None) -> Callable[[Mapping, int], Optional[RowCandidates]]:
     """Rows of layout ``tuples`` -> candidates. ``required`` (why the score columns are needed, e.g. ``loss
-    margin_mse``) makes a row with a null score an error naming the row and the column."""
+    margin_mse``) makes a row with a null score an error naming the row and the column. ``ids``: ``queries`` /
+    ``documents`` -> whether those columns hold ids (a table gives the texts) rather than texts."""
+    qids, dids = bool((ids or {}).get("queries")), bool((ids or {}).get("documents"))
     neg_columns = roles["negatives"] if isinstance(roles["negatives"], list) else [roles["negatives"]]
     pos_score, neg_scores = roles.get("positive_score"), roles.get("negative_scores")
     if (pos_score is None) != (neg_scores is None):
@@ -99,14 +123,14 @@ def tuple_converter(roles: Mapping, label: str,
                               f"(found only {pos_score or neg_scores!r}); map them with hf_columns")
 
     def convert(row: Mapping, i: int) -> Optional[RowCandidates]:
-        query = _values(row[roles["query"]])
-        positives = _values(row[roles["positive"]])
-        negatives = [n for c in neg_columns for n in _values(row[c])]
+        where = f"{label}: row {i}"
+        query = _values(row[roles["query"]], where, roles["query"], qids)
+        positives = _values(row[roles["positive"]], where, roles["positive"], dids)
+        negatives = [n for c in neg_columns for n in _values(row[c], where, c, dids)]
         if not query or not positives or not negatives:
             return None
         if pos_score is None:
             return RowCandidates(query[0], positives[0], tuple(negatives))
-        where = f"{label}: row {i}"
         ps, ns = _floats(row[pos_score], where, pos_score), _floats(row[neg_scores], where, neg_scores)
         if required and not ps:
             raise _no_score(where, pos_score, required)
@@ -121,12 +145,14 @@ def tuple_converter(roles: Mapping, label: str,
     return convert
 
 
-def scored_converter(roles: Mapping, label: str,
-                     required: Optional[str] = None) -> Callable[[Mapping, int], Optional[RowCandidates]]:
+def scored_converter(roles: Mapping, label: str, required: Optional[str] = None,
+                     ids: Optional[Mapping[str, bool]] = None) -> Callable[[Mapping, int], Optional[RowCandidates]]:
+    qids, dids = bool((ids or {}).get("queries")), bool((ids or {}).get("documents"))
+
     def convert(row: Mapping, i: int) -> Optional[RowCandidates]:
         where = f"{label}: row {i}"
-        query = _values(row[roles["query"]])
-        docs = _values(row[roles["documents"]])
+        query = _values(row[roles["query"]], where, roles["query"], qids)
+        docs = _values(row[roles["documents"]], where, roles["documents"], dids)
         scores = _floats(row[roles["scores"]], where, roles["scores"])
         if scores is None:
             if required or docs:
@@ -221,10 +247,13 @@ def _texts(opts):
     return queries, docs, {"queries_from": qfrom, "documents_from": dfrom}
 
 
-def _labeled(rows, roles: Mapping, opts, label: str, required: Optional[str] = None):
+def _labeled(rows, roles: Mapping, opts, label: str, required: Optional[str] = None,
+             ids: Optional[Mapping[str, bool]] = None):
     """(PoolGroups, {qid: {docid: teacher score}} or None) from (query, document, label[, score]) rows. With a score
     column each query's negatives are ordered by it, best first (what ``sampling_strategy: top`` takes); ``required``
-    (why the scores are needed) makes a row without a score an error naming the row and the column."""
+    (why the scores are needed) makes a row without a score an error naming the row and the column. ``ids`` as for
+    :func:`tuple_converter`."""
+    qids, dids = bool((ids or {}).get("queries")), bool((ids or {}).get("documents"))
     queries = rows[roles["query"]]
     docs = rows[roles["document"]]
     labels = rows[roles["label"]]
@@ -234,13 +263,20 @@ def _labeled(rows, roles: Mapping, opts, label: str, required: Optional[str] = N
     teacher: dict[str, dict[str, float]] = {}
     duplicates = 0
     for i, (q, d, g) in enumerate(zip(queries, docs, labels)):
-        if q is None or d is None or g is None:
+        where = f"{label}: row {i}"
+        q = _values(q, where, roles["query"], qids, many=False)
+        d = _values(d, where, roles["document"], dids, many=False)
+        if not q or not d or g is None:
             continue
         try:
             grade = float(g)
         except (TypeError, ValueError):
-            raise DataFormatError(f"{label}: row {i}: label must be a number, got {g!r}") from None
-        q, d = str(q), str(d)
+            raise DataFormatError(f"{where}: label must be a number, got {_shown(g)} (column {roles['label']!r})"
+                                  ) from None
+        if not math.isfinite(grade):
+            raise DataFormatError(f"{where}: label must be a finite number, got {_shown(g)} (column "
+                                  f"{roles['label']!r})")
+        q, d = q[0], d[0]
         duplicates += d in judged.setdefault(q, {})
         judged[q][d] = grade
         if scores is not None:
@@ -325,6 +361,7 @@ def load_hf_training(opts, main_first) -> TrainingData:
     score_columns = [roles[r] for r in ("positive_score", "negative_scores", "scores", "score") if r in roles]
     required = _check_layout(opts, columns, score_columns, label)
     queries, docs, texts_from = _texts(opts)
+    ids = {"queries": not isinstance(queries, TextIds), "documents": not isinstance(docs, TextIds)}
     description = {"dataset": source.label, "split": opts.hf_split, "source": "hf", "layout": columns.layout,
                    "columns": roles, "streaming": opts.streaming, "num_negatives": opts.num_negatives,
                    "sampling": opts.sampling_strategy, **texts_from}
@@ -335,15 +372,16 @@ def load_hf_training(opts, main_first) -> TrainingData:
         if opts.streaming:
             raise TrainingDataError(f"{label}: layout labeled groups its rows by query in memory; set streaming: "
                                     "false (or use a tuples / scored layout to stream)")
-        group_source, teacher_map, counts = _labeled(rows, roles, opts, label, required)
+        group_source, teacher_map, counts = _labeled(rows, roles, opts, label, required, ids)
         description.update(counts)
         if teacher_map is not None:
             teacher = TeacherScores(teacher_map, origin, teacher_info)
     else:
-        convert = (tuple_converter if columns.layout == "tuples" else scored_converter)(roles, label, required)
+        convert = (tuple_converter if columns.layout == "tuples" else scored_converter)(roles, label, required, ids)
         if score_columns:
             teacher = TeacherScores({}, origin, teacher_info)
         if opts.streaming:
+            convert(next(iter(rows)), 0)  # its first row's cells, before training (the others as they are read)
             group_source = StreamingRowGroups(lambda: iter(rows), convert, opts.num_negatives, opts.sampling_strategy,
                                               opts.seed, opts.shuffle_buffer)
         else:

@@ -182,3 +182,21 @@ def test_id_text_tables(tmp_path):
 def test_text_ids_are_the_texts():
     t = TextIds()
     assert t["some text"] == "some text" and t.get_many(["a", "b"]) == {"a": "a", "b": "b"}
+
+
+@pytest.mark.parametrize("name", ["empty.jsonl", "blank.jsonl", "empty.parquet", "header.csv", "folder"])
+@pytest.mark.parametrize("streaming", [False, True])
+def test_a_source_without_rows_says_so(tmp_path, name, streaming):
+    import datasets
+
+    path = tmp_path / name
+    if name == "empty.parquet":
+        datasets.Dataset.from_dict({"query": [], "positive": []}).to_parquet(str(path))
+    elif name == "folder":
+        path.mkdir()
+        (path / "train.jsonl").write_text("")
+    else:
+        path.write_text({"empty.jsonl": "", "blank.jsonl": "\n  \n", "header.csv": "query,positive\n"}[name])
+    match = f"{name}: no rows" + (" \\(split train\\)" if name == "folder" else "") + "$"
+    with pytest.raises(DataFormatError, match=match):
+        load_hf(parse_source(str(path)), streaming=streaming)

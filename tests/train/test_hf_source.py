@@ -253,3 +253,67 @@ def test_labeled_top_sampling_orders_negatives_by_the_score_column(tmp_path):
                                                 "negatives, and layout labeled ranks them only by a score column"):
         load_training_data(hf_options(tmp_path, hf_dataset=str(unscored), sampling_strategy="top", batch_size=1))
     assert load_training_data(hf_options(tmp_path, hf_dataset=str(unscored), batch_size=1)).source  # random: fine
+
+
+def bad_cells(kind):
+    """Tuple rows whose column 'pos' or 'negs' holds what is not a text, from row 2 on."""
+    rows = tuple_rows()
+    for i, row in enumerate(rows):
+        if kind == "dict positive":
+            row["pos"] = {"text": row["pos"]} if i >= 2 else {"text": None}
+        elif kind == "integer negatives":
+            row["negs"] = list(range(4)) if i >= 2 else [None]
+        elif kind == "float query":
+            row["q"] = 1.5 if i >= 2 else None
+    return rows
+
+
+CELL_ERRORS = {"dict positive": "row 0: column 'pos' holds texts \\(strings\\), got \\{'text': None\\} \\(dict\\)",
+               "integer negatives": "row 2: column 'negs' holds texts \\(strings\\), got 0 \\(int\\)",
+               "float query": "row 2: column 'q' holds texts \\(strings\\), got 1.5 \\(float\\)"}
+TUPLE_COLUMNS = {"query": "q", "positive": "pos", "negatives": "negs"}
+
+
+@pytest.mark.parametrize("kind", CELL_ERRORS)
+@pytest.mark.parametrize("streaming", [False, True])
+def test_text_columns_must_hold_texts(tmp_path, kind, streaming):
+    """A dict as the positive or integers as negatives were trained on as their str(): now one line naming the
+    dataset, the first bad row and the column, before training (a stream: its first row, then at the row)."""
+    path = write_parquet(tmp_path / "t.parquet", bad_cells(kind))
+    opts = hf_options(tmp_path, hf_dataset=str(path), hf_columns=TUPLE_COLUMNS, streaming=streaming)
+    with pytest.raises(ValueError, match=f"hf_dataset .*t.parquet: {CELL_ERRORS[kind]}$"):
+        data = load_training_data(opts)
+        assert streaming and kind != "dict positive"  # row 0 is checked when a stream is opened
+        list(data.source.iter_epoch(0))
+
+
+def test_id_columns_take_strings_or_integers(tmp_path):
+    corpus = write_parquet(tmp_path / "corpus.parquet", [{"document_id": i, "text": doc(t)}
+                                                         for i, t in enumerate(TOPICS)])
+    rows = [{"query": f"{t} story", "positive_id": i, "negative_ids": [(i + 1) % 16, (i + 2) % 16]}
+            for i, t in enumerate(TOPICS[:4])]
+    path = write_jsonl(tmp_path / "ids.jsonl", rows)
+    data = load_training_data(hf_options(tmp_path, hf_dataset=str(path), hf_corpus=str(corpus)))
+    g = next(g for g in data.source.iter_epoch(0) if g.qid == "apple story")
+    assert g.pos == "0" and data.docs[g.pos] == doc("apple")
+    rows[0]["negative_ids"], rows[1]["negative_ids"] = [], [2.5, 3.0]  # a float column (Arrow): row 1 is the first
+    with pytest.raises(ValueError, match="ids.jsonl: row 1: column 'negative_ids' holds ids \\(strings or integers\\), "
+                                         "got 2.5 \\(float\\)"):
+        load_training_data(hf_options(tmp_path, hf_dataset=str(write_jsonl(tmp_path / "ids.jsonl", rows)),
+                                      hf_corpus=str(corpus)))
+
+
+def test_scores_and_labels_must_be_numbers(tmp_path):
+    rows = scored_tuple_rows()
+    for row in rows:
+        row["ps"] = str(row["ps"])
+    path = write_parquet(tmp_path / "t.parquet", rows)
+    with pytest.raises(ValueError, match="t.parquet: row 0: teacher scores must be numbers, got '10.0' "
+                                         "\\(column 'ps'\\)"):
+        load_training_data(hf_options(tmp_path, hf_dataset=str(path), loss="margin_mse", hf_columns=SCORE_COLUMNS))
+    labeled = [{"query": "apple story", "document": doc("apple"), "label": 1.0},
+               {"query": "apple story", "document": doc("river"), "label": float("nan")}]
+    with pytest.raises(ValueError, match="l.parquet: row 1: label must be a finite number, got nan "
+                                         "\\(column 'label'\\)"):
+        load_training_data(hf_options(tmp_path, hf_dataset=str(write_parquet(tmp_path / "l.parquet", labeled)),
+                                      batch_size=1))
