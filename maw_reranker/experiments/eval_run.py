@@ -270,7 +270,7 @@ def execute(plan: EvalPlan, state: Any = "auto") -> EvalOutcome:
         raise RerankError(f"no query of the pool has qrels (pool e.g. {sorted(candidates.run)[:5]}, qrels e.g. "
                           f"{sorted(qrels)[:5]}): mismatched ids?")
     if not main:
-        _score(plan, candidates.run, state)
+        _score(plan, candidates.run, state, candidates.description)
         outcome.status = "worker"
         return outcome
     from maw_reranker.utils.io import atomic_directory
@@ -288,7 +288,7 @@ def execute(plan: EvalPlan, state: Any = "auto") -> EvalOutcome:
     return outcome
 
 
-def _score(plan: EvalPlan, pool: dict, state):
+def _score(plan: EvalPlan, pool: dict, state, origin: str = ""):
     from maw_reranker.cross_encoder.model import CrossEncoderWithMAW
     from maw_reranker.evaluate.rerank import RerankError, rerank
 
@@ -307,8 +307,9 @@ def _score(plan: EvalPlan, pool: dict, state):
                         precision=options.precision, on_missing=options.on_missing, max_queries=options.max_queries,
                         log_depth=options.log_depth, show_progress=options.progress, append_tail=options.append_tail,
                         state=state)
-    except RerankError as exc:  # name the data the ids came from
-        raise RerankError(f"{exc} [dataset {plan.dataset.source}]") from None
+    except RerankError as exc:  # name the data the ids came from: the candidates (a run file) and the dataset
+        where = f"candidates {origin}, " if origin else ""
+        raise RerankError(f"{exc} [{where}dataset {plan.dataset.source}]") from None
     finally:
         if cache is not None:
             cache.close()
@@ -342,7 +343,7 @@ def _score_and_write(plan: EvalPlan, candidates, qrels: dict, artifacts: RunArti
     from maw_reranker.utils.io import write_json
 
     options, ds = plan.options, plan.dataset
-    model, result = _score(plan, candidates.run, state)
+    model, result = _score(plan, candidates.run, state, candidates.description)
     artifacts.write_config({
         "options": plan.options_dict, "variant": plan.variant, "seed": options.seed, "model_path": plan.model_path,
         "maw": model.maw_config.to_dict() if model.maw_config is not None else None,

@@ -132,6 +132,15 @@ def _names(entries: list, what: str) -> list[str]:
     return names
 
 
+def _check_sides(protocol: dict) -> None:
+    """A protocol's ``test`` is a mapping of dataset options (its test set); its ``train``, when given, one too."""
+    for side in ("train", "test"):
+        value = protocol.get(side)
+        if (value is None and side == "test") or (value is not None and not isinstance(value, dict)):
+            raise ConfigError(f"study protocol {protocol['name']!r}: option '{side}' must be a mapping of dataset "
+                              f"options (its {side} set, e.g. {side}: {{dataset: scifact}}), got {value!r}")
+
+
 def plan_trainings(options: StudyOptions) -> list[TrainingRun]:
     """Every training of the study as checked ``TrainOptions`` (protocol-major, then variant, then seed)."""
     from maw_reranker.train.config import TrainOptions
@@ -139,6 +148,8 @@ def plan_trainings(options: StudyOptions) -> list[TrainingRun]:
     if not str(options.model).strip():
         raise ConfigError("study: option 'model' is empty")
     protocols = _names(options.protocols, "protocol")
+    for protocol in options.protocols:
+        _check_sides(protocol)
     variants = _names(options.variants, "variant")
     if options.baseline not in variants:
         raise ConfigError(f"study: baseline {options.baseline!r} is not one of the variants {variants}")

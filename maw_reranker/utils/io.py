@@ -7,7 +7,9 @@ target and renamed into place once complete. The temporaries are named::
     .<name>.<8 random characters>.old.tmp    the previous <name> folder, moved aside for the instant of a swap
 
 A run killed with SIGKILL (or by power loss) leaves its temporary behind; the next write of the same output removes
-it (:func:`remove_stale_temps`). Outputs get the permissions the user's umask gives (typically 0644 for files and
+it (:func:`remove_stale_temps`). A folder being built holds its owner (``.maw-owner.json``: pid, host, process start
+time) until it is swapped in, and is removed only when that owner is dead: a second run writing the same output never
+removes the first one's live staging folder (one on another host is kept: its owner cannot be checked). Outputs get the permissions the user's umask gives (typically 0644 for files and
 0755 for folders), not the 0600/0700 of :mod:`tempfile`.
 """
 
@@ -20,6 +22,7 @@ import os
 import re
 import secrets
 import shutil
+import socket
 import string
 import tempfile
 from pathlib import Path
@@ -33,6 +36,43 @@ DISK_FULL_HINTS = ("unexpected pos", "PytorchStreamWriter failed", "file write f
 
 _TEMP_NAME = re.compile(r"^\.(?P<name>.+)\.(?P<rand>[a-z0-9_]{8})(?P<old>\.old)?\.tmp$")
 _RAND_CHARS = string.ascii_lowercase + string.digits + "_"  # tempfile's alphabet, so one pattern covers both
+OWNER_NAME = ".maw-owner.json"  # in a folder being built: who builds it
+
+
+def _process_start(pid: int) -> str | None:
+    """The start time of process ``pid`` (Linux: /proc/<pid>/stat field 22), telling a reused pid apart."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _write_owner(folder: Path) -> None:
+    owner = {"pid": os.getpid(), "host": socket.gethostname(), "start": _process_start(os.getpid())}
+    (folder / OWNER_NAME).write_text(json.dumps(owner), encoding="utf-8")
+
+
+def _owner_alive(folder: Path) -> bool | None:
+    """Whether the writer recorded in ``folder`` still runs: True (alive, or on another host: cannot tell), False
+    (dead), None (no readable owner: a file, or a folder of a writer that records none)."""
+    try:
+        owner = json.loads((folder / OWNER_NAME).read_text(encoding="utf-8"))
+        pid = int(owner["pid"])
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
+    if owner.get("host") != socket.gethostname():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    except (OverflowError, ValueError):
+        return None
+    start = owner.get("start")
+    return start is None or _process_start(pid) in (None, start)  # a reused pid is another process: dead
 
 
 def current_umask() -> int:
@@ -72,9 +112,10 @@ def remove_stale_temps(folder: str | Path, name: str | None = None) -> list[Path
     ``name`` limits this to the temporaries of one output (``folder/name``); ``None`` removes every temporary in
     ``folder`` (not in its subfolders). A previous folder moved aside by an interrupted swap
     (``.<name>.*.old.tmp``) is moved back to ``folder/name`` when that is missing, since it is the last complete
-    output; otherwise it is removed too.
+    output; otherwise it is removed too. A folder whose recorded owner (:data:`OWNER_NAME`) is alive, or runs on
+    another host, is kept: it is a concurrent writer's. A temporary without an owner (a file, or a folder of a writer
+    that records none) is removed, so a concurrent :func:`atomic_write` of the same file can still lose its temporary.
 
-    Call it only from the process that writes that output: a concurrent writer's live temporary would be removed.
     :func:`atomic_write` and :func:`atomic_directory` call it for their target before they start.
     """
     folder = Path(folder)
@@ -97,6 +138,9 @@ def remove_stale_temps(folder: str | Path, name: str | None = None) -> list[Path
             log.warning("%s: restored from %s, left by an interrupted swap", target, newest.name)
             temps = [(p, old) for p, old in temps if p != newest]
         for path, _ in temps:
+            if path.is_dir() and _owner_alive(path):
+                log.info("kept %s: its writer is still running (%s)", path, path / OWNER_NAME)
+                continue
             remove_path(path)
             removed.append(path)
             log.info("removed a stale temporary of an interrupted run: %s", path)
@@ -136,7 +180,7 @@ class AtomicDirectory:
     Use :func:`atomic_directory` as a context manager, or drive it by hand::
 
         out = AtomicDirectory("runs/eval1")
-        tmp = out.begin()        # an empty hidden folder beside runs/eval1
+        tmp = out.begin()        # a hidden folder beside runs/eval1 (only its owner file in it)
         ...                      # write the results under tmp
         out.commit()             # runs/eval1 now holds exactly what was written under tmp
         # on failure: out.abort() removes tmp and leaves runs/eval1 as it was
@@ -156,6 +200,7 @@ class AtomicDirectory:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_temps(self.path.parent, self.path.name)
         tmp = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent))
+        _write_owner(tmp)  # a concurrent writer of the same output keeps this folder while this process lives
         with contextlib.suppress(OSError):  # mkdtemp's 0700 would hide the output from colleagues
             os.chmod(tmp, 0o777 & ~current_umask())
         self.tmp = tmp
@@ -191,6 +236,8 @@ class AtomicDirectory:
                 os.rename(old, self.path)
             raise
         self.tmp = None
+        with contextlib.suppress(FileNotFoundError):  # only after the swap: a staging folder always names its owner
+            (self.path / OWNER_NAME).unlink()
         _fsync_dir(self.path.parent)
         if old is not None:
             remove_path(old)  # a symlinked output: only the link goes, not what it pointed to
@@ -223,8 +270,8 @@ class AtomicDirectory:
 
 
 def atomic_directory(path: str | Path, *, sync: bool = True) -> AtomicDirectory:
-    """Build the folder ``path`` atomically: ``with atomic_directory(path) as tmp:`` yields an empty hidden sibling
-    folder; when the block ends normally it replaces ``path`` (any earlier ``path`` is removed), and when it raises
+    """Build the folder ``path`` atomically: ``with atomic_directory(path) as tmp:`` yields a hidden sibling folder,
+    empty but for its owner file (:data:`OWNER_NAME`, removed at the swap); when the block ends normally it replaces ``path`` (any earlier ``path`` is removed), and when it raises
     (``KeyboardInterrupt`` included) the temporary is removed and an earlier ``path`` is left intact.
 
     ``sync`` fsyncs every file under the temporary folder before the swap, so the new folder survives a power loss

@@ -107,7 +107,7 @@ def test_missing_documents_error_or_logged_skip(tmp_path, model_dir, caplog):
     cands.write_text("q1 Q0 d1 1 3 x\nq1 Q0 nope 2 2 x\nq2 Q0 d2 1 3 x\n")
     base = dict(dataset=str(beir), candidates=str(cands), model=model_dir, output_dir=str(tmp_path / "exp"), maw=None,
                 progress=False, standard_measures=False, measures=MEASURES)
-    with pytest.raises(RerankError, match="q1/nope"):
+    with pytest.raises(RerankError, match=f"q1/nope.*\\[candidates {cands}, dataset "):  # names the run file
         run_eval(EvalOptions(**base))
     with caplog.at_level(logging.WARNING):
         out = run_eval(EvalOptions(**base, on_missing="skip"))

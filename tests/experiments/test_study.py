@@ -65,6 +65,12 @@ def test_quick_runs_apart_and_plan_errors(tmp_path):
         plan_trainings(study(tmp_path / "e", eval={"bogus": 1}))
     with pytest.raises(ValueError, match="quick.*trian"):
         study(tmp_path / "f", quick={"trian": {}})
+    without_test = [{"name": "self", "train": {"dataset": "x"}}]
+    with pytest.raises(ConfigError, match="study protocol 'self': option 'test' must be a mapping of dataset options "
+                                          "\\(its test set, e.g. test: \\{dataset: scifact\\}\\), got None"):
+        plan_trainings(study(tmp_path / "g", protocols=without_test))
+    with pytest.raises(ConfigError, match="study protocol 'self': option 'train' must be a mapping.*got 'scifact'"):
+        plan_trainings(study(tmp_path / "h", protocols=[{"name": "self", "train": "scifact", "test": {}}]))
 
 
 def test_changed_settings_are_refused_and_an_interrupted_training_resumes(tmp_path):

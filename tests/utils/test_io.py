@@ -100,7 +100,7 @@ def test_atomic_directory_swaps_the_new_folder_in(tmp_path, umask):
     out = _old_output(tmp_path)
     with atomic_directory(out) as tmp:
         assert tmp.parent == out.parent and tmp.name.startswith(".eval1.") and tmp.name.endswith(".tmp")
-        assert list(tmp.iterdir()) == []
+        assert [p.name for p in tmp.iterdir()] == [io.OWNER_NAME]  # empty but for who builds it
         write_json(tmp / "metrics.json", {"nDCG@10": 0.5})
         (tmp / "logs").mkdir()
         (tmp / "logs" / "x.log").write_text("log")
@@ -176,3 +176,40 @@ def test_atomic_directory_refuses_a_file_in_the_way(tmp_path):
         with atomic_directory(tmp_path / "out"):
             pass
     assert (tmp_path / "out").read_text() == "a file" and _hidden(tmp_path) == []
+
+
+def _owned_temp(parent, name, pid, host=None, start=None):
+    import json
+    import socket
+
+    tmp = parent / f".{name}.{len(list(parent.iterdir())):08d}.tmp"
+    tmp.mkdir(parents=True)
+    (tmp / io.OWNER_NAME).write_text(json.dumps({"pid": pid, "host": host or socket.gethostname(), "start": start}))
+    return tmp
+
+
+def test_a_second_writer_keeps_the_first_ones_live_staging_folder(tmp_path):
+    """Two runs into one output: the later one's start no longer removes the earlier one's staging folder (its
+    owner, this process, is alive); each swaps its complete folder in, and no owner file is left in the output."""
+    out = tmp_path / "eval1"
+    first, second = AtomicDirectory(out), AtomicDirectory(out)
+    (first.begin() / "metrics.json").write_text("first")
+    (second.begin() / "metrics.json").write_text("second")
+    assert first.tmp.is_dir()
+    assert first.commit() == out and (out / "metrics.json").read_text() == "first"
+    assert second.commit() == out and (out / "metrics.json").read_text() == "second"
+    assert _hidden(out) == [] and _hidden(tmp_path) == []
+
+
+def test_staging_folders_of_dead_owners_are_removed(tmp_path):
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()  # a pid no process holds now
+    dead = _owned_temp(tmp_path, "eval1", proc.pid)
+    reused = _owned_temp(tmp_path, "eval1", os.getpid(), start="1")  # this pid, but another process's start time
+    elsewhere = _owned_temp(tmp_path, "eval1", proc.pid, host="another-host.invalid")
+    alive = _owned_temp(tmp_path, "eval1", os.getpid(), start=io._process_start(os.getpid()))
+    assert sorted(remove_stale_temps(tmp_path, "eval1")) == sorted([dead, reused])
+    assert elsewhere.is_dir() and alive.is_dir()  # another host's owner cannot be checked: kept
