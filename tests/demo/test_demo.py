@@ -61,7 +61,7 @@ def test_tiny_cross_encoder_learns_the_demo_task(tmp_path):
     test = load_dataset(str(collection), split="test", name="demo")
     pool = read_run(build_pool(test, engine="bm25s", k=100, pools_dir=tmp_path / "pools"))
     build_pool(load_dataset(str(collection), split="train", name="demo"), engine="bm25s", k=100,
-               output_dir=tmp_path / "pools")
+               pools_dir=tmp_path / "pools")
     docs, queries = dict(test.iter_docs()), test.queries()
 
     def ndcg(run):
