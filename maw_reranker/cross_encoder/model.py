@@ -113,15 +113,18 @@ class CrossEncoderWithMAW(nn.Module):
 
     @classmethod
     def from_sentence_transformers(cls, model, maw: MAWConfig | None | str = _AUTO, max_length: int | None = None,
-                                   device: str | torch.device | None = None) -> "CrossEncoderWithMAW":
+                                   device: str | torch.device | None = None,
+                                   fresh_maw: bool = False) -> "CrossEncoderWithMAW":
         """From a ``sentence_transformers.CrossEncoder`` object (its model is copied: the object is left as it was)
-        or folder/hub id (loaded as :meth:`from_pretrained` does). ``maw`` as in :meth:`from_pretrained`: ``"auto"``
-        keeps the MAW a CrossEncoder loaded from a portable checkpoint carries (or none), a ``MAWConfig`` injects
-        MAW, ``None`` is the unpatched model. Scores are logits (sentence-transformers applies a sigmoid to one-label
-        models by default: ``predict(..., activation="sigmoid")``). See ``cross_encoder/st_interop.py``."""
+        or folder/hub id (loaded as :meth:`from_pretrained` does). ``maw`` and ``fresh_maw`` as in
+        :meth:`from_pretrained`, the MAW a CrossEncoder carries (loaded from a portable checkpoint, or patched)
+        playing the saved one's part: ``"auto"`` keeps it (or none). Scores are logits (sentence-transformers applies
+        a sigmoid to one-label models by default: ``predict(..., activation="sigmoid")``). See
+        ``cross_encoder/st_interop.py``."""
         from maw_reranker.cross_encoder.st_interop import from_sentence_transformers
 
-        return from_sentence_transformers(cls, model, maw=maw, max_length=max_length, device=device)
+        return from_sentence_transformers(cls, model, maw=maw, max_length=max_length, device=device,
+                                          fresh_maw=fresh_maw)
 
     @property
     def device(self) -> torch.device:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import copy
 import json
-import logging
 import os
 import sys
 from pathlib import Path
@@ -15,18 +14,20 @@ from typing import Any
 import torch
 from torch import nn
 
+from maw_reranker.cross_encoder.loading import reconcile_maw
 from maw_reranker.cross_encoder.model import _AUTO, default_device
 from maw_reranker.maw.config import MAWConfig
-from maw_reranker.maw.patcher import load_maw_state_dict, maw_layers, maw_state_dict, unpatch_model
-
-logger = logging.getLogger(__name__)
+from maw_reranker.maw.patcher import (find_attention_modules, load_maw_state_dict, maw_layers, maw_state_dict,
+                                      unpatch_model)
 
 
 def from_sentence_transformers(cls, source: Any, maw: MAWConfig | None | str = _AUTO, max_length: int | None = None,
-                               device: str | torch.device | None = None):
+                               device: str | torch.device | None = None, fresh_maw: bool = False):
     """See :meth:`CrossEncoderWithMAW.from_sentence_transformers`."""
     if maw != _AUTO and maw is not None and not isinstance(maw, MAWConfig):
         raise TypeError(f"maw must be a MAWConfig, None or 'auto', got {type(maw).__name__}")
+    if isinstance(maw, MAWConfig) and not maw.use_maw:
+        maw = None  # MAWConfig(use_maw=False) is the unpatched baseline, as maw=None
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
         if not path.exists() or _plain_layout(path):
@@ -34,23 +35,20 @@ def from_sentence_transformers(cls, source: Any, maw: MAWConfig | None | str = _
             # sentence-transformers saves for a CrossEncoder): the folder itself is a Hugging Face checkpoint.
             if max_length is None:
                 max_length = _st_max_length(path)
-            return cls.from_pretrained(source, maw=maw, max_length=max_length, device=device)
+            return cls.from_pretrained(source, maw=maw, max_length=max_length, device=device, fresh_maw=fresh_maw)
         from sentence_transformers import CrossEncoder
 
         source = CrossEncoder(str(path), device="cpu")
     model, tokenizer, st_length = _parts(source)
     model = copy.deepcopy(model)  # the caller's CrossEncoder is left as it was
     carried = _take_maw(model)
-    if maw == _AUTO:
-        maw = carried[0] if carried is not None else None
-    if maw is not None and not maw.use_maw:
-        maw = None
+    # As from_pretrained: the carried MAW is the truth (other settings apply to its parameters; another structure is
+    # an error unless fresh_maw).
+    num_layers = max(find_attention_modules(model), default=-1) + 1
+    maw, load_saved = reconcile_maw(carried[0] if carried else None, maw, num_layers, fresh_maw, "the CrossEncoder")
     encoder = cls(model, tokenizer, maw=maw, max_length=max_length or st_length)
-    if maw is not None and carried is not None:
-        if carried[0] == maw:
-            load_maw_state_dict(model, carried[1])
-        else:
-            logger.warning("the CrossEncoder carries MAW with different settings; MAW starts fresh")
+    if load_saved and maw is not None:
+        load_maw_state_dict(model, carried[1])
     encoder.to(device or default_device())
     encoder.eval()
     return encoder

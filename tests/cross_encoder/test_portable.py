@@ -8,7 +8,6 @@ import ast
 import importlib
 import inspect
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -24,6 +23,7 @@ from maw_reranker.cross_encoder.portable_model import portable_model_class
 from maw_reranker.maw.config import GATING_MODES
 from maw_reranker.maw.patcher import maw_layers, maw_named_parameters
 from maw_reranker.utils.tiny_models import TINY_ARCHITECTURES, save_tiny_cross_encoder
+from tests.hub_cache import offline_env, seed_hub_cache
 
 WORKER = Path(__file__).with_name("portable_worker.py")
 WORDS = "what is maw attention depth the weather nice today a cross encoder scores pairs of text".split()
@@ -43,6 +43,7 @@ PROJECT_ARCHITECTURES = ("bert", "deberta-v2", "modernbert")
 CASES = [f"{arch}-{variant}" for arch in TINY_ARCHITECTURES for variant in VARIANTS
          if "project" not in variant or arch in PROJECT_ARCHITECTURES]
 RESAVED = {f"{arch}-gate" for arch in TINY_ARCHITECTURES}  # the remote model's own save_pretrained, reloaded
+HUB_CASES = ("bert-gate", "modernbert-router-project")  # loaded by hub id from an offline Hugging Face cache
 ATOL = 1e-5
 
 
@@ -84,20 +85,30 @@ def _build(root: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def portable(tmp_path_factory):
-    """(cases, report): the folders, and what a Python without maw_reranker got from each (one process for all)."""
+    """(cases, report): the folders, and what a Python without maw_reranker got from each (one process for all).
+
+    One thread here and there: tiny models gain nothing from more, and on a busy machine threads wait on each other."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("portable")
     cases = _build(root)
+    hf_home = root / "hf-home"
+    for case in HUB_CASES:  # also by hub id, from a Hugging Face cache (offline)
+        seed_hub_cache(hf_home, f"maw-test/{case}", Path(cases[case]["dir"]))
+        cases[f"hub:{case}"] = {**cases[case], "id": f"hub:{case}", "dir": f"maw-test/{case}"}
+        cases[f"hub:{case}"].pop("resave", None)
     manifest = root / "manifest.json"
     manifest.write_text(json.dumps(list(cases.values())))
     outside = root / "elsewhere"  # the working folder: not the repository
     outside.mkdir()
-    env = {key: value for key, value in os.environ.items() if not key.startswith("PYTHON")}
-    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_MODULES_CACHE=str(root / "hf-modules"),
-               TRANSFORMERS_VERBOSITY="error", TOKENIZERS_PARALLELISM="false")
+    env = {key: value for key, value in offline_env(hf_home).items() if not key.startswith("PYTHON")}
+    env.update(TRANSFORMERS_OFFLINE="1", HF_MODULES_CACHE=str(root / "hf-modules"), TRANSFORMERS_VERBOSITY="error",
+               TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1")
     done = subprocess.run([sys.executable, "-I", str(WORKER), str(manifest), str(root / "report.json")],
                           cwd=outside, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-4000:]
-    return cases, json.loads((root / "report.json").read_text())
+    yield cases, json.loads((root / "report.json").read_text())
+    torch.set_num_threads(threads)
 
 
 def _entry(portable, case):
@@ -107,7 +118,7 @@ def _entry(portable, case):
     return cases[case], report["cases"][case]
 
 
-@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("case", CASES + [f"hub:{case}" for case in HUB_CASES])
 def test_transformers_remote_code_scores_as_the_package(portable, case):
     expected, got = _entry(portable, case)
     assert "auto_error" not in got, got["auto_error"]
@@ -124,7 +135,7 @@ def test_transformers_remote_code_scores_as_the_package(portable, case):
         assert (Path(expected["resave"]) / MODELING_NAME).is_file()
 
 
-@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("case", CASES + [f"hub:{case}" for case in HUB_CASES])
 def test_sentence_transformers_scores_as_the_package(portable, case):
     expected, got = _entry(portable, case)
     if not portable[1]["sentence_transformers"]:
@@ -185,8 +196,12 @@ def test_the_portable_class_inside_the_package(portable, arch):
 
 # -- the generator ------------------------------------------------------------------------------------------------
 def _package_imports(tree):
-    return [node for node in ast.walk(tree) if (isinstance(node, ast.ImportFrom) and (node.module or "").startswith(
-        "maw_reranker")) or (isinstance(node, ast.Import) and any(a.name.startswith("maw_reranker") for a in node.names))]
+    def imports_package(node):
+        if isinstance(node, ast.ImportFrom):
+            return (node.module or "").split(".")[0] == "maw_reranker"
+        return isinstance(node, ast.Import) and any(a.name.split(".")[0] == "maw_reranker" for a in node.names)
+
+    return [node for node in ast.walk(tree) if imports_package(node)]
 
 
 @pytest.mark.parametrize("model_type", ["bert", "roberta", "xlm-roberta", "camembert", "electra", "deberta-v2",

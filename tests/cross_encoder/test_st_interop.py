@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from maw_reranker import CrossEncoderWithMAW, MAWConfig
+from maw_reranker.cross_encoder.loading import MAWMismatchError
 from maw_reranker.maw.patcher import maw_layers, maw_named_parameters, patch_model
 from maw_reranker.utils.tiny_models import save_tiny_cross_encoder
 
@@ -75,6 +76,18 @@ def test_round_trip_through_a_portable_checkpoint(folder, tmp_path):
     np.testing.assert_allclose(back.predict(PAIRS, batch_size=2), expected, atol=ATOL, rtol=0)
     assert type(ce.model).__name__ == "MAWForSequenceClassification"  # the CrossEncoder is left as it was
     np.testing.assert_allclose(_st_logits(ce), expected, atol=ATOL, rtol=0)
+
+    # As from_pretrained: other settings apply to the carried parameters, another structure is refused
+    weaker = encoder.maw_config.replace(maw_strength=0.2)
+    converted = CrossEncoderWithMAW.from_sentence_transformers(ce, maw=weaker, device="cpu")
+    np.testing.assert_allclose(converted.predict(PAIRS),
+                               CrossEncoderWithMAW.from_pretrained(saved, maw=weaker, device="cpu").predict(PAIRS),
+                               atol=ATOL, rtol=0)
+    other = encoder.maw_config.replace(gating_mode="stat")
+    with pytest.raises(MAWMismatchError, match="gating_mode gate -> stat"):
+        CrossEncoderWithMAW.from_sentence_transformers(ce, maw=other, device="cpu")
+    fresh = CrossEncoderWithMAW.from_sentence_transformers(ce, maw=other, fresh_maw=True, device="cpu")
+    assert fresh.maw_config == other
 
     plain = CrossEncoderWithMAW.from_sentence_transformers(ce, maw=None, device="cpu")
     reference = CrossEncoderWithMAW.from_pretrained(folder, maw=None, device="cpu").predict(PAIRS)
