@@ -1,6 +1,8 @@
 """BM25 candidate pools on SciFact (BEIR test split): both engines side by side in one run.
 
-    python benchmarks/bench_bm25_scifact.py [--data ../shared/data/scifact] [--engines pyserini,bm25s]
+    python benchmarks/bench_bm25_scifact.py [--data DIR] [--engines pyserini,bm25s]
+
+Data: the local BEIR copy $MAW_DATA/scifact (default ../shared/data; our offline set-up, benchmarks/offline_setup.py).
 
 Targets (issue #3): pyserini reproduces the Anserini BEIR regression, nDCG@10 = 0.6789 (within 0.003) and
 R@1000 >= 0.97; bm25s within 0.01 of pyserini's nDCG@10. Indexes are built from scratch in a temporary folder,
@@ -19,12 +21,16 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+from offline_setup import data_root  # noqa: E402
+
 ANSERINI = {"nDCG@10": 0.6789, "R@100": 0.9253, "R@1000": 0.9767}
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default=str(REPO / ".." / "shared" / "data" / "scifact"), help="BEIR SciFact folder")
+    parser.add_argument("--data", default=str(data_root() / "scifact"),
+                        help="BEIR SciFact folder (default: $MAW_DATA/scifact)")
     parser.add_argument("--engines", default="pyserini,bm25s", help="comma-separated engines")
     parser.add_argument("--threads", type=int, default=0, help="threads (0 = all cores)")
     args = parser.parse_args()

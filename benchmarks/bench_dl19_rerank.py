@@ -7,10 +7,14 @@ Prints two Markdown tables:
    (t-test = scipy.stats.ttest_rel, Wilcoxon = scipy.stats.wilcoxon, paired bootstrap 95% CI of the mean
    difference, Cohen's d_z, Holm-Bonferroni over the variant x measure comparisons; see docs/evaluation.md);
 2. throughput: our scorer (the one `maw-rerank eval` uses) in fp32 and bf16 autocast against
-   sentence-transformers' ``CrossEncoder.predict`` in fp32 on the same model directory, pairs, batch size and
+   sentence-transformers' ``CrossEncoder.predict`` in fp32 on the same model, pairs, batch size and
    max length (raw logits via ``activation_fn=torch.nn.Identity()``). Timings are interleaved: the queries are
    split into rounds and every round runs all three scorers in a rotating order, so background load and
    frequency drift hit each of them alike. Every scorer scores every pair exactly once.
+
+Model: cross-encoder/ms-marco-MiniLM-L-12-v2 (or --model, a hub id or folder); data: the local copy
+$MAW_DATA/trec-dl-2019-passage (default ../shared/data; or --data). Our offline set-up (benchmarks/offline_setup.py):
+hub ids resolve from the Hugging Face cache with HF_HUB_OFFLINE=1, seeded by bash ../shared/tools/seed-hf-cache.sh.
 
 usage (from the repository root; ~25 min on 2 CPU cores for all 43 queries):
     python benchmarks/bench_dl19_rerank.py [--queries N] [--batch-size 32] [--rounds 12] [--json out.json]
@@ -31,7 +35,9 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
 
+from offline_setup import CROSS_ENCODER, data_root  # noqa: E402  (first: sets HF_HUB_OFFLINE before transformers)
 from maw_reranker import CrossEncoderWithMAW, MAWConfig  # noqa: E402
 from maw_reranker.data import load_dataset  # noqa: E402
 from maw_reranker.evaluate.metrics import evaluate_run  # noqa: E402
@@ -47,11 +53,6 @@ VARIANTS = {  # zero-shot MAW variants, D=8, inject_last_k=1, strength 0.15 (con
     "maw_gating_random": MAWConfig(gating_mode="random"),
 }
 BASELINE = "non_maw (unpatched)"
-
-
-def default_model() -> str:
-    root = os.environ.get("MAW_BENCH_MODELS") or os.path.expanduser("~/.cache/maw-bench-models")
-    return str(Path(root) / "ms-marco-MiniLM-L-12-v2")
 
 
 def load_pairs(data: Path, n_queries: int | None):
@@ -170,8 +171,9 @@ def quality_table(summary, speeds, changes) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "trec-dl-2019-passage")
-    parser.add_argument("--model", default=default_model())
+    parser.add_argument("--data", type=Path, default=data_root() / "trec-dl-2019-passage",
+                        help="local DL19 copy (default: $MAW_DATA/trec-dl-2019-passage)")
+    parser.add_argument("--model", default=CROSS_ENCODER, help=f"hub id or folder (default: {CROSS_ENCODER})")
     parser.add_argument("--queries", type=int, default=None, help="first N queries only (quick check)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-length", type=int, default=512)

@@ -8,9 +8,12 @@ repeats; peak extra memory is measured in a fresh subprocess per cell (peak RSS 
 reported in units of one ordinary attention map (B x H x L x L float32).
 
 Part 2 (model): reranking throughput (pairs/s) of a cross-encoder, patched (inject_last_k=1, D=8) vs unpatched, in
-fp32 and under bf16 autocast.
+fp32 and under bf16 autocast: cross-encoder/ms-marco-MiniLM-L-12-v2 (or --model, a hub id or folder) on DL19 BM25
+candidates from $MAW_DATA/trec-dl-2019-passage (default ../shared/data; synthetic text when absent). Our offline
+set-up (benchmarks/offline_setup.py): hub ids resolve from the Hugging Face cache with HF_HUB_OFFLINE=1, seeded by
+bash ../shared/tools/seed-hf-cache.sh; part 2 is skipped when the model is not there.
 
-usage: python benchmarks/bench_maw_layer.py [--model DIR] [--quick] [--pairs N] [--batches 1 32]
+usage: python benchmarks/bench_maw_layer.py [--model ID_OR_DIR] [--quick] [--pairs N] [--batches 1 32]
 """
 
 from __future__ import annotations
@@ -27,6 +30,9 @@ from pathlib import Path
 import torch
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from offline_setup import CROSS_ENCODER, SEED_HINT, data_root, model_folder  # noqa: E402  (sets HF_HUB_OFFLINE)
+
 HIDDEN, HEADS = 384, 12
 
 
@@ -187,8 +193,8 @@ def layer_table(lengths, depths, batch: int, repeats: int, with_memory: bool,
 
 
 def benchmark_pairs(n: int) -> list[tuple[str, str]]:
-    """Real DL19 BM25 candidates when ../shared is present, else synthetic text of similar length."""
-    path = HERE.parent.parent / "shared/data/trec-dl-2019-passage/rank_llm/BM25/retrieve_results_dl19.json"
+    """Real DL19 BM25 candidates when the local copy ($MAW_DATA) is present, else synthetic text of similar length."""
+    path = data_root() / "trec-dl-2019-passage/rank_llm/BM25/retrieve_results_dl19.json"
     if path.is_file():
         pairs = []
         for entry in json.loads(path.read_text()):
@@ -249,8 +255,8 @@ def model_table(model_dir: str, n_pairs: int, batch: int, max_length: int, ratio
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default=os.path.expanduser("~/.cache/maw-bench-models/ms-marco-MiniLM-L-12-v2"),
-                        help="cross-encoder directory for part 2 (see ../shared/tools/get-models.sh)")
+    parser.add_argument("--model", default=CROSS_ENCODER,
+                        help=f"cross-encoder of part 2: hub id or folder (default: {CROSS_ENCODER})")
     parser.add_argument("--quick", action="store_true", help="L=128/256 and D=1/8 only, no memory, fewer pairs")
     parser.add_argument("--pairs", type=int, default=512)
     parser.add_argument("--batch", type=int, default=32, help="batch of the whole-model part")
@@ -282,12 +288,12 @@ def main() -> None:
         rows += layer_table(batch_lengths, depths, batch, repeats=3 if args.quick else 5,
                             with_memory=not (args.quick or args.no_memory), cells=cells) + [""]
     print("\n".join(rows))
-    if Path(args.model).is_dir():
+    if model_folder(args.model) is not None:
         print(f"\n# Whole-model reranking throughput: {args.model}")
         print("\n".join(model_table(args.model, 128 if args.quick else args.pairs, args.batch, args.max_length,
                                      ratios, rounds=2 if args.quick else args.rounds)))
     else:
-        print(f"\n(model part skipped: {args.model} not found; run ../shared/tools/get-models.sh)")
+        print(f"\n(model part skipped: {args.model} not found; here: {SEED_HINT})")
     print_checks(cells, ratios)
 
 

@@ -158,7 +158,10 @@ class Worker:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "trec-dl-2019-passage")
+    data_root = Path(os.environ.get("MAW_DATA") or REPO.parent / "shared" / "data")  # our offline set-up's copies
+    parser.add_argument("--data", type=Path, default=data_root / "trec-dl-2019-passage",
+                        help="local DL19 copy (default: $MAW_DATA/trec-dl-2019-passage, $MAW_DATA defaulting to "
+                             "../shared/data)")
     parser.add_argument("--model", default=MODEL_ID, help="hub id (offline from the HF cache) or a folder")
     parser.add_argument("--queries", type=int, default=None, help="first N queries only (quick check)")
     parser.add_argument("--batch-size", type=int, default=32)

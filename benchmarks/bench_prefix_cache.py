@@ -1,7 +1,9 @@
 """Top-layer training from a frozen-prefix cache vs full fine-tuning: one table, measured side by side in one run.
 
-Model: ms-marco-MiniLM-L-12-v2 from $MAW_BENCH_MODELS (default ~/.cache/maw-bench-models) when present, else a
-random-weight model of the same shape (BERT, 12 layers, hidden 384, 12 heads, FFN 1536, vocab 30522, dropout 0.1)
+Model: cross-encoder/ms-marco-MiniLM-L-12-v2 (or --model, a hub id or folder) when present (our offline set-up,
+benchmarks/offline_setup.py: hub ids resolve from the Hugging Face cache with HF_HUB_OFFLINE=1, seeded by
+bash ../shared/tools/seed-hf-cache.sh), else a random-weight model of the same shape (BERT, 12 layers, hidden 384,
+12 heads, FFN 1536, vocab 30522, dropout 0.1)
 with a word-level tokenizer; MAW (default settings: stat gating, D = 8; ``--no-maw``: none) in the last layer,
 max_length 256; documents of 30..150 random words (``--doc-words``; MS MARCO passages run 50..100 words) and
 queries of 4..11 random whole words of the vocabulary (about 100 tokens a pair; a batch pads to its longest pair,
@@ -19,7 +21,7 @@ alike; the table reports the median step time. Then a correctness check: cached 
 training from the same initial weights, the same batches and the same seeds give the same losses step for step
 (and with the fp16 cache, close ones).
 
-usage: python benchmarks/bench_prefix_cache.py [--model DIR] [--k 1] [--groups 8] [--group-size 8] [--steps 2]
+usage: python benchmarks/bench_prefix_cache.py [--model ID_OR_DIR] [--k 1] [--groups 8] [--group-size 8] [--steps 2]
            [--check-steps 2] [--check-groups 2] [--max-length 256] [--doc-words 30 150] [--gating stat] [--no-maw]
            [--quick]
 The default run takes about 3-4 minutes on 2 shared CPU cores (full fine-tuning steps dominate).
@@ -29,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import os
 import re
 import shutil
 import statistics
@@ -41,18 +42,15 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from offline_setup import CROSS_ENCODER, model_folder  # noqa: E402  (first: sets HF_HUB_OFFLINE)
 from maw_reranker import CrossEncoderWithMAW, MAWConfig  # noqa: E402
 from maw_reranker.cross_encoder.prefix import freeze_prefix, split_layer, top_forward, train_top  # noqa: E402
 from maw_reranker.cross_encoder.prefix_cache import PrefixCache  # noqa: E402
 
 MINILM = dict(model_type="bert", vocab_size=30522, hidden_size=384, num_layers=12, num_heads=12,
               intermediate_size=1536, max_positions=512, hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1)
-
-
-def default_model() -> Path:
-    root = os.environ.get("MAW_BENCH_MODELS") or os.path.expanduser("~/.cache/maw-bench-models")
-    return Path(root) / "ms-marco-MiniLM-L-12-v2"
 
 
 def build_random_minilm(directory: Path) -> Path:
@@ -128,8 +126,8 @@ def timed(fn):
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--model", default=None, help="model directory (default: MiniLM-L12 from $MAW_BENCH_MODELS, "
-                    "else a random model of its shape)")
+    ap.add_argument("--model", default=None, help=f"hub id or model directory (default: {CROSS_ENCODER} from the "
+                    "Hugging Face cache, else a random model of its shape)")
     ap.add_argument("--k", type=int, default=1, help="trainable top layers (MAW in the last one)")
     ap.add_argument("--groups", type=int, default=8)
     ap.add_argument("--group-size", type=int, default=8)
@@ -154,14 +152,14 @@ def main(argv=None) -> int:
 
 
 def run(args, work: Path) -> int:
-    model_dir = Path(args.model) if args.model else default_model()
-    if not model_dir.is_dir():
+    model_dir = model_folder(args.model or CROSS_ENCODER)
+    if model_dir is None:
         if args.model:
-            raise SystemExit(f"model directory not found: {model_dir}")
+            raise SystemExit(f"model not found (a folder, or a hub id in the Hugging Face cache): {args.model}")
         model_dir = build_random_minilm(work / "minilm-random")
         source = "random weights, MiniLM-L12 shape"
     else:
-        source = str(model_dir)
+        source = args.model or CROSS_ENCODER
     maw = None if args.no_maw else MAWConfig(inject_last_k=1, gating_mode=args.gating)
     base = CrossEncoderWithMAW.from_pretrained(model_dir, maw=maw, max_length=args.max_length, device="cpu")
     start = split_layer(base, args.k)

@@ -6,8 +6,12 @@
 2. Throughput: pairs/s of `maw-rerank train` (the Trainer) vs sentence-transformers' CrossEncoderTrainer on the same
    model, pairs, batch size (in pairs), max_length and precision (fp32), interleaved rounds in one process.
 
+Model: cross-encoder/ms-marco-MiniLM-L-12-v2 (or --model, a hub id or folder); data: the local BEIR copy
+$MAW_DATA/scifact (default ../shared/data; or --data). Our offline set-up (benchmarks/offline_setup.py): hub ids
+resolve from the Hugging Face cache with HF_HUB_OFFLINE=1, seeded by bash ../shared/tools/seed-hf-cache.sh.
+
 Usage (records in docs/training.md):
-    python benchmarks/bench_train_scifact.py --model /root/.cache/maw-bench-models/ms-marco-MiniLM-L-12-v2
+    python benchmarks/bench_train_scifact.py
 """
 
 from __future__ import annotations
@@ -22,15 +26,17 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
 
-SCIFACT = (REPO / ".." / "shared" / "data" / "scifact").resolve()
-DEFAULT_MODEL = Path("/root/.cache/maw-bench-models/ms-marco-MiniLM-L-12-v2")
+from offline_setup import CROSS_ENCODER, data_root  # noqa: E402  (first: sets HF_HUB_OFFLINE before transformers)
+
+SCIFACT = (data_root() / "scifact").resolve()
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default=str(DEFAULT_MODEL))
-    p.add_argument("--data", default=str(SCIFACT))
+    p.add_argument("--model", default=CROSS_ENCODER, help=f"hub id or folder (default: {CROSS_ENCODER})")
+    p.add_argument("--data", default=str(SCIFACT), help="local BEIR SciFact folder (default: $MAW_DATA/scifact)")
     p.add_argument("--work-dir", default=str(REPO / "runs" / "bench_train_scifact"))
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--steps", type=int, default=40, help="optimizer steps per fine-tuning run")

@@ -10,11 +10,13 @@ Steps (``--dry-run`` lists them with the resolved device, model and data):
   paths   which O_maw path is faster on this device (explicit vs one fused call per depth), the measurement behind
           maw/layer.py FUSED_DEVICES.
 
-Model: ms-marco-MiniLM-L-12-v2 from $MAW_BENCH_MODELS (default ~/.cache/maw-bench-models; prepared by
-../shared/tools/get-models.sh), or a tiny random-weight BERT when it is absent or with --quick.
-Data: ../shared/data/trec-dl-2019-passage (or --data). Throughput figures are measurements, not pass/fail checks.
+Model: cross-encoder/ms-marco-MiniLM-L-12-v2 (or --model, a hub id or folder), or a tiny random-weight BERT when it
+is absent or with --quick. Our offline set-up (benchmarks/offline_setup.py): hub ids resolve from the Hugging Face
+cache with HF_HUB_OFFLINE=1, seeded by bash ../shared/tools/seed-hf-cache.sh; on the GPU machine, the folder
+benchmarks/gpu_bundle.py unpacks. Data: $MAW_DATA/trec-dl-2019-passage (default ../shared/data; or --data).
+Throughput figures are measurements, not pass/fail checks.
 
-usage: python benchmarks/gpu_check.py [--device cuda|cpu] [--quick] [--dry-run] [--models DIR] [--data DIR]
+usage: python benchmarks/gpu_check.py [--device cuda|cpu] [--quick] [--dry-run] [--model ID_OR_DIR] [--data DIR]
                                       [--steps 20] [--batch-size 32]
 """
 
@@ -23,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import subprocess
 import sys
 import tempfile
@@ -33,6 +34,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from offline_setup import CROSS_ENCODER, data_root, model_folder  # noqa: E402  (first: sets HF_HUB_OFFLINE)
 
 STEPS = {
     "tests": "device-sensitive tests (tests/maw/test_devices.py)",
@@ -62,9 +66,11 @@ def parse_args(argv=None):
     ap.add_argument("--quick", action="store_true",
                     help="tiny models and few pairs (the same checks, minutes on a CPU)")
     ap.add_argument("--dry-run", action="store_true", help="list the steps and what they would use, run nothing")
-    ap.add_argument("--models", default=os.environ.get("MAW_BENCH_MODELS")
-                    or os.path.expanduser("~/.cache/maw-bench-models"))
-    ap.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "trec-dl-2019-passage"))
+    ap.add_argument("--model", default=CROSS_ENCODER,
+                    help=f"the cross-encoder: hub id (from the Hugging Face cache) or folder "
+                         f"(default: {CROSS_ENCODER})")
+    ap.add_argument("--data", default=str(data_root() / "trec-dl-2019-passage"),
+                    help="local DL19 copy (default: $MAW_DATA/trec-dl-2019-passage)")
     ap.add_argument("--steps", type=int, default=20, help="training steps per learned mode")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--only", nargs="*", choices=list(STEPS), help="run only these steps")
@@ -73,11 +79,11 @@ def parse_args(argv=None):
 
 # -- resources --------------------------------------------------------------------------------------------------
 def model_dir(args, workdir: Path) -> tuple[Path, str]:
-    real = Path(args.models) / "ms-marco-MiniLM-L-12-v2"
-    if not args.quick and (real / "model.safetensors").is_file():
-        return real, "ms-marco-MiniLM-L-12-v2"
+    real = None if args.quick else model_folder(args.model)
+    if real is not None and (real / "config.json").is_file():
+        return real, str(args.model)
     if args.dry_run:
-        return workdir / "tiny", "tiny random BERT (MiniLM absent or --quick)"
+        return workdir / "tiny", f"tiny random BERT ({args.model} absent or --quick)"
     import transformers
 
     from maw_reranker.utils.tiny_models import save_tiny_cross_encoder
