@@ -15,7 +15,7 @@ Examples:
   ./build_bm25.sh configs/datasets/scifact-local.yaml --pool-engine bm25s --pool-k 100
   ./build_bm25.sh --config dl19-rankllm-bm25 --pool-k 100          # a packaged dataset config, by name
 
-Pools are cached: <pools-dir>/<dataset>/bm25-<engine>-k<k>.run is rebuilt only with --force true.
+Pools are cached: <pools-dir>/<dataset>/bm25-<engine>-k<k>.run is rebuilt only with --force.
 
 USAGE
 }

@@ -20,7 +20,7 @@ def run(options: Options) -> int:
     outcome = run_eval(options)
     if outcome.status == "worker":
         return 0
-    verb = "complete already (pass --force true to redo)" if outcome.status == "skipped" else "wrote"
+    verb = "complete already (pass --force to redo)" if outcome.status == "skipped" else "wrote"
     print(f"{outcome.dataset} / {outcome.variant} / seed {outcome.seed}: {verb} {outcome.run_dir}")
     if outcome.info:
         info = outcome.info

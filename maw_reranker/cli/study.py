@@ -4,7 +4,7 @@ from maw_reranker.experiments.study import StudyOptions, apply_quick, plan_train
 
 HELP = ("Run a training study (configs/studies/*.yaml): per protocol, train every variant for every seed (complete "
         "trainings are reused), evaluate them as a suite against the baseline, and write a report with parameter "
-        "counts and training times. --quick-run true for a smoke run, --dry-run true to list the plan.")
+        "counts and training times. --quick-run for a smoke run, --dry-run to list the plan.")
 
 
 class Options(StudyOptions):
