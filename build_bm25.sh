@@ -12,8 +12,8 @@ Usage: ./build_bm25.sh [DATASET ...] [--pool-engine pyserini|bm25s|auto] [--pool
 
 Examples:
   ./build_bm25.sh scifact nfcorpus --pool-engine pyserini
-  ./build_bm25.sh configs/datasets/scifact-local.yaml --pool-engine bm25s --pool-k 100
-  ./build_bm25.sh --config dl19-rankllm-bm25 --pool-k 100          # a packaged dataset config, by name
+  ./build_bm25.sh path/to/scifact-beir-folder --pool-engine bm25s --pool-k 100   # a local BEIR folder
+  ./build_bm25.sh --config trec-dl-2019-passage --pool-k 100       # a packaged dataset config, by name
 
 Pools are cached: <pools-dir>/<dataset>/bm25-<engine>-k<k>.run is rebuilt only with --force.
 

@@ -37,10 +37,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 MODEL_ID = "cross-encoder/ms-marco-MiniLM-L-12-v2"
 MEASURES = ["nDCG@10", "RR(rel=2)@10"]
-# The scorers, one column each, in this order. (a) and (b) run in the worker process (no maw_reranker), (c) here.
-# PyTerrier: add its column here (e.g. "(d) PyTerrier" with a scorer in `score_here` or in the worker) and it is
-# printed beside the others.
-COLUMNS = ["(a) transformers remote code", "(b) sentence-transformers", "(c) maw_reranker predict"]
+# The scorers, one column each, in this order. (a) and (b) run in the worker process (no maw_reranker); (c), the
+# scoring loop of `maw-rerank eval`, and (d), the PyTerrier transformer over a result frame, here.
+COLUMNS = ["(a) transformers remote code", "(b) sentence-transformers", "(c) maw_reranker predict",
+           "(d) PyTerrier MAWReranker"]
 
 
 # -- the worker: a Python without maw_reranker -----------------------------------------------------------------------
@@ -156,6 +156,25 @@ class Worker:
         return json.loads(out.read_text())
 
 
+def pyterrier_scorer(model, batch_size: int):
+    """Scores of the pairs through ``MAWReranker.transform`` over a result frame (qid, query, docno, text)."""
+    import numpy as np
+    import pandas as pd
+
+    from maw_reranker.integrations.pyterrier import MAWReranker
+
+    reranker = MAWReranker(model, batch_size=batch_size)
+
+    def score(chunk):
+        qids = {q: f"q{i}" for i, q in enumerate(dict.fromkeys(q for q, _ in chunk))}
+        frame = pd.DataFrame({"qid": [qids[q] for q, _ in chunk], "query": [q for q, _ in chunk],
+                              "docno": [str(i) for i in range(len(chunk))], "text": [d for _, d in chunk]})
+        out = reranker.transform(frame)
+        return out.set_index("docno").loc[frame["docno"], "score"].to_numpy(dtype=np.float32)
+
+    return score
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     data_root = Path(os.environ.get("MAW_DATA") or REPO.parent / "shared" / "data")  # our offline set-up's copies
@@ -213,9 +232,12 @@ def main(argv=None) -> int:
         ours = CrossEncoderWithMAW.from_pretrained(folder, device="cpu")
         assert ours.maw_config == config
         ours.predict(texts[:args.batch_size], batch_size=args.batch_size)  # warm-up
-        # Scorers in this process: name -> fn(list of (query, doc)) -> scores. The PyTerrier column goes here (its
-        # name added to COLUMNS), or into the worker beside (a) and (b) if it must run without maw_reranker.
+        # Scorers in this process: name -> fn(list of (query, doc)) -> scores.
         local = {COLUMNS[2]: lambda chunk: ours.predict(chunk, batch_size=args.batch_size)}
+        try:
+            local[COLUMNS[3]] = pyterrier_scorer(ours, args.batch_size)
+        except ImportError:
+            print("PyTerrier is not installed (pip install 'maw-reranker[pyterrier]'): column (d) left out")
         local_scores = {name: np.zeros(len(texts), dtype=np.float32) for name in local}
 
         def here(name: str, round_index: int) -> float:
@@ -224,9 +246,10 @@ def main(argv=None) -> int:
             local_scores[name][idx] = local[name]([texts[i] for i in idx])
             return time.perf_counter() - start
 
-        seconds = {name: [] for name in COLUMNS}
+        active = COLUMNS[:2] + [n for n in COLUMNS if n in local]
+        seconds = {name: [] for name in active}
         for r in range(n_rounds):
-            order = COLUMNS[r % len(COLUMNS):] + COLUMNS[:r % len(COLUMNS)]
+            order = active[r % len(active):] + active[:r % len(active)]
             for name in order:
                 seconds[name].append(here(name, r) if name in local else elsewhere.score(name, r))
         done = elsewhere.finish()

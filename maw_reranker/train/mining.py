@@ -126,8 +126,7 @@ class MineOptions(NegativeOptions, PoolOptions, ModelOptions, DatasetOptions):
             raise OptionError(f"option 'tag' must be one word (a TREC run column), got {self.tag!r}")
         if self.miner == "cross-encoder":
             if not str(self.model).strip():
-                raise OptionError("option 'model' is empty: miner cross-encoder needs a model (hub id, folder or "
-                                  "bench:NAME)")
+                raise OptionError("option 'model' is empty: miner cross-encoder needs a model (hub id or folder)")
             if self.rescore_depth is not None and self.rescore_depth < self.neg_rank_max:
                 raise OptionError(f"option 'rescore_depth' ({self.rescore_depth}) is below 'neg_rank_max' "
                                   f"({self.neg_rank_max}): the ranks are ranks among the rescored candidates")

@@ -159,13 +159,13 @@ class Trainer:
             # The folder holds an earlier start-over that never completed; the complete run is still aside.
             for path in earlier:
                 remove_path(path)
-            log.info("overwrite: an incomplete start-over removed; the complete run stays in %s", aside)
+            log.info("force: an incomplete start-over removed; the complete run stays in %s", aside)
             return
         shutil.rmtree(aside, ignore_errors=True)
         aside.mkdir(parents=True)
         for path in earlier:
             path.rename(aside / path.name)
-        log.info("overwrite: the earlier run's outputs are in %s until this training completes", aside)
+        log.info("force: the earlier run's outputs are in %s until this training completes", aside)
 
     def setup(self) -> None:
         from accelerate.utils import set_seed
@@ -366,12 +366,14 @@ class Trainer:
                 window = []
             for callback in self.callbacks:
                 callback(state.step, row)
-            # The last step's checkpoint is written after the final dev evaluation (below), once.
+            # A step's dev evaluation comes before its checkpoint, so that the checkpoint holds the best score so far
+            # (a run resumed from it compares later scores with that one); the last step's checkpoint is written
+            # after the final dev evaluation (below), once.
+            if opts.dev_every and state.step % opts.dev_every == 0 and state.step < self.steps:
+                self._evaluate()
             if opts.checkpoint_every and state.step % opts.checkpoint_every == 0 and state.step < self.steps:
                 save_checkpoint(acc, state, self.out, opts.keep_checkpoints)
                 saved_at = state.step
-            if opts.dev_every and state.step % opts.dev_every == 0 and state.step < self.steps:
-                self._evaluate()
         bar.close()
         if self.data.dev is not None:
             self._evaluate()
