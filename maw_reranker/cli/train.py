@@ -25,5 +25,8 @@ def run(options: Options) -> int:
     if result.best_metric is not None:
         summary.update(best_metric=round(result.best_metric, 4), best_step=result.best_step,
                        best_model=str(result.output_dir / "best"))
-    print(json.dumps(summary))
+    from accelerate import PartialState
+
+    if PartialState().is_main_process:  # under `accelerate launch`, once (not once per process)
+        print(json.dumps(summary))
     return 0

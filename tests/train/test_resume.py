@@ -131,3 +131,24 @@ def test_a_second_interrupted_overwrite_keeps_the_complete_run(tmp_path):
                   callbacks=[lambda step, row: _raise() if step == 2 else None])
     assert (out / ".previous" / "train_summary.json").is_file()
     assert sorted(p.name for p in (out / ".previous" / "checkpoints").iterdir()) == complete
+
+
+def test_resume_keeps_the_best_dev_score_of_the_checkpoint_step(tmp_path):
+    # dev and checkpoint at the same steps: the checkpoint of step 4 must hold step 4's dev score, or a run resumed
+    # from it takes step 6 (worse than 4, better than 2) for the best and overwrites best/ with it.
+    task = write_task(tmp_path / "task")
+    model = tiny_model_dir(tmp_path / "model")
+    common = dict(maw={"gating_mode": "learned", "depth_dim": 4}, max_steps=6, checkpoint_every=2, lr=5e-3,
+                  warmup_steps=1, holdout_queries=3, dev_every=2, dev_measure="nDCG", batch_size=4)
+    full = train(options(tmp_path / "full", task, model, **common))
+    assert full.best_step == 4  # the case: dev(2) < dev(6) < dev(4)
+    with pytest.raises(Killed):
+        train(options(tmp_path / "killed", task, model, **common),
+              callbacks=[lambda step, row: _raise() if step == 5 else None])
+    state = json.loads((tmp_path / "killed" / "out" / "checkpoints" / "step_0000004" / "trainer_state.json")
+                       .read_text())
+    assert (state["best_step"], state["best_metric"]) == (4, full.best_metric)
+    resumed = train(options(tmp_path / "killed", task, model, resume="latest", **common))
+    assert (resumed.best_step, resumed.best_metric) == (full.best_step, full.best_metric)
+    best = [json.loads((tmp_path / run / "out" / "best.json").read_text()) for run in ("full", "killed")]
+    assert best[0] == best[1]
