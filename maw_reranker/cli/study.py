@@ -23,7 +23,8 @@ def run(options: Options) -> int:
             if not shown.only or protocol["name"] in shown.only:
                 suite = suite_for(shown, protocol)
                 print(f"eval\t{protocol['name']}\tsuite {suite.name}: {len(suite.variants)} variants x "
-                      f"{len(suite.seeds)} seeds on {protocol['test'].get('dataset')}")
+                      f"{len(suite.seeds)} seeds on {protocol['test'].get('dataset')}"
+                      + (f" (untouched checkpoint {shown.untouched!r}: once)" if shown.untouched else ""))
         print(f"{len(trainings)} trainings planned ({sum(t.done for t in trainings)} complete already)")
         return 0
     result = run_study(options)

@@ -7,6 +7,10 @@ shared by every run), ``eval`` (evaluation options shared by every run), ``proto
 {dataset options...}, test: {dataset options...}}``), ``variants`` (each ``{name, train: {options}}``) and
 ``quick`` (overrides for ``--quick``: fewer seeds, steps, queries). A variant may set ``lora_r: match:<variant>``:
 the LoRA rank whose parameter count is closest to that (earlier) variant's trainable MAW parameters.
+``untouched: <name>`` adds an evaluation-only variant of that name: ``model`` itself, untrained and without MAW,
+evaluated once (its first seed: it has nothing random); every trained variant is then also compared against it
+(a second summary per protocol, ``<study>-<protocol>-vs-<name>``), or ``baseline`` names it and the one summary is
+against it.
 
 Trained models go to ``<models_dir>/<study>/<protocol>/<variant>/seed_<n>/`` and are reused when complete
 (``train_summary.json`` is written last), evaluation runs to ``<output_dir>/`` as for any suite, so an interrupted
@@ -41,7 +45,9 @@ class StudyOptions:
     name: str = opt("study", "study name: names its runs folder and its suites")
     model: str = opt("", "the cross-encoder every variant starts from (hub id or directory)")
     seeds: list[int] = opt([0, 1, 2], "training (and evaluation) seeds of every variant")
-    baseline: str = opt("", "the variant every other is compared against")
+    baseline: str = opt("", "the variant every other is compared against (a trained variant or `untouched`)")
+    untouched: str = opt("", "name of an evaluation-only variant: `model` untrained and without MAW; every variant "
+                             "is also compared against it (empty: none)")
     train: dict = opt({}, "training options shared by every run (see `maw-rerank train --help`)")
     eval: dict = opt({}, "evaluation options shared by every run (see `maw-rerank eval --help`)")
     protocols: list = opt([], "protocols: {name, train: {dataset options}, test: {dataset options}}")
@@ -107,6 +113,7 @@ class StudyResult:
     report: Path
     trainings: list = field(default_factory=list)
     summaries: dict = field(default_factory=dict)
+    untouched: dict = field(default_factory=dict)  # protocol -> {dataset: summary folder} against the untouched model
 
 
 def apply_quick(options: StudyOptions) -> StudyOptions:
@@ -151,8 +158,12 @@ def plan_trainings(options: StudyOptions) -> list[TrainingRun]:
     for protocol in options.protocols:
         _check_sides(protocol)
     variants = _names(options.variants, "variant")
-    if options.baseline not in variants:
-        raise ConfigError(f"study: baseline {options.baseline!r} is not one of the variants {variants}")
+    if options.untouched and options.untouched in variants:
+        raise ConfigError(f"study: untouched {options.untouched!r} is also the name of a trained variant; give it "
+                          "another name")
+    if options.baseline not in variants + ([options.untouched] if options.untouched else []):
+        raise ConfigError(f"study: baseline {options.baseline!r} is not one of the variants {variants}"
+                          + (f" nor untouched {options.untouched!r}" if options.untouched else ""))
     if options.only:
         unknown = sorted(set(options.only) - set(protocols))
         if unknown:
@@ -198,6 +209,8 @@ def suite_for(options: StudyOptions, protocol: dict):
     root = Path(options.models_dir) / options.name / protocol["name"]
     variants = [{"name": v["name"], "model": str(root / "{variant}" / "seed_{seed}" / "final"), "maw": "auto"}
                 for v in options.variants]
+    if options.untouched:  # the checkpoint every variant starts from, as it is
+        variants.append({"name": options.untouched, "model": options.model, "maw": None})
     overrides = dict(options.eval or {})
     if options.train.get("max_length") and "max_length" not in overrides:
         overrides["max_length"] = options.train["max_length"]
@@ -205,6 +218,34 @@ def suite_for(options: StudyOptions, protocol: dict):
                         variants=variants, seeds=list(options.seeds), baseline=options.baseline,
                         overrides=overrides, output_dir=options.output_dir, n_resamples=options.n_resamples,
                         alpha=options.alpha)
+
+
+def suite_runs(options: StudyOptions, protocol: dict) -> list:
+    """The evaluation runs of one protocol's suite; the untouched checkpoint once (its first seed)."""
+    from maw_reranker.experiments.suite import expand
+
+    first = list(options.seeds)[0]
+    return [r for r in expand(suite_for(options, protocol))
+            if not (options.untouched and r.variant == options.untouched and r.seed != first)]
+
+
+def against_untouched(options: StudyOptions, protocol: dict, outcome) -> dict:
+    """Every variant of a protocol's evaluated suite against the untouched checkpoint: dataset -> summary folder."""
+    from maw_reranker.experiments.suite import summarize_dataset
+    from maw_reranker.utils.text import slugify
+
+    by_dataset: dict = {}
+    for out in outcome.runs:
+        entry = by_dataset.setdefault(out.run_dir.parent.parent, {"seeds": {}, "primary": out.primary})
+        entry["seeds"].setdefault(out.variant, []).append(str(out.seed))
+    name = f"{suite_for(options, protocol).name}-vs-{options.untouched}"
+    folders = {}
+    for dataset_dir, entry in by_dataset.items():
+        folder = dataset_dir / "_suites" / slugify(name)
+        summary = summarize_dataset(dataset_dir, entry["seeds"], options.untouched, entry["primary"], folder,
+                                    plots=False, n_resamples=options.n_resamples, alpha=options.alpha)
+        folders[dataset_dir.name] = folder if summary is not None else None
+    return folders
 
 
 def _test_options(options: StudyOptions, protocol: dict):
@@ -236,7 +277,7 @@ def _matched_rank(run: TrainingRun, trainings: list[TrainingRun]) -> int:
 def run_study(options: StudyOptions) -> StudyResult:
     """Train (or reuse) every run, evaluate each protocol as a suite, write the report."""
     from maw_reranker.config.sections import dataset_from_options
-    from maw_reranker.experiments.suite import expand, plan_runs, run_suite
+    from maw_reranker.experiments.suite import plan_runs, run_suite
     from maw_reranker.train.trainer import train
 
     if options.quick_run:
@@ -261,15 +302,18 @@ def run_study(options: StudyOptions) -> StudyResult:
         train(run.options)
         trained.add((run.protocol, run.variant, run.seed))
     result = StudyResult(Path(options.output_dir) / "_studies" / options.name / "report.md", trainings)
+    vs_untouched = bool(options.untouched) and options.baseline != options.untouched
     for protocol in options.protocols:
         if options.only and protocol["name"] not in options.only:
             continue
         suite_options = suite_for(options, protocol)
         runs = [dataclasses.replace(r, force=True) if (protocol["name"], r.variant, r.seed) in trained else r
-                for r in expand(suite_options)]
+                for r in suite_runs(options, protocol)]
         outcome = run_suite(plan_runs(runs), options.baseline, name=suite_options.name,
                             n_resamples=options.n_resamples, alpha=options.alpha)
         result.summaries[protocol["name"]] = outcome.summaries
+        if vs_untouched:
+            result.untouched[protocol["name"]] = against_untouched(options, protocol, outcome)
     write_report(options, result, time.perf_counter() - started)
     return result
 
@@ -304,6 +348,10 @@ def write_report(options: StudyOptions, result: StudyResult, seconds: float) -> 
         for dataset, folder in summaries.items():
             md = Path(folder) / "summary.md" if folder else None
             lines += [md.read_text(encoding="utf-8").strip() if md and md.is_file() else f"{dataset}: no summary", ""]
+        for dataset, folder in result.untouched.get(protocol, {}).items():
+            md = Path(folder) / "summary.md" if folder else None
+            lines += [f"### Against the untouched checkpoint (`{options.untouched}`)", "",
+                      md.read_text(encoding="utf-8").strip() if md and md.is_file() else f"{dataset}: no summary", ""]
         lines += ["### Training", "", *_train_rows(result.trainings, protocol), ""]
     result.report.parent.mkdir(parents=True, exist_ok=True)
     with atomic_write(result.report) as handle:

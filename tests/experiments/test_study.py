@@ -1,5 +1,6 @@
 """A training study end to end on a tiny task: trainings reused when complete, suites, matched LoRA, report."""
 
+import dataclasses
 import json
 
 import pytest
@@ -85,3 +86,26 @@ def test_changed_settings_are_refused_and_an_interrupted_training_resumes(tmp_pa
     summary.unlink()  # as if killed after its last checkpoint, before the summary
     result = run_study(options)
     assert summary.is_file() and result.trainings[0].done
+
+
+def test_untouched_checkpoint_is_evaluated_once_and_every_variant_compared_against_it(tmp_path):
+    options = study(tmp_path, seeds=[0, 1], untouched="untouched",
+                    variants=[{"name": "topk", "train": {"maw": None}},
+                              {"name": "topk_long", "train": {"maw": None, "max_steps": 3}}])
+    result = run_study(options)
+    assert len(result.trainings) == 4  # the untouched checkpoint is never trained
+    dataset = tmp_path / "exp" / "tiny-test-train"
+    assert sorted(p.name for p in (dataset / "untouched").iterdir()) == ["seed_0"]  # nothing random: one run
+    against = json.loads((dataset / "_suites" / "tiny-self-vs-untouched" / "summary.json").read_text())
+    assert set(against["comparisons"]) == {"topk", "topk_long"}
+    assert set(json.loads((dataset / "_suites" / "tiny-self" / "summary.json").read_text())["comparisons"]) == {
+        "topk_long", "untouched"}
+    assert "Against the untouched checkpoint (`untouched`)" in result.report.read_text()
+    # the baseline may be the untouched checkpoint itself: then one summary, against it
+    only = run_study(dataclasses.replace(options, baseline="untouched"))
+    assert set(json.loads((dataset / "_suites" / "tiny-self" / "summary.json").read_text())["comparisons"]) == {
+        "topk", "topk_long"} and not only.untouched
+    with pytest.raises(ConfigError, match="untouched 'topk' is also the name of a trained variant"):
+        plan_trainings(dataclasses.replace(options, untouched="topk"))
+    with pytest.raises(ConfigError, match="baseline 'nope' is not one of the variants.*nor untouched 'untouched'"):
+        plan_trainings(dataclasses.replace(options, baseline="nope"))
