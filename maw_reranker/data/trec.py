@@ -33,10 +33,11 @@ def _iter_fields(path: Path, what: str) -> Iterator[tuple[int, list[str]]]:
             yield lineno, fields
 
 
-def _first_line(path: Path, qid: str, docid: str, doc_column: int) -> int:
-    """The line where (qid, docid) first occurs: rescanned only to report a duplicate, so reading keeps no line map."""
+def _first_line(path: Path, qid: str, docid: str | None, doc_column: int) -> int:
+    """The line where (qid, docid) (``docid`` None: the query) first occurs: rescanned only to report a duplicate, so
+    reading keeps no line map."""
     for lineno, parts in _iter_fields(path, "input"):
-        if len(parts) >= 3 and parts[0] == qid and parts[doc_column] == docid:
+        if len(parts) >= 3 and parts[0] == qid and (docid is None or parts[doc_column] == docid):
             return lineno
     raise DataFormatError(f"{path}: the file changed while it was read")
 
@@ -75,12 +76,35 @@ def read_run(path: str | Path) -> Run:
 
 
 def iter_run_rows(path: str | Path) -> Iterator[tuple[str, str, float]]:
-    """Stream a TREC run as ``(qid, docid, score)`` rows without loading it (MS MARCO-size training pools)."""
+    """Stream a TREC run as ``(qid, docid, score)`` rows without loading it (MS MARCO-size training pools).
+
+    The checks of :func:`read_run`, with the same messages: a duplicate (qid, docid) pair and an empty run are errors.
+    A streamed run is read one query at a time (its consumers group rows by consecutive query), so only the current
+    query's docids and the ids of the queries already read are held, and a query whose lines are not together is an
+    error too: its pool would be split in two, and a duplicate across its parts could not be seen.
+    """
     path = Path(path)
+    current, docids, finished = None, set(), set()
     for lineno, parts in _iter_fields(path, "run"):
         if len(parts) != 6:
             raise DataFormatError(f"{path}:{lineno}: expected 6 columns 'qid Q0 docid rank score tag', got {len(parts)}")
-        yield parts[0], parts[2], _run_score(path, lineno, parts)
+        qid, docid = parts[0], parts[2]
+        value = _run_score(path, lineno, parts)
+        if qid != current:
+            if qid in finished:
+                raise DataFormatError(f"{path}:{lineno}: the lines of query {qid!r} are not contiguous (it began at "
+                                      f"{path}:{_first_line(path, qid, None, 2)}); a streamed run is read one query "
+                                      "at a time: sort it by query (e.g. sort -s -k1,1)")
+            if current is not None:
+                finished.add(current)
+            current, docids = qid, set()
+        if docid in docids:
+            raise DataFormatError(f"{path}:{lineno}: duplicate document {docid!r} for query {qid!r} "
+                                  f"(first at {path}:{_first_line(path, qid, docid, 2)})")
+        docids.add(docid)
+        yield qid, docid, value
+    if current is None:
+        raise DataFormatError(f"{path}: the run is empty (no 'qid Q0 docid rank score tag' line)")
 
 
 def read_qrels(path: str | Path, *, duplicates: str = "error") -> Qrels:

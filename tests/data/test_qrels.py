@@ -92,3 +92,46 @@ def test_a_duplicate_run_line_names_both_lines(tmp_path):
     with pytest.raises(DataFormatError, match=re.escape(f"{path}:3: duplicate document 'd1' for query 'q1' "
                                                         f"(first at {path}:1)")):
         read_run(path)
+
+
+def _read_streamed(path):
+    from maw_reranker.data.trec import iter_run_rows
+
+    return list(iter_run_rows(path))
+
+
+@pytest.mark.parametrize("reader", [read_run, _read_streamed], ids=["read_run", "iter_run_rows"])
+def test_streamed_runs_are_checked_as_read_runs(tmp_path, reader):
+    path = tmp_path / "run.trec"
+    path.write_text("q1 Q0 d1 1 2.0 x\nq1 Q0 d2 2 1.0 x\nq1 Q0 d1 3 0.5 x\n")
+    with pytest.raises(DataFormatError, match=re.escape(f"{path}:3: duplicate document 'd1' for query 'q1' "
+                                                        f"(first at {path}:1)")):
+        reader(path)
+    path.write_text("\n")
+    with pytest.raises(DataFormatError, match=re.escape(f"{path}: the run is empty")):
+        reader(path)
+
+
+def test_a_streamed_run_keeps_each_query_together(tmp_path):
+    # Read one query at a time, a query's second block would be a second pool, and a duplicate in it unseen.
+    path = tmp_path / "run.trec"
+    path.write_text("q1 Q0 d1 1 2.0 x\nq2 Q0 d1 1 1.0 x\nq1 Q0 d1 2 0.5 x\n")
+    with pytest.raises(DataFormatError, match=re.escape(f"{path}:3: the lines of query 'q1' are not contiguous (it "
+                                                        f"began at {path}:1)")):
+        _read_streamed(path)
+    path.write_text("q1 Q0 d1 1 2.0 x\nq1 Q0 d2 2 1.0 x\nq2 Q0 d1 1 1.0 x\n")
+    assert _read_streamed(path) == [("q1", "d1", 2.0), ("q1", "d2", 1.0), ("q2", "d1", 1.0)]
+
+
+def test_streaming_training_refuses_a_duplicate_run_line(tmp_path):
+    from maw_reranker.train import train
+    from tests.train.helpers import options, tiny_model_dir, write_task
+
+    task = write_task(tmp_path / "t")
+    lines = task["run"].read_text().splitlines()
+    task["run"].write_text("\n".join(lines[:5] + [lines[2]] + lines[5:]) + "\n")  # line 6 repeats line 3
+    opts = options(tmp_path, task, tiny_model_dir(tmp_path / "m"), streaming=True, shuffle_buffer=5, max_steps=2)
+    docid = lines[2].split()[2]
+    with pytest.raises(DataFormatError, match=re.escape(f"{task['run']}:6: duplicate document '{docid}' for query "
+                                                        f"'q0' (first at {task['run']}:3)")):
+        train(opts)

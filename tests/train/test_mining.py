@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from maw_reranker.data.trec import read_run
+from maw_reranker.data.trec import DataFormatError, read_run
 from maw_reranker.train.mining import MineOptions, MiningError, mine_negatives
 from maw_reranker.utils.errors import OptionError
 from tests.train.helpers import options as train_options
@@ -284,7 +284,7 @@ def test_bad_inputs(tmp_path, task):
     lines = task["run"].read_text().splitlines()
     split = tmp_path / "split.run"
     split.write_text("\n".join(lines[:2] + lines[-3:] + lines[2:-3]) + "\n")  # q0, q1, q0 again
-    with pytest.raises(MiningError, match="candidates of query 'q0' are not contiguous in .*split.run"):
+    with pytest.raises(DataFormatError, match="split.run:6: the lines of query 'q0' are not contiguous"):
         mine_negatives(_options(tmp_path, task, candidates=str(split)))
     other = _write_run(tmp_path / "other.run", {"x1": Q1})
     with pytest.raises(MiningError, match="none of the 2 queries with a positive has candidates"):
