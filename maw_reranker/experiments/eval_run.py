@@ -248,8 +248,14 @@ def execute(plan: EvalPlan, state: Any = "auto") -> EvalOutcome:
     outcome = EvalOutcome("done", plan.artifacts.output_dir, ds.slug, plan.variant, options.seed,
                           measures=plan.measures, primary=measure_names(ds.measures))
     if not options.force and is_done(plan):
+        from maw_reranker.utils.io import remove_stale_temps
+
         logger.info("complete already, skipping: %s (force to redo)", plan.artifacts.output_dir)
         outcome.status = "skipped"
+        # What a killed writer of this run left beside it (a --force redo killed -9: its staging folder) goes now
+        # too, not only when the run is next written; a live writer's staging folder stays (utils/io.py).
+        run_dir = Path(plan.artifacts.output_dir)
+        remove_stale_temps(run_dir.parent, run_dir.name)
         if options.output_run:  # asked for now: the complete run's reranked run
             from maw_reranker.utils.io import atomic_write
 

@@ -2,6 +2,7 @@
 
 import json
 import logging
+from pathlib import Path
 
 import pytest
 
@@ -85,6 +86,34 @@ def test_complete_run_is_skipped_conflicts_refused_force_redoes(collection, mode
     monkeypatch.undo()
     redone = run_eval(options(collection, model_dir, tmp_path / "exp", maw=None, depth=2, force=True))
     assert redone.status == "done" and all(len(v) == 2 for v in read_run(redone.run_dir / "run.trec").values())
+
+
+def test_a_skipped_run_removes_what_a_killed_redo_left_beside_it(collection, model_dir, tmp_path):
+    """kill -9 during a --force redo leaves its staging folder beside the complete run; the next run, which skips
+    the run as complete, removes it (its owner is dead) and keeps a live writer's."""
+    import subprocess
+    import sys
+
+    from maw_reranker.utils.io import AtomicDirectory
+
+    first = run_eval(options(collection, model_dir, tmp_path / "exp", maw=None))
+    live = AtomicDirectory(first.run_dir)  # a concurrent writer of the same run, still running (this process)
+    live.begin()
+    killed_redo = ("import os, signal, sys\n"
+                   "from maw_reranker.utils.io import AtomicDirectory\n"
+                   "staging = AtomicDirectory(sys.argv[1]).begin()\n"
+                   "(staging / 'scores.tsv').write_text('q1 d1 0.5')\n"
+                   "print(staging, flush=True)\n"
+                   "os.kill(os.getpid(), signal.SIGKILL)\n")
+    proc = subprocess.run([sys.executable, "-c", killed_redo, str(first.run_dir)], capture_output=True, text=True)
+    assert proc.returncode == -9, proc.stderr
+    dead = Path(proc.stdout.strip())
+    assert dead.parent == first.run_dir.parent and (dead / "scores.tsv").is_file()
+    again = run_eval(options(collection, model_dir, tmp_path / "exp", maw=None))
+    assert again.status == "skipped" and again.metrics == first.metrics
+    assert not dead.exists() and live.tmp.is_dir()
+    live.abort()
+    assert sorted(p.name for p in first.run_dir.parent.iterdir()) == [first.run_dir.name]
 
 
 def test_no_qrels_still_writes_the_run(collection, model_dir, tmp_path):
