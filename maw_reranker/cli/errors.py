@@ -8,7 +8,8 @@ from __future__ import annotations
 import errno
 import os
 
-from maw_reranker.utils.io import DISK_FULL_HINTS as _DISK_FULL_HINTS
+from maw_reranker.utils.errors import DiskFullError
+from maw_reranker.utils.io import disk_full_errno
 
 DEBUG_ENV = "MAW_RERANK_DEBUG"
 _OS_REASONS = {
@@ -43,6 +44,8 @@ def describe(exc: BaseException) -> str:
 
 
 def _describe(exc: BaseException) -> str:
+    if isinstance(exc, DiskFullError):  # names the output folder and the file
+        return str(exc)
     if isinstance(exc, OSError) and not isinstance(exc, FileNotFoundError) and exc.errno in _OS_REASONS:
         where = exc.filename if exc.filename is not None else ""
         also = f" -> {exc.filename2}" if getattr(exc, "filename2", None) else ""
@@ -50,6 +53,6 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, (ValueError, OSError)):  # our own errors name the file/line/option already
         return str(exc) or type(exc).__name__
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    if isinstance(exc, RuntimeError) and any(h in text for h in _DISK_FULL_HINTS):
+    if disk_full_errno(exc) is not None:  # torch's RuntimeError, safetensors' SafetensorError: no errno
         return f"a write failed, most likely because the disk is full ({text})"
     return f"{type(exc).__name__}: {text} (unexpected: --debug shows the traceback)"

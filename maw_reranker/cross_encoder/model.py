@@ -135,13 +135,22 @@ class CrossEncoderWithMAW(nn.Module):
         ``maw_model.safetensors`` (MAW parameters only) and a model card (``README.md``, with the facts it is made
         from in ``maw_card.json``; ``card``: a ``cross_encoder.card.CardInfo`` of what the caller knows, e.g. the
         training run). Written to a temp folder first, then swapped in."""
+        directory = Path(directory)
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+        try:
+            self._write_pretrained(tmp, directory, card)
+        except BaseException:  # a full disk, Ctrl-C: no partial folder is left behind, the earlier one stays
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        _swap_in(tmp, directory)
+        return directory
+
+    def _write_pretrained(self, tmp: Path, directory: Path, card) -> None:
         from safetensors.torch import save_file
 
         from maw_reranker.cross_encoder.card import CardInfo, write_card_files
 
-        directory = Path(directory)
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
         config = self.maw_config
         removed = unpatch_model(self.model) if config is not None else {}
         try:
@@ -163,8 +172,6 @@ class CrossEncoderWithMAW(nn.Module):
         counts = {"saved_total": sum(p.numel() for p in self.model.parameters()),
                   "saved_maw": sum(p.numel() for p in maw_state_dict(self.model).values())}
         write_card_files(tmp, card.replace(parameters={**card.parameters, **counts}), title=directory.name)
-        _swap_in(tmp, directory)
-        return directory
 
     def push_to_hub(self, repo_id: str, private: bool = True, commit_message: str | None = None,
                     token: str | None = None, revision: str | None = None, create_pr: bool = False, card=None,

@@ -30,7 +30,7 @@ from maw_reranker.config.sections import resolve_model_path
 from maw_reranker.cross_encoder.checks import check_model_dir
 from maw_reranker.cross_encoder.prefix import top_layer_indices, top_start, train_top
 from maw_reranker.cross_encoder.top import CachedScorer, TopModel, cached_features
-from maw_reranker.utils.io import remove_path
+from maw_reranker.utils.io import disk_full_names, remove_path
 from maw_reranker.utils.progress import progress_bar
 from maw_reranker.train.sources import TrainingData, load_training_data
 from maw_reranker.train.teacher import load_teacher
@@ -229,9 +229,10 @@ class Trainer:
                 "total_steps": self.steps, "processes": self.accelerator.num_processes,
                 "resumed_from": str(self.resumed_from) if self.resumed_from else None,
                 "metadata": run_metadata(self.opts.to_dict())}
-        write_json(self.out / "train_config.json", info)
-        # Drop rows past the resumed step (they are about to be recomputed) and a torn last line.
-        truncate_metrics(self.out / "metrics.jsonl", self.state.step)
+        with disk_full_names(self.out):
+            write_json(self.out / "train_config.json", info)
+            # Drop rows past the resumed step (they are about to be recomputed) and a torn last line.
+            truncate_metrics(self.out / "metrics.jsonl", self.state.step)
 
     # -- loop -----------------------------------------------------------------------------------------------
     def _open_cache(self, acc):
@@ -306,11 +307,12 @@ class Trainer:
             improved = self.state.best_metric is None or value > self.state.best_metric
             if improved:
                 self.state.best_metric, self.state.best_step = value, self.state.step
-                save_model(self.encoder, self.out / "best", self._card("best"))
                 from maw_reranker.utils.io import write_json
 
-                write_json(self.out / "best.json", {"step": self.state.step, "measure": opts.dev_measure,
-                                                    "value": value, "dev_set": dev.name})
+                with disk_full_names(self.out):
+                    save_model(self.encoder, self.out / "best", self._card("best"))
+                    write_json(self.out / "best.json", {"step": self.state.step, "measure": opts.dev_measure,
+                                                        "value": value, "dev_set": dev.name})
             acc.log({f"dev/{k}": v for k, v in aggregate.items()}, step=self.state.step)
             log.info("dev %s at step %d: %.4f%s", opts.dev_measure, self.state.step, value,
                      " (best)" if improved else f" (best {self.state.best_metric:.4f} at {self.state.best_step})")
@@ -331,8 +333,12 @@ class Trainer:
                              steps=state.step, train_seconds=train_seconds, best=best)
 
     def _append_metrics(self, row: dict) -> None:
-        with open(self.out / "metrics.jsonl", "a", encoding="utf-8") as handle:
+        with disk_full_names(self.out), open(self.out / "metrics.jsonl", "a", encoding="utf-8") as handle:
             handle.write(json.dumps(row) + "\n")
+
+    def _checkpoint(self) -> None:
+        with disk_full_names(self.out):
+            save_checkpoint(self.accelerator, self.state, self.out, self.opts.keep_checkpoints)
 
     def run(self) -> TrainResult:
         if not hasattr(self, "state"):
@@ -372,25 +378,26 @@ class Trainer:
             if opts.dev_every and state.step % opts.dev_every == 0 and state.step < self.steps:
                 self._evaluate()
             if opts.checkpoint_every and state.step % opts.checkpoint_every == 0 and state.step < self.steps:
-                save_checkpoint(acc, state, self.out, opts.keep_checkpoints)
+                self._checkpoint()
                 saved_at = state.step
         bar.close()
         if self.data.dev is not None:
             self._evaluate()
         if saved_at != state.step or not complete_checkpoints(self.out):
-            save_checkpoint(acc, state, self.out, opts.keep_checkpoints)
+            self._checkpoint()
         final = self.out / "final"
         if acc.is_main_process:
-            save_model(self.encoder, final, self._card("final", None if self.resumed_from else train_time))
             from maw_reranker.utils.io import write_json
 
             done = state.step - start_step
-            write_json(self.out / "train_summary.json", {
-                "steps": state.step, "steps_this_session": done, "best_metric": state.best_metric,
-                "best_step": state.best_step, "final_model": str(final), "train_seconds": round(train_time, 3),
-                "parameters": dict(self.counts),
-                "pairs_per_second": round(pairs_per_step * done / train_time, 3) if train_time else None,
-                "last": history[-1] if history else None})
+            with disk_full_names(self.out):  # a full disk is named with the folder, not as an unexpected error
+                save_model(self.encoder, final, self._card("final", None if self.resumed_from else train_time))
+                write_json(self.out / "train_summary.json", {
+                    "steps": state.step, "steps_this_session": done, "best_metric": state.best_metric,
+                    "best_step": state.best_step, "final_model": str(final), "train_seconds": round(train_time, 3),
+                    "parameters": dict(self.counts),
+                    "pairs_per_second": round(pairs_per_step * done / train_time, 3) if train_time else None,
+                    "last": history[-1] if history else None})
         if self.cache is not None:
             self.cache.close()  # states computed since the last shard
         if acc.is_main_process:

@@ -2,9 +2,24 @@
 
 from __future__ import annotations
 
+import errno
+
 
 class OptionError(ValueError):
     """A bad option or config value (the CLI exits 2, as for a usage error); the message names the option."""
+
+
+class DiskFullError(OSError):
+    """A write into an output folder cut short by a full disk or quota (``errno`` ENOSPC or EDQUOT): its message
+    names the folder, and the file being written when it is known."""
+
+    def __init__(self, code: int, folder, file=None, detail: str = ""):
+        super().__init__(code, "disk quota exceeded" if code == errno.EDQUOT else "no space left on device", str(folder))
+        self.folder, self.file, self.detail = str(folder), (str(file) if file else None), detail
+
+    def __str__(self) -> str:
+        at = f" (at {self.file})" if self.file and self.file != self.folder else ""
+        return f"{self.strerror} while writing {self.folder}{at}; free space there or choose another output"
 
 
 def with_context(exc: BaseException, prefix: str) -> BaseException:

@@ -16,6 +16,7 @@ removes the first one's live staging folder (one on another host is kept: its ow
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -28,11 +29,12 @@ import tempfile
 from pathlib import Path
 from typing import IO, Iterator
 
-from maw_reranker.utils.errors import OptionError
+from maw_reranker.utils.errors import DiskFullError, OptionError
 
 log = logging.getLogger(__name__)
-# What torch says when a write is cut short by a full disk (its own errors carry no errno).
-DISK_FULL_HINTS = ("unexpected pos", "PytorchStreamWriter failed", "file write failed")
+# What torch and safetensors say when a write is cut short by a full disk (their errors carry no errno).
+DISK_FULL_HINTS = ("unexpected pos", "PytorchStreamWriter failed", "file write failed", "No space left on device",
+                   "os error 28", "Disk quota exceeded", "os error 122")
 
 _TEMP_NAME = re.compile(r"^\.(?P<name>.+)\.(?P<rand>[a-z0-9_]{8})(?P<old>\.old)?\.tmp$")
 _RAND_CHARS = string.ascii_lowercase + string.digits + "_"  # tempfile's alphabet, so one pattern covers both
@@ -145,6 +147,43 @@ def remove_stale_temps(folder: str | Path, name: str | None = None) -> list[Path
             removed.append(path)
             log.info("removed a stale temporary of an interrupted run: %s", path)
     return removed
+
+
+def disk_full_errno(exc: BaseException) -> int | None:
+    """``errno.ENOSPC`` or ``errno.EDQUOT`` when ``exc`` (or what it was raised from) is a write that hit a full disk
+    or quota: an ``OSError`` of that errno, or a library's error without one that says so (torch's ``RuntimeError``,
+    safetensors' ``SafetensorError``: :data:`DISK_FULL_HINTS`); else None."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno is not None:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                return exc.errno
+        elif isinstance(exc, (RuntimeError, OSError)) or type(exc).__name__ == "SafetensorError":
+            text = str(exc)
+            if "Disk quota exceeded" in text or "os error 122" in text:
+                return errno.EDQUOT
+            if any(hint in text for hint in DISK_FULL_HINTS):
+                return errno.ENOSPC
+        exc = exc.__cause__
+    return None
+
+
+@contextlib.contextmanager
+def disk_full_names(folder: str | Path) -> Iterator[None]:
+    """Writes into the output folder ``folder``: one that fails for a full disk or quota (:func:`disk_full_errno`)
+    raises :class:`~maw_reranker.utils.errors.DiskFullError` naming ``folder`` (and the file, when the error names
+    one), from the original error; other errors pass through."""
+    try:
+        yield
+    except DiskFullError:
+        raise
+    except Exception as exc:
+        code = disk_full_errno(exc)
+        if code is None:
+            raise
+        file = next((e.filename for e in (exc, exc.__cause__) if isinstance(e, OSError) and e.filename), None)
+        raise DiskFullError(code, folder, file, str(exc)) from exc
 
 
 @contextlib.contextmanager

@@ -53,3 +53,63 @@ def test_cli_errors(tmp_path, capsys):
                  "--candidates", str(task["run"]), "--report-to", "", "--output-dir", str(tmp_path / "o")])
     assert code == 1
     assert "no query has a positive" in capsys.readouterr().err
+
+
+def _disk_full_config(tmp_path) -> Path:
+    task = write_task(tmp_path / "t")
+    model = tiny_model_dir(tmp_path / "m")
+    config = tmp_path / "c.yaml"
+    config.write_text(f"model: {model}\ndataset: {task['dataset']}\nsplit: train\ncandidates: {task['run']}\n"
+                      "maw: {gating_mode: learned, depth_dim: 4}\nnum_negatives: 3\nbatch_size: 4\nmax_length: 32\n"
+                      f"report_to: []\nprogress: false\noutput_dir: {tmp_path / 'out'}\nmax_steps: 2\n")
+    return config
+
+
+def _safetensors_disk_full(tensors, filename, *args, **kwargs):
+    from safetensors import SafetensorError
+
+    Path(filename).write_bytes(b"partial")
+    raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+
+def _torch_disk_full(*args, **kwargs):
+    raise RuntimeError("[enforce fail at inline_container.cc:603] . PytorchStreamWriter failed writing file "
+                       "data/3: file write failed")
+
+
+@pytest.mark.parametrize("target, fake, where", [
+    ("transformers.modeling_utils.safe_save_file", _safetensors_disk_full, None),
+    ("accelerate.Accelerator.save_state", _torch_disk_full, "checkpoints/.tmp-step_0000002"),
+], ids=["final model (safetensors)", "checkpoint (torch)"])
+def test_a_full_disk_names_the_output_folder(tmp_path, capsys, monkeypatch, target, fake, where):
+    config = _disk_full_config(tmp_path)
+    monkeypatch.setattr(target, fake)
+    capsys.readouterr()  # the tiny model's save
+    assert main(["train", "--config", str(config)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "unexpected" not in err, err
+    out = tmp_path / "out"
+    assert err.startswith(f"maw-rerank train: error: no space left on device while writing {out}"), err
+    if where:
+        assert f"(at {out / where})" in err
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no partial folder left behind
+
+
+def test_a_full_quota_while_logging_names_the_output_folder(tmp_path, capsys, monkeypatch):
+    import builtins
+    import errno
+
+    from maw_reranker.train import trainer
+
+    def quota_open(file, mode="r", *args, **kwargs):
+        if str(file).endswith("metrics.jsonl") and "a" in mode:
+            raise OSError(errno.EDQUOT, "Disk quota exceeded")  # as a write() says it: no file name
+        return builtins.open(file, mode, *args, **kwargs)
+
+    config = _disk_full_config(tmp_path)
+    capsys.readouterr()
+    monkeypatch.setattr(trainer, "open", quota_open, raising=False)
+    assert main(["train", "--config", str(config)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == (f"maw-rerank train: error: disk quota exceeded while writing {tmp_path / 'out'}; free space there "
+                   "or choose another output")
