@@ -5,7 +5,8 @@ parameter counts and the training time of every run.
 A study file (``configs/studies/*.yaml``) holds ``model``, ``seeds``, ``baseline``, ``train`` (training options
 shared by every run), ``eval`` (evaluation options shared by every run), ``protocols`` (each ``{name, train:
 {dataset options...}, test: {dataset options...}}``), ``variants`` (each ``{name, train: {options}}``) and
-``quick`` (overrides for ``--quick``: fewer seeds, steps, queries). A variant may set ``lora_r: match:<variant>``:
+``quick`` (overrides for ``--quick``: fewer seeds, steps, queries; its models and evaluation runs go to
+folders of their own, ``<study>-quick`` and ``<output_dir>/_quick``). A variant may set ``lora_r: match:<variant>``:
 the LoRA rank whose parameter count is closest to that (earlier) variant's trainable MAW parameters.
 ``untouched: <name>`` adds an evaluation-only variant of that name: ``model`` itself, untrained and without MAW,
 evaluated once (its first seed: it has nothing random); every trained variant is then also compared against it
@@ -124,6 +125,8 @@ def apply_quick(options: StudyOptions) -> StudyOptions:
     data["quick"] = {}
     if "name" not in (options.quick or {}):  # its own models and runs: a smoke run is never reused as the study
         data["name"] = f"{options.name}-quick"
+    if "output_dir" not in (options.quick or {}):  # its own evaluation runs: they never block the study's
+        data["output_dir"] = str(Path(options.output_dir) / "_quick")
     return StudyOptions(**data)
 
 

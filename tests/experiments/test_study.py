@@ -55,6 +55,7 @@ def test_quick_runs_apart_and_plan_errors(tmp_path):
     quick = apply_quick(options)
     assert quick.name == "tiny-quick" and quick.seeds == [5] and quick.train["max_steps"] == 1
     assert quick.train["max_length"] == 32  # mappings merge key by key
+    assert quick.output_dir == str(tmp_path / "exp" / "_quick")  # its evaluation runs never block the study's
     assert len(plan_trainings(options)) == 3
     with pytest.raises(ConfigError, match="earlier variant"):
         plan_trainings(study(tmp_path / "b", variants=[{"name": "topk", "train": {"lora_r": "match:later"}}]))
@@ -92,6 +93,8 @@ def test_untouched_checkpoint_is_evaluated_once_and_every_variant_compared_again
     options = study(tmp_path, seeds=[0, 1], untouched="untouched",
                     variants=[{"name": "topk", "train": {"maw": None}},
                               {"name": "topk_long", "train": {"maw": None, "max_steps": 3}}])
+    # a quick run first: its evaluation of the untouched checkpoint (other settings, same seed) stays apart
+    run_study(dataclasses.replace(options, quick={"seeds": [0], "eval": {"max_queries": 2}}, quick_run=True))
     result = run_study(options)
     assert len(result.trainings) == 4  # the untouched checkpoint is never trained
     dataset = tmp_path / "exp" / "tiny-test-train"
