@@ -124,6 +124,9 @@ class Bm25sEngine(Engine):
         return {"bm25s": bm25s.__version__}
 
 
+SEARCH_CHUNK = 1000  # queries per call into Pyserini's JVM
+
+
 class PyseriniEngine(Engine):
     """Lucene BM25 through Pyserini/Anserini: prebuilt index when one can be fetched, else built here."""
 
@@ -140,7 +143,7 @@ class PyseriniEngine(Engine):
         return "index-pyserini"  # a Lucene index stores statistics only; k1 and b are set at search time
 
     def build_index(self, docs: Iterable[tuple[str, str]], index_dir: Path) -> int:
-        from maw_reranker.retrieve.pyserini_env import java_class
+        from maw_reranker.retrieve.pyserini_env import run_java
 
         # Anserini's JsonCollection ({"id", "contents"}), one shard per thread so indexing runs in parallel.
         with tempfile.TemporaryDirectory(prefix="maw-jsoncollection-", dir=index_dir.parent) as tmp:
@@ -154,9 +157,11 @@ class PyseriniEngine(Engine):
                     shard.close()
             if count == 0:
                 raise ValueError("cannot index an empty corpus")
-            java_class("io.anserini.index.IndexCollection").main(
-                ["-collection", "JsonCollection", "-generator", "DefaultLuceneDocumentGenerator",
-                 "-input", tmp, "-index", str(index_dir), "-threads", str(self.threads), "-quiet"])
+            # In a child java: Ctrl-C stops it at once (a call into this process's JVM would finish first).
+            run_java("io.anserini.index.IndexCollection",
+                     ["-collection", "JsonCollection", "-generator", "DefaultLuceneDocumentGenerator",
+                      "-input", tmp, "-index", str(index_dir), "-threads", str(self.threads), "-quiet"],
+                     f"indexing into {index_dir}")
         indexed = self._searcher_cls(str(index_dir)).num_docs
         if indexed != count:
             raise RuntimeError(f"Anserini indexed {indexed} of {count} documents into {index_dir}")
@@ -187,7 +192,10 @@ class PyseriniEngine(Engine):
         qids = list(queries)
         if not qids:
             return {}
-        hits = self._searcher.batch_search([queries[q] for q in qids], qids, k=k, threads=self.threads)
+        hits = {}
+        for start in range(0, len(qids), SEARCH_CHUNK):  # Ctrl-C is acted on between chunks (not inside Java)
+            chunk = qids[start:start + SEARCH_CHUNK]
+            hits.update(self._searcher.batch_search([queries[q] for q in chunk], chunk, k=k, threads=self.threads))
         return {qid: {h.docid: float(h.score) for h in hits.get(qid, [])} for qid in qids}
 
     def versions(self) -> dict[str, str]:

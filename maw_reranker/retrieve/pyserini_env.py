@@ -6,6 +6,11 @@ start. Pyserini only configures pyjnius when the JVM is not running yet, so we s
 to a Java 21+ runtime, classpath = Pyserini's bundled Anserini fat jar, then ``import jnius``. Importing
 ``pyserini.search.lucene`` also builds an OpenAI client at import time, which raises without an API key
 (openai >= 2.34), so a placeholder key is set for the import only.
+
+Ctrl-C: a JVM installs its own SIGINT handler, which exits the whole process at once (exit code 130, no
+"interrupted" line, temporaries left behind), and a long call into Java (an index build) holds Python's handler
+off until it returns. So the JVM is started with ``-Xrs`` (SIGINT stays Python's: ``KeyboardInterrupt``), and index
+builds run Anserini in a child ``java`` process (:func:`run_java`), which is stopped when the build is interrupted.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import importlib.util
 import logging
 import os
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -71,6 +77,11 @@ def pyserini_available() -> tuple[bool, str]:
     return True, ""
 
 
+def _jvm_options(java_home: Path) -> list[str]:
+    # Lucene's mmap directory uses sun.misc.Unsafe; Java 24+ warns on stderr unless allowed.
+    return ["--sun-misc-unsafe-memory-access=allow"] if (_java_major(java_home) or 0) >= 24 else []
+
+
 def _start_jvm() -> None:
     if "jnius" in sys.modules:
         return  # already running (ours or the caller's): Pyserini must find its classes there
@@ -82,9 +93,8 @@ def _start_jvm() -> None:
     os.environ["JAVA_HOME"] = str(java_home)  # pyjnius locates libjvm through JAVA_HOME
     if not jnius_config.vm_running:
         jnius_config.set_classpath(str(anserini_jar()))
-        if (_java_major(java_home) or 0) >= 24:
-            # Lucene's mmap directory uses sun.misc.Unsafe; Java 24+ warns on stderr unless allowed.
-            jnius_config.add_options("--sun-misc-unsafe-memory-access=allow")
+        # -Xrs: the JVM leaves SIGINT/SIGTERM to Python (its handler would end the process without a word).
+        jnius_config.add_options("-Xrs", *_jvm_options(java_home))
     log.debug("starting the JVM from %s", java_home)
     import jnius  # noqa: F401  (importing starts the JVM)
 
@@ -114,8 +124,45 @@ def lucene_searcher_class():
     return LuceneSearcher
 
 
-def java_class(name: str):
-    lucene_searcher_class()
-    from jnius import autoclass
+def java_command(main_class: str, args: list[str]) -> list[str]:
+    """The command line that runs ``main_class`` of Pyserini's Anserini jar in a child ``java`` process."""
+    java_home = find_java_home()
+    if java_home is None:
+        raise EngineUnavailableError(f"the 'pyserini' engine needs a Java {MIN_JAVA}+ runtime; {INSTALL_HINT}")
+    return [str(java_home / "bin" / "java"), *_jvm_options(java_home), "-cp", str(anserini_jar()), main_class, *args]
 
-    return autoclass(name)
+
+def run_child(cmd: list[str], what: str, poll_s: float = 0.2, env: dict | None = None) -> None:
+    """Run ``cmd`` to completion; Ctrl-C (``KeyboardInterrupt``) stops it (SIGTERM, then SIGKILL) and is re-raised.
+
+    The wait polls, so a SIGINT that the OS delivers to another thread of this process (a JVM's) is still acted on
+    within ``poll_s``. A child ended by SIGINT is an interruption too; another non-zero exit is a ``RuntimeError``
+    naming ``what``.
+    """
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, env=env)
+    try:
+        while True:
+            try:
+                code = proc.wait(timeout=poll_s)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+    except BaseException:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except BaseException:
+            proc.kill()
+            proc.wait()
+        raise
+    if code in (130, -2):  # SIGINT reached the child (its whole process group got a Ctrl-C)
+        raise KeyboardInterrupt
+    if code != 0:
+        raise RuntimeError(f"{what}: {Path(cmd[0]).name} exited with code {code} (its messages are above)")
+
+
+def run_java(main_class: str, args: list[str], what: str) -> None:
+    """Run an Anserini command line tool (e.g. ``io.anserini.index.IndexCollection``) in a child ``java``; see
+    :func:`run_child`."""
+    cmd = java_command(main_class, args)
+    run_child(cmd, what, env={**os.environ, "JAVA_HOME": str(Path(cmd[0]).parents[1])})

@@ -32,3 +32,53 @@ def test_pyserini_index_is_built_once_and_params_apply(tmp_path):
     meta = json.loads(other.with_name(other.name + ".json").read_text())
     assert meta["index"].startswith("cached:")  # k1/b are search-time settings for Lucene
     assert read_run(first)["q1"] != read_run(other)["q1"]
+
+
+def test_ctrl_c_during_an_index_build_says_interrupted_and_leaves_nothing(tmp_path):
+    """A Ctrl-C (SIGINT to the process group, as a terminal sends it) during the build: the JVM no longer ends the
+    process silently (exit 130, no line, the temporaries left) nor holds the interrupt until indexing ends."""
+    import os
+    import random
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    folder = tmp_path / "big"
+    (folder / "qrels").mkdir(parents=True)
+    rng = random.Random(0)
+    words = [f"w{i}" for i in range(3000)]
+    with (folder / "corpus.jsonl").open("w") as f:  # large enough that indexing takes seconds
+        for i in range(60000):
+            f.write(json.dumps({"_id": f"d{i}", "title": "", "text": " ".join(rng.choices(words, k=30))}) + "\n")
+    (folder / "queries.jsonl").write_text(json.dumps({"_id": "q1", "text": "w1 w2"}) + "\n")
+    (folder / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td1\t1\n")
+    pools = tmp_path / "pools"
+    cmd = [sys.executable, "-m", "maw_reranker.cli.main", "build-pools", "--dataset", str(folder), "--split", "test",
+           "--pool-engine", "pyserini", "--pools-dir", str(pools), "--pool-k", "10", "--threads", "1"]
+    repo = Path(__file__).resolve().parents[2]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, cwd=repo,
+                            start_new_session=True, env=dict(os.environ, PYTHONPATH=str(repo)))
+    lines = []
+    try:
+        for line in proc.stderr:  # the JVM is up (the engine started it); the build begins
+            lines.append(line)
+            if "indexing" in line:
+                break
+        time.sleep(1.0)  # into writing the collection or into Anserini's indexer
+        os.killpg(proc.pid, signal.SIGINT)
+        sent = time.monotonic()
+        _, rest = proc.communicate(timeout=60)
+        waited = time.monotonic() - sent
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    err = "".join(lines) + rest
+    assert proc.returncode == 130, err[-2000:]
+    assert err.strip().splitlines()[-1].startswith("maw-rerank build-pools: interrupted"), err[-2000:]
+    assert waited < 30, waited
+    indexes = pools / "_indexes"
+    assert [p.relative_to(indexes) for p in indexes.rglob("*") if p.is_file() or p.name.startswith(".")] == []
+    assert not list(pools.rglob("*.run"))
