@@ -174,7 +174,7 @@ def build_parser(options_cls: type, parser: argparse.ArgumentParser) -> argparse
             parser.add_argument(*_flags("no_" + field.name), dest=field.name, action="store_const", const="false",
                                 default=argparse.SUPPRESS, help=argparse.SUPPRESS)
         elif _is_list(field):
-            parser.add_argument(*_flags(field.name), nargs="+", **kwargs)
+            parser.add_argument(*_flags(field.name), nargs="+", action=_ListAction, **kwargs)
         else:
             parser.add_argument(*_flags(field.name), **kwargs)
     for old in renamed_options(options_cls):  # accepted by argparse so that the error can name the new one
@@ -182,11 +182,11 @@ def build_parser(options_cls: type, parser: argparse.ArgumentParser) -> argparse
     return parser
 
 
-def _list_value(value: Any) -> Any:
+class _ListAction(argparse.Action):
     """Several values of a list flag stay a list; one value is parsed as written (``0,1``, ``[0,1]``, ``0``)."""
-    if isinstance(value, list) and len(value) == 1 and isinstance(value[0], str):
-        return value[0]
-    return value
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values[0] if len(values) == 1 else list(values))
 
 
 def parse_options(options_cls: type, ns: argparse.Namespace | dict, config_files: list | None = None,
@@ -209,8 +209,6 @@ def parse_options(options_cls: type, ns: argparse.Namespace | dict, config_files
         merged = deep_merge(merged, data)
     for key in values:
         sources[key] = source
-        if key in fields and _is_list(fields[key]):
-            values[key] = _list_value(values[key])
     # A mapping given in Python is checked like a config file; argparse adds only known keys anyway.
     merged.update(values)
     renamed = renamed_options(options_cls)

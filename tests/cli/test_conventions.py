@@ -143,3 +143,9 @@ def test_eval_force_and_suite_dry_run_as_bare_flags(model_dir, tmp_path, capsys)
     assert main(args + ["--force"]) == 0 and "wrote" in capsys.readouterr().out
     assert main(["suite", "--config", "main", "--dry-run", "--seeds", "0", "1"]) == 0
     assert "12 runs planned" in capsys.readouterr().out  # 3 datasets x 2 variants x 2 seeds
+
+
+def test_a_list_given_in_python_is_taken_as_it_is():
+    """Only a single command-line value is parsed as written; a Python list of one element keeps its element whole."""
+    assert parse_options(Toy, {"measures": ["P(rel=2,judged_only)@10"]}).measures == ["P(rel=2,judged_only)@10"]
+    assert parse("--measures", "nDCG@10,RR@10").measures == ["nDCG@10", "RR@10"]
