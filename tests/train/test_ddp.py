@@ -42,8 +42,10 @@ def _free_port() -> int:
 
 
 def _launch(config: Path, out: Path, *extra: str, kill_at: int = 0) -> subprocess.CompletedProcess:
+    # HF_HOME of its own: no accelerate default_config.yaml of the machine changes the launch (the model is local).
     env = dict(os.environ, ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1", PYTHONPATH=str(REPO),
-               MAW_TEST_KILL_AT_STEP=str(kill_at), HF_HUB_OFFLINE="1", MASTER_ADDR="127.0.0.1")
+               MAW_TEST_KILL_AT_STEP=str(kill_at), HF_HUB_OFFLINE="1", MASTER_ADDR="127.0.0.1",
+               HF_HOME=str(config.parent / "hf_home"))
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
            "--main_process_port", str(_free_port()), str(WORKER), "train", "--config", str(config),
