@@ -128,10 +128,10 @@ def report(result: DemoResult) -> str:
         f"trained models: {result.output_dir / 'models'}",
         f"total time: {result.seconds:.0f} s",
         "",
-        "Real data: see README 'Reproducing the study', e.g.",
-        "  maw-rerank build-pools --dataset scifact            # BM25 pools (Pyserini or bm25s)",
-        "  maw-rerank suite --config main                     # non_maw vs maw_default with significance tests",
-        "  maw-rerank train --config scifact_finetune --model <dir or hub id>",
+        "Real data: see README 'Quick start (with internet and a GPU)', e.g.",
+        "  maw-rerank build-pools --dataset trec-dl-2019-passage   # BM25 pools (Pyserini or bm25s)",
+        "  maw-rerank suite --config main       # non_maw vs maw_default on MS MARCO dev, DL19, DL20, with significance",
+        "  maw-rerank train --config scifact_maw --output-dir runs/sf-maw",
         "",
     ]
     return "\n".join(lines)
