@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     for flag, dest in GLOBAL_FLAGS.items():
         flags[dest] = flags[dest] or flag in argv
     argv = [a for a in argv if a not in GLOBAL_FLAGS]
-    parser = argparse.ArgumentParser(prog="maw-rerank", description="MAW cross-encoder reranking: pools, training, "
+    parser = argparse.ArgumentParser(prog="maw-rerank", allow_abbrev=False, description="MAW cross-encoder reranking: pools, training, "
                                      "evaluation. `maw-rerank COMMAND --help` lists a command's options.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging (anywhere on the line)")
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error (anywhere on the "

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import os
 from pathlib import Path
 
@@ -32,8 +33,13 @@ def is_local(name_or_path) -> bool:
     return Path(os.path.expanduser(str(name_or_path))).is_dir()
 
 
-def model_file(name_or_path, filename: str) -> Path | None:
-    """``filename`` of a local model folder or hub repo, or None when the model has none."""
+# Keywords of from_pretrained that also locate a hub repo's other files (MAW files, tokenizer).
+HUB_KWARGS = ("revision", "token", "cache_dir", "local_files_only")
+
+
+def model_file(name_or_path, filename: str, **hub) -> Path | None:
+    """``filename`` of a local model folder or hub repo, or None when the model has none. ``hub``: revision, token,
+    cache_dir, local_files_only, as from_pretrained takes them."""
     if is_local(name_or_path):
         path = Path(os.path.expanduser(str(name_or_path))) / filename
         return path if path.is_file() else None
@@ -41,15 +47,33 @@ def model_file(name_or_path, filename: str) -> Path | None:
     from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 
     try:
-        return Path(hf_hub_download(str(name_or_path), filename))
-    except EntryNotFoundError:
+        return Path(hf_hub_download(str(name_or_path), filename, **hub))
+    except LocalEntryNotFoundError:  # a subclass of EntryNotFoundError: first
+        # Offline (or no network) and the file is not in the cache: a plain model simply has none, but a MAW model
+        # (its cached config.json names modeling_maw) whose MAW files were never downloaded must not load without them.
+        if _cached_maw_model(str(name_or_path), hub):
+            raise ModelLoadError(f"model {str(name_or_path)!r}: a MAW model whose {filename} is not in the Hugging "
+                                 f"Face cache; download the whole repo (huggingface-cli download "
+                                 f"{name_or_path}) where there is internet") from None
         return None
-    except LocalEntryNotFoundError:
-        # Offline (or no network): a cached snapshot without this file is a model without it; no snapshot at all
-        # is reported when transformers loads the model itself, with hub_error's message.
+    except EntryNotFoundError:
         return None
     except Exception as exc:  # noqa: BLE001 - any hub failure becomes the one line below
         raise hub_error(name_or_path, exc) from None
+
+
+def _cached_maw_model(repo_id: str, hub: dict) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = try_to_load_from_cache(repo_id, "config.json", cache_dir=hub.get("cache_dir"),
+                                    revision=hub.get("revision"))
+    if not isinstance(cached, str):
+        return False
+    try:
+        auto_map = json.loads(Path(cached).read_text(encoding="utf-8")).get("auto_map") or {}
+    except (OSError, ValueError, AttributeError):
+        return False
+    return any("modeling_maw" in str(target) for target in auto_map.values())
 
 
 def hub_error(name, exc: BaseException) -> ModelLoadError:
@@ -69,16 +93,19 @@ def hub_error(name, exc: BaseException) -> ModelLoadError:
     return ModelLoadError(f"model {str(name)!r}: {why}; {OFFLINE_HINT}")
 
 
-def saved_maw_config(name_or_path) -> MAWConfig | None:
+def saved_maw_config(name_or_path, **hub) -> MAWConfig | None:
     """The MAW settings a model folder or hub repo saved, or None (a plain checkpoint)."""
-    path = model_file(name_or_path, CONFIG_NAME) if is_local(name_or_path) else _hub_maw_config(str(name_or_path))
+    if is_local(name_or_path):
+        path = model_file(name_or_path, CONFIG_NAME)
+    else:
+        path = _hub_maw_config(str(name_or_path), tuple(sorted(hub.items())))
     return MAWConfig.load(path.parent) if path is not None else None
 
 
 @functools.lru_cache(maxsize=64)
-def _hub_maw_config(repo_id: str) -> Path | None:
+def _hub_maw_config(repo_id: str, hub: tuple) -> Path | None:
     # Once per process and repo: a suite plans many runs of one model, and each lookup may go to the network.
-    return model_file(repo_id, CONFIG_NAME)
+    return model_file(repo_id, CONFIG_NAME, **dict(hub))
 
 
 def reconcile_maw(saved: MAWConfig | None, requested, num_layers: int, fresh_maw: bool, where: str):

@@ -70,7 +70,7 @@ class CrossEncoderWithMAW(nn.Module):
         """
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-        from maw_reranker.cross_encoder.loading import hub_error, is_local, model_file, reconcile_maw, \
+        from maw_reranker.cross_encoder.loading import HUB_KWARGS, hub_error, is_local, model_file, reconcile_maw, \
             saved_maw_config
 
         if maw != _AUTO and maw is not None and not isinstance(maw, MAWConfig):
@@ -78,10 +78,14 @@ class CrossEncoderWithMAW(nn.Module):
         if isinstance(maw, MAWConfig) and not maw.use_maw:
             maw = None  # MAWConfig(use_maw=False) is the unpatched baseline, as maw=None
         name = str(name_or_path)
-        saved_cfg = saved_maw_config(name)
-        settings_file = model_file(name, SETTINGS_NAME)
+        hub = {k: hf_kwargs[k] for k in HUB_KWARGS if k in hf_kwargs}  # the MAW files come from the same revision
+        saved_cfg = saved_maw_config(name, **hub)
+        settings_file = model_file(name, SETTINGS_NAME, **hub)
         settings = json.loads(settings_file.read_text()) if settings_file is not None else {}
         kwargs = dict(hf_kwargs)
+        if saved_cfg is not None:
+            # A folder this package saved: the package applies its MAW; the portable remote code would do it twice.
+            kwargs.pop("trust_remote_code", None)
         if torch_dtype is not None:
             kwargs["dtype"] = torch_dtype
         if attn_implementation is not None:
@@ -89,7 +93,7 @@ class CrossEncoderWithMAW(nn.Module):
         kwargs.setdefault("num_labels", 1)
         try:
             model = AutoModelForSequenceClassification.from_pretrained(name, **kwargs)
-            tokenizer = AutoTokenizer.from_pretrained(name)
+            tokenizer = AutoTokenizer.from_pretrained(name, **hub)
         except OSError as exc:
             if is_local(name):
                 raise
@@ -98,7 +102,7 @@ class CrossEncoderWithMAW(nn.Module):
         maw, load_saved = reconcile_maw(saved_cfg, maw, num_layers, fresh_maw, name)
         encoder = cls(model, tokenizer, maw=maw, max_length=max_length or settings.get("max_length"))
         if load_saved and maw is not None:
-            _load_saved_maw(model, model_file(name, MAW_WEIGHTS_NAME), saved_cfg, maw, name)
+            _load_saved_maw(model, model_file(name, MAW_WEIGHTS_NAME, **hub), saved_cfg, maw, name)
         encoder.to(device or default_device())
         encoder.eval()
         return encoder

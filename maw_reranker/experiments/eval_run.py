@@ -146,7 +146,7 @@ def plan_eval(options: EvalOptions, dataset=None) -> EvalPlan:
     if options.output_run:
         check_writable(options.output_run, "output_run", is_file=True)
         _check_not_an_input(options)
-    maw = with_run_seed(parse_maw(options.maw), options.seed, model_path)
+    maw = with_run_seed(parse_maw(options.maw), options.seed, None if options.fresh_maw else model_path)
     ds = dataset if dataset is not None else dataset_from_options(options)
     variant = options.variant or default_variant_name(effective_maw(maw, model_path))
     artifacts = RunArtifacts.for_run(options.output_dir, ds.slug, variant, options.seed)

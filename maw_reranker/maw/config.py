@@ -18,6 +18,7 @@ DEPTH_SOURCES = get_args(DepthSource)
 CONFIG_NAME = "maw_config.json"
 # Fields that decide which MAW parameters exist and their shapes (and the layers, compared resolved); the others
 # are settings applied to the same parameters.
+MLP_MODES = ("gate", "router", "grpo")  # gating modes with an MLP of width gate_hidden
 STRUCTURE_FIELDS = ("use_maw", "depth_dim", "depth_source", "depth_rank", "gating_mode", "per_head", "gate_hidden")
 
 
@@ -105,6 +106,8 @@ class MAWConfig:
         diff = [name for name in STRUCTURE_FIELDS if getattr(self, name) != getattr(other, name)]
         if self.depth_source == other.depth_source == "split" and "depth_rank" in diff:
             diff.remove("depth_rank")  # split depths have no projection of that rank
+        if self.gating_mode == other.gating_mode and self.gating_mode not in MLP_MODES and "gate_hidden" in diff:
+            diff.remove("gate_hidden")  # only the gate / router MLP has that width
         if resolve_layers(self, num_layers) != resolve_layers(other, num_layers):
             diff.append("layers")
         return diff

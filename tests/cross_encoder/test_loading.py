@@ -144,3 +144,33 @@ def test_a_hub_id_loads_offline_from_the_hugging_face_cache(trained, base_dir, t
     assert missing.returncode == 1 and "Traceback" not in missing.stderr
     line = missing.stderr.strip().splitlines()[-1]
     assert "'tiny-org/not-cached'" in line and "HF_HUB_OFFLINE=1" in line and len(line) < 400, line
+
+
+def test_gate_hidden_is_no_structure_for_modes_without_an_mlp(base_dir, tmp_path):
+    cfg = MAWConfig(gating_mode="learned", depth_dim=3)
+    model = CrossEncoderWithMAW.from_pretrained(base_dir, maw=cfg, device="cpu")
+    perturb_maw(model)
+    model.save_pretrained(tmp_path / "m")
+    again = CrossEncoderWithMAW.from_pretrained(tmp_path / "m", maw=cfg.replace(gate_hidden=128), device="cpu")
+    assert _same_state(maw_state_dict(again.model), maw_state_dict(model.model))
+
+
+def test_trust_remote_code_on_a_saved_folder_loads_the_package_way(trained):
+    """The folder carries portable remote code too; the package applies its own MAW once, not the embedded copy's."""
+    path, state = trained
+    model = CrossEncoderWithMAW.from_pretrained(path, trust_remote_code=True, device="cpu")
+    assert _same_state(maw_state_dict(model.model), state)
+
+
+def test_a_cached_maw_repo_without_its_maw_files_is_refused_offline(trained, tmp_path):
+    """A MAW repo of which only the transformers files were downloaded must not load silently without its MAW."""
+    from tests.hub_cache import run_offline, seed_hub_cache
+
+    path, _ = trained
+    hf_home = tmp_path / "hf"
+    snapshot = seed_hub_cache(hf_home, "tiny-org/maw-partial", path)
+    for name in ("maw_config.json", "maw_model.safetensors", "maw_cross_encoder.json"):
+        (snapshot / name).unlink(missing_ok=True)
+    code = "from maw_reranker import CrossEncoderWithMAW as C; C.from_pretrained('tiny-org/maw-partial', device='cpu')"
+    out = run_offline(hf_home, ["-c", code], cwd=tmp_path)
+    assert out.returncode != 0 and "maw_config.json is not in the Hugging Face cache" in out.stderr, out.stderr[-800:]
