@@ -7,6 +7,9 @@ reference, both from the same projected inputs. Time is the median of
 repeats; peak extra memory is measured in a fresh subprocess per cell (peak RSS growth while the op runs) and is
 reported in units of one ordinary attention map (B x H x L x L float32).
 
+Training rows: forward + backward of one layer in train mode, backbone vs MAW `learned` (the training path), batch 1
+and 32, L=256 and 512, D=8, with peak extra memory (the issue-21 target: at most 2 maps).
+
 Part 2 (model): reranking throughput (pairs/s) of a cross-encoder, patched (inject_last_k=1, D=8) vs unpatched, in
 fp32 and under bf16 autocast: cross-encoder/ms-marco-MiniLM-L-12-v2 (or --model, a hub id or folder) on DL19 BM25
 candidates from $MAW_DATA/trec-dl-2019-passage (default ../shared/data; synthetic text when absent). Our offline
@@ -78,8 +81,22 @@ def run_op(kind: str, depth: int, batch: int, length: int):
             gating = layer.gating
             return lambda: explicit_maw(inp, lambda rows, stats: gating.decide(stats.shape[0], stats, None).weights)
         return lambda: reference_maw(inp, lambda b, s: reference_stat_weights(s, 2.5))
+    if kind.startswith("train_"):  # forward + backward in train mode (the training path, maw/combined_attention.py)
+        layer = make_layer(depth, kind[len("train_"):]).train()
+        hidden.requires_grad_()
+
+        def step():
+            out = layer(hidden, attention_mask=mask)[0]
+            out.backward(torch.ones_like(out))
+            layer.zero_grad(set_to_none=True)
+            hidden.grad = None
+        return step
     layer = make_layer(depth, kind)
     return lambda: layer(hidden, attention_mask=mask)
+
+
+def is_training(kind: str) -> bool:
+    return kind.startswith("train_")
 
 
 def reset_allocator() -> None:
@@ -96,16 +113,21 @@ def reset_allocator() -> None:
         pass
 
 
-def time_op(fn, repeats: int) -> float:
-    reset_allocator()
-    with torch.inference_mode():
-        fn()  # warm-up
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def time_side_by_side(fns: dict, repeats: int, grad: bool = False) -> dict:
+    """Median time of each callable, measured in alternation (one call of each per round, in an order that
+    rotates), so that a slow spell of this shared machine hits every column of a ratio alike."""
+    names = list(fns)
+    times = {name: [] for name in names}
+    with torch.inference_mode(not grad):
+        for fn in fns.values():
+            fn()  # warm-up
+        for r in range(repeats):
+            for name in names[r % len(names):] + names[:r % len(names)]:
+                reset_allocator()
+                start = time.perf_counter()
+                fns[name]()
+                times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def time_interleaved(fast, reference, rounds: int, fast_repeats: int = 3) -> tuple[float, float]:
@@ -143,7 +165,7 @@ def child_memory(kind: str, depth: int, batch: int, length: int) -> None:
     import gc
 
     fn = run_op(kind, depth, batch, length)
-    with torch.inference_mode():
+    with torch.inference_mode(not is_training(kind)):
         fn()  # warm-up (lazy initialisation is not the layer's memory)
         gc.collect()
         ctypes.CDLL("libc.so.6").malloc_trim(0)
@@ -171,10 +193,10 @@ def layer_table(lengths, depths, batch: int, repeats: int, with_memory: bool,
             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for length in lengths:
         attn_map = batch * HEADS * length * length * 4
-        t_back = time_op(run_op("backbone", 1, batch, length), repeats)
         for depth in depths:
-            t_stat = time_op(run_op("stat", depth, batch, length), repeats)
-            t_uni = time_op(run_op("uniform", depth, batch, length), repeats)
+            side = time_side_by_side({kind: run_op(kind, depth, batch, length)
+                                      for kind in ("backbone", "stat", "uniform")}, repeats)
+            t_back, t_stat, t_uni = side["backbone"], side["stat"], side["uniform"]
             t_fast, t_ref = time_interleaved(run_op("fast", depth, batch, length),
                                              run_op("reference", depth, batch, length), rounds=3)
             if with_memory:
@@ -185,9 +207,34 @@ def layer_table(lengths, depths, batch: int, repeats: int, with_memory: bool,
             else:
                 m_stat = m_uni = None
                 mem = "- | -"
-            cells[(batch, length, depth)] = {"speedup": t_ref / t_fast, "memory": (m_stat, m_uni)}
+            cells[(batch, length, depth)] = {"speedup": t_ref / t_fast, "memory": (m_stat, m_uni),
+                                             "layer": {"stat": t_stat / t_back, "uniform": t_uni / t_back}}
             rows.append(f"| {length} | {depth} | {t_back * 1e3:.1f} | {t_stat * 1e3:.1f} | {t_uni * 1e3:.1f} | "
                         f"{t_fast * 1e3:.1f} | {t_ref * 1e3:.0f} | {t_ref / t_fast:.1f}x | {t_stat / t_back:.1f}x | {mem} |")
+            print(rows[-1], flush=True)
+    return rows
+
+
+def train_table(lengths, batches, depth: int, repeats: int, with_memory: bool, cells: dict) -> list[str]:
+    """Forward + backward of one layer in train mode (attention dropout 0: the timing is the maps' own cost): the
+    backbone's against MAW `learned` (the training path, maw/combined_attention.py), side by side; peak extra
+    memory of MAW's forward + backward over the backbone's, in attention maps."""
+    rows = [f"| batch | L | D | backbone fwd+bwd ms | MAW learned fwd+bwd ms | MAW / backbone | "
+            "peak extra mem fwd+bwd (attention maps) |", "|---|---|---|---|---|---|---|"]
+    for batch in batches:
+        for length in lengths:
+            side = time_side_by_side({kind: run_op(kind, depth, batch, length)
+                                      for kind in ("train_backbone", "train_learned")}, repeats, grad=True)
+            memory = None
+            if with_memory:
+                base = measure_memory("train_backbone", depth, batch, length)
+                memory = (measure_memory("train_learned", depth, batch, length) - base) / (
+                    batch * HEADS * length * length * 4)
+            ratio = side["train_learned"] / side["train_backbone"]
+            cells[("train", batch, length, depth)] = {"ratio": ratio, "memory": memory}
+            rows.append(f"| {batch} | {length} | {depth} | {side['train_backbone'] * 1e3:.1f} | "
+                        f"{side['train_learned'] * 1e3:.1f} | {ratio:.2f}x | "
+                        f"{'-' if memory is None else f'{memory:.2f}'} |")
             print(rows[-1], flush=True)
     return rows
 
@@ -267,6 +314,7 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=512)
     parser.add_argument("--no-memory", action="store_true")
     parser.add_argument("--model-only", action="store_true", help="only part 2 (whole-model throughput)")
+    parser.add_argument("--no-train", action="store_true", help="skip the training (forward + backward) rows")
     parser.add_argument("--rounds", type=int, default=3, help="paired rounds of the whole-model part")
     parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -287,6 +335,10 @@ def main() -> None:
         batch_lengths = lengths + ([1024] if batch == 1 and not (args.quick or args.lengths) else [])
         rows += layer_table(batch_lengths, depths, batch, repeats=3 if args.quick else 5,
                             with_memory=not (args.quick or args.no_memory), cells=cells) + [""]
+    if lengths and not args.no_train:
+        rows += ["Training (forward + backward, train mode):", ""] + train_table(
+            [256] if args.quick else [256, 512], args.batches, 8, repeats=3,
+            with_memory=not (args.quick or args.no_memory), cells=cells) + [""]
     print("\n".join(rows))
     if model_folder(args.model) is not None:
         print(f"\n# Whole-model reranking throughput: {args.model}")
@@ -300,17 +352,31 @@ def main() -> None:
 def print_checks(cells: dict, ratios: dict) -> None:
     """The issue's targets, as PASS/FAIL lines (only those this run measured)."""
     checks = []
+    # Issue 21's layer targets: MAW layer / backbone layer at D=8.
+    for (batch, length, depth), limits in {(32, 256, 8): {"stat": 2.0, "uniform": 1.6},
+                                           (1, 256, 8): {"stat": 3.0, "uniform": 3.0},
+                                           (1, 512, 8): {"stat": 3.0, "uniform": 3.0}}.items():
+        layer = cells.get((batch, length, depth), {}).get("layer")
+        for mode, limit in (limits.items() if layer else ()):
+            checks.append((layer[mode] <= limit, f"MAW layer / backbone, {mode}, batch {batch}, L={length}, D={depth}: "
+                                                 f"{layer[mode]:.2f}x (target <= {limit}x)"))
+    trained = [(cell["memory"], key) for key, cell in cells.items() if key[0] == "train" and cell["memory"] is not None]
+    if trained:
+        worst, (_, batch, length, depth) = max(trained)
+        checks.append((worst <= 2.0, f"training peak extra memory (forward + backward) at most {worst:.2f} attention "
+                                     f"maps, worst at batch {batch}, L={length} (target <= 2)"))
     if (32, 256, 8) in cells:
         speedup = cells[(32, 256, 8)]["speedup"]
         checks.append((speedup >= 20, f"fast path {speedup:.1f}x the reference at L=256, D=8, stat (target >= 20x)"))
     # Issue 12's memory target: batch 1 and 32, L = 512 and 1024, D = 8 (at L=128 a map is under 1 MiB and fixed
     # overheads dominate the ratio).
-    peaks = [m for (batch, length, depth), cell in cells.items() if length >= 512 and depth == 8
+    layer_cells = {key: cell for key, cell in cells.items() if key[0] != "train"}
+    peaks = [m for (batch, length, depth), cell in layer_cells.items() if length >= 512 and depth == 8
              for m in cell["memory"] if m is not None]
     if peaks:
         checks.append((max(peaks) <= 1.5, f"peak extra memory at most {max(peaks):.2f} attention maps at L >= 512, "
                                           "D=8 (target <= 1.5)"))
-    everywhere = [(m, key) for key, cell in cells.items() for m in cell["memory"] if m is not None]
+    everywhere = [(m, key) for key, cell in layer_cells.items() for m in cell["memory"] if m is not None]
     if everywhere:
         m, (batch, length, depth) = max(everywhere)
         print(f"(largest peak of all cells: {m:.2f} maps at batch {batch}, L={length}, D={depth})")

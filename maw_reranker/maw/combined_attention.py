@@ -1,12 +1,14 @@
-"""The explicit training path: ``O_maw = dropout(sum_d w_d A_d) V`` with autograd, one chunk of examples at a time.
+"""The explicit training path: ``O_maw = dropout(sum_d w_d A_d) V`` with autograd, one tile at a time.
 
 Why not one fused attention call per depth (``functional.combine_depths``)? With attention dropout each fused call
 draws its own mask, so the depths would be regularized independently where the wrapped layer drops entries of its
 one attention map; and on a CPU the fused kernels with dropout fall back to a math kernel that keeps three maps per
 depth for backward. Here the D maps of a chunk come from one batched matmul over narrow depth slices, are combined,
 and the combined map gets the layer's dropout, like the original attention's. Nothing map-sized is kept for
-backward but the dropout mask (one boolean map of the batch, not one per depth): backward recomputes the chunk's
-maps and applies the softmax gradient of all depths in place.
+backward but the dropout mask (one boolean map of the batch, not one per depth): backward recomputes the tile's
+maps and applies the softmax gradient of all depths in place. Tiles are chunks of examples, groups of heads or
+blocks of query rows (softmax runs along keys, so rows are independent), so one example's ``H x D x L x L`` maps
+are never built whole, at batch 1 either.
 
 Measured on 2 CPU cores (B=64, H=12, L=128, D=8, forward + backward; ``benchmarks/bench_maw_paths.py``):
 0.67 s with dropout 0.1 against 2.75 s for fused calls per depth, and the same time as those without dropout.
@@ -18,45 +20,72 @@ from typing import Optional
 
 import torch
 
-from maw_reranker.maw.functional import DepthInputs, _right_padded, _stacked
+from maw_reranker.maw.functional import DepthInputs, _right_padded, _stacked, _tiles, map_dtype
 
-# Score elements of one chunk's D maps (32 MiB in float32): backward holds about three such buffers at once.
-_TRAIN_CHUNK_ELEMENTS = 1 << 23
+# Score elements of one tile's D maps (4 MiB in float32), and at most a quarter of one attention map of the batch:
+# backward holds about three tiles at once, so the peak extra memory stays under one map at any batch size.
+_TRAIN_TILE_ELEMENTS = 1 << 20
 
 
 def combined_attention(inp: DepthInputs, weights: torch.Tensor, dropout_p: float = 0.0, chunk: int = 0,
-                       hard: bool = False) -> torch.Tensor:
+                       hard: bool = False, tile: int = 0) -> torch.Tensor:
     """``dropout(sum_d w_d A_d) @ V`` as ``[B, H, L, Dh]`` for weights ``[B, D]`` or ``[B, H, D]``, differentiable in
     the queries, keys, values and weights. Rows past a chunk's longest input (right padding) are zero. With
     ``hard`` (one-hot ``[B, D]`` weights that need no gradient: sampled or forced depths), each example is computed
-    at its selected depth only. Not for inputs with a per-depth score bias (DeBERTa): those take the fused path."""
+    at its selected depth only. Not for inputs with a per-depth score bias (DeBERTa): those take the fused path.
+
+    Work goes chunk of examples by chunk, and each chunk tile by tile (groups of heads, else blocks of query rows of
+    one head, as in inference: ``functional._tiles``), so no tile's D maps exceed ``tile`` score elements (automatic:
+    ``_TRAIN_TILE_ELEMENTS``, at most an eighth of one map of the batch), at batch 1 too. The maps are computed in
+    ``functional.map_dtype`` (float32 for reduced precision on a CPU), as inference computes them, and the output is
+    rounded once to the input dtype: train and eval modes share one numeric contract."""
     if inp.bias is not None:
         raise ValueError("combined_attention does not take a score bias; use functional.combine_depths")
     if hard and weights.dim() == 2 and inp.depth > 1:
-        return _selected_depths(inp, weights.argmax(-1), dropout_p, chunk)
+        return _selected_depths(inp, weights.argmax(-1), dropout_p, chunk, tile)
     batch, heads, length, _ = inp.v.shape
     depth = inp.depth
+    budget = tile if tile > 0 else max(1, min(_TRAIN_TILE_ELEMENTS, batch * heads * length * length // 8))
     if chunk <= 0:
-        chunk = max(1, min(batch, _TRAIN_CHUNK_ELEMENTS // (heads * depth * length * length)))
+        chunk = max(1, min(batch, budget // (heads * depth * length * length)))
+    work = map_dtype(inp.v)
     trim = _right_padded(inp.key_valid)
     lengths = inp.key_valid.sum(-1).tolist() if trim else None
     parts = []
     for start in range(0, batch, chunk):
         rows = slice(start, min(start + chunk, batch))
         n = max(max(lengths[rows]), 1) if trim else length
-        q = _stacked(inp.q, rows, n, inp.scale)  # [b, H, D, n, w], scale folded into the queries
-        k = _stacked(inp.k, rows, n)
+        q = _stacked(inp.q, rows, n, inp.scale, work)  # [b, H, D, n, w], scale folded into the queries
+        k = _stacked(inp.k, rows, n, dtype=work)
+        v = inp.v[rows, :, :n].to(work)
+        w = weights[rows]
         allowed = None if inp.allowed is None else inp.allowed[rows][..., :n, :n]
         if allowed is not None and bool(allowed.all()):
             allowed = None
-        out = _CombinedAttention.apply(q, k, inp.v[rows, :, :n], weights[rows], allowed, float(dropout_p))
+        b = q.shape[0]
+        groups: list[list[torch.Tensor]] = []
+        last = None
+        for hs, rs in _tiles(b, heads, depth, n, split_rows=True, budget=budget):
+            mask = None
+            if allowed is not None:
+                mask = allowed[:, hs if allowed.shape[1] > 1 else slice(None), rs]
+            out = _CombinedAttention.apply(q[:, hs, :, rs], k[:, hs], v[:, hs], w[:, hs] if w.dim() == 3 else w,
+                                           mask, float(dropout_p))
+            if hs != last:
+                groups.append([])
+                last = hs
+            groups[-1].append(out)
+        by_heads = [g[0] if len(g) == 1 else torch.cat(g, 2) for g in groups]  # query-row blocks, then heads
+        out = by_heads[0] if len(by_heads) == 1 else torch.cat(by_heads, 1)
         if n < length:
             out = torch.nn.functional.pad(out, (0, 0, 0, length - n))
         parts.append(out)
-    return parts[0] if len(parts) == 1 else torch.cat(parts)
+    out = parts[0] if len(parts) == 1 else torch.cat(parts)
+    return out.to(inp.v.dtype)
 
 
-def _selected_depths(inp: DepthInputs, selected: torch.Tensor, dropout_p: float, chunk: int) -> torch.Tensor:
+def _selected_depths(inp: DepthInputs, selected: torch.Tensor, dropout_p: float, chunk: int,
+                     tile: int) -> torch.Tensor:
     """Each example's attention at its selected depth alone (the examples of one depth at a time)."""
     out = None
     for d in range(inp.depth):
@@ -71,7 +100,7 @@ def _selected_depths(inp: DepthInputs, selected: torch.Tensor, dropout_p: float,
         one = DepthInputs(q=[rows(inp.q[d])], k=[rows(inp.k[d])], scale=[inp.scale[d]], v=rows(inp.v),
                           allowed=rows(inp.allowed), key_valid=rows(inp.key_valid))
         ones = torch.ones(index.numel(), 1, dtype=inp.v.dtype, device=inp.v.device)
-        o_d = combined_attention(one, ones, dropout_p, chunk)
+        o_d = combined_attention(one, ones, dropout_p, chunk, tile=tile)
         if every:
             return o_d
         out = torch.zeros_like(inp.v, dtype=o_d.dtype) if out is None else out

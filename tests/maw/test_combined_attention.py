@@ -30,12 +30,13 @@ def _inputs(depth, per_head=False, width=10, seed=0):
 
 @pytest.mark.parametrize("depth", [1, 3, 8])
 @pytest.mark.parametrize("per_head", [False, True])
-@pytest.mark.parametrize("chunk", [0, 1, 3])
-def test_output_and_gradients_match_the_reference(depth, per_head, chunk):
+@pytest.mark.parametrize("chunk, tile", [(0, 0), (1, 0), (3, 0), (1, 7), (2, 200), (0, 1)])
+def test_output_and_gradients_match_the_reference(depth, per_head, chunk, tile):
+    """Chunks of examples, and tiles of heads or query rows (``tile`` score elements: 1 = one query row at a time)."""
     inp, leaves = _inputs(depth, per_head)
     weights = torch.softmax(leaves[3], -1)
     valid = inp.key_valid[:, None, :, None]
-    out = combined_attention(inp, weights, chunk=chunk) * valid
+    out = combined_attention(inp, weights, chunk=chunk, tile=tile) * valid
     ref, _, _ = reference_maw(inp, lambda b, s: weights[b])
     ref = ref * valid
     assert torch.allclose(out, ref, atol=1e-10)
@@ -112,6 +113,67 @@ def test_bf16_inputs_with_float_weights():
     assert out.dtype == torch.bfloat16
     out.float().sum().backward()
     assert theta.grad is not None and theta.grad.dtype == torch.float32
+
+
+def test_tiles_bound_the_maps_at_batch_one(monkeypatch):
+    """At batch 1 no tile's maps exceed the budget: the whole H x D x L x L tensor of the example is never built
+    (the audit's case: one example at a time built all of it, forward and backward)."""
+    from maw_reranker.maw import combined_attention as module
+
+    inp, leaves = _inputs(4)
+    one = slice(0, 1)
+    inp.q, inp.k = [t[one] for t in inp.q], [t[one] for t in inp.k]
+    inp.v, inp.key_valid = inp.v[one], inp.key_valid[one]
+    inp.allowed = None if inp.allowed is None else inp.allowed[one]
+    seen = []
+    real = module._probabilities
+
+    def spy(q, k, allowed):
+        probs = real(q, k, allowed)
+        seen.append(probs.numel())
+        return probs
+
+    monkeypatch.setattr(module, "_probabilities", spy)
+    heads, length = inp.v.shape[1], inp.v.shape[2]
+    whole = heads * 4 * length * length
+    weights = torch.softmax(leaves[3][:1], -1)
+    out = combined_attention(inp, weights)
+    out.sum().backward()
+    assert len(seen) > 2 and max(seen) <= whole // 8, (seen, whole)
+    ref, _, _ = reference_maw(inp, lambda b, s: weights[b])
+    valid = inp.key_valid[:, None, :, None]
+    assert torch.allclose(out * valid, ref * valid, atol=1e-10)
+
+
+def test_train_and_eval_paths_share_one_numeric_contract():
+    """bf16 inputs on a CPU: the training path computes its maps in float32 as inference does and rounds once, so
+    the two agree to one bf16 rounding (before, the training path computed in bf16: about twice that apart)."""
+    from maw_reranker.maw.functional import explicit_maw
+
+    inp = make_inputs(4, width=16, seed=3)
+    inp.q = [t.bfloat16() for t in inp.q]
+    inp.k = [t.bfloat16() for t in inp.k]
+    inp.v = inp.v.bfloat16()
+    weights = torch.softmax(torch.randn(inp.v.shape[0], 4, generator=torch.Generator().manual_seed(2)), -1)
+    valid = inp.key_valid[:, None, :, None]
+    train = combined_attention(inp, weights) * valid
+    evaluated, _, _ = explicit_maw(inp, lambda rows, stats: weights[rows], need_stats=False)
+    evaluated = evaluated * valid
+    assert train.dtype == evaluated.dtype == torch.bfloat16
+    exact = combined_attention_float64(inp, weights) * valid
+    for out in (train, evaluated):  # each is the float64 result rounded once (up to float32 error)
+        assert torch.allclose(out.double(), exact, rtol=2 ** -8, atol=1e-6)
+    differ = (train != evaluated).double().mean()
+    assert differ < 0.05, float(differ)
+
+
+def combined_attention_float64(inp, weights):
+    ref_inp = make_inputs(4, width=16, seed=3)
+    ref_inp.q = [t.bfloat16().double() for t in ref_inp.q]
+    ref_inp.k = [t.bfloat16().double() for t in ref_inp.k]
+    ref_inp.v = inp.v.double()
+    out, _, _ = reference_maw(ref_inp, lambda b, s: weights[b].double())
+    return out
 
 
 def test_a_score_bias_is_refused():
