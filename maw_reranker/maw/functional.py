@@ -390,10 +390,14 @@ def depth_attention(inp: DepthInputs, d: int, index: Optional[torch.Tensor], dro
 
 
 def _depth_attention(inp: DepthInputs, d: int, index: Optional[torch.Tensor], dropout_p: float) -> torch.Tensor:
+    # In map_dtype, as the explicit path computes: on a CPU, reduced-precision inputs get float32 maps and one
+    # rounding of the output, in training as in inference.
+    work = map_dtype(inp.v)
     bias = inp.bias(d, index) if inp.bias is not None else None
     q_d, k_d = _full_width(inp, d)
-    return _sdpa(_rows(q_d, index), _rows(k_d, index), _rows(inp.v, index), inp.scale[d], bias,
-                 _rows(inp.allowed, index), dropout_p)
+    out = _sdpa(_rows(q_d, index).to(work), _rows(k_d, index).to(work), _rows(inp.v, index).to(work), inp.scale[d],
+                None if bias is None else bias.to(work), _rows(inp.allowed, index), dropout_p)
+    return out.to(inp.v.dtype)
 
 
 def _full_width(inp: DepthInputs, d: int):
