@@ -253,6 +253,18 @@ def train_table(lengths, batches, depth: int, repeats: int, with_memory: bool, c
     return rows
 
 
+def fill(pairs: list[tuple[str, str]], words: int = 400) -> list[tuple[str, str]]:
+    """Each passage repeated until it has ``words`` words, so that every pair is truncated to max_length: the
+    fixed-length comparison (issue 21's whole-model target: L=256, where real passages' lengths would hide it)."""
+    out = []
+    for query, doc in pairs:
+        text = doc
+        while len(text.split()) < words:
+            text = f"{text} {doc}"
+        out.append((query, text))
+    return out
+
+
 def benchmark_pairs(n: int) -> list[tuple[str, str]]:
     """Real DL19 BM25 candidates when the local copy ($MAW_DATA) is present, else synthetic text of similar length."""
     path = data_root() / "trec-dl-2019-passage/rank_llm/BM25/retrieve_results_dl19.json"
@@ -266,7 +278,8 @@ def benchmark_pairs(n: int) -> list[tuple[str, str]]:
             for i in range(n)]
 
 
-def model_table(model_dir: str, n_pairs: int, batch: int, max_length: int, ratios: dict, rounds: int = 3) -> list[str]:
+def model_table(model_dir: str, n_pairs: int, batch: int, max_length: int, ratios: dict, rounds: int = 3,
+                fixed: bool = False) -> list[str]:
     """Whole-model reranking throughput, patched vs unpatched, in fp32 and under bf16 autocast (``predict``'s
     precision option).
 
@@ -276,10 +289,11 @@ def model_table(model_dir: str, n_pairs: int, batch: int, max_length: int, ratio
     unpatched model's time over its own, and the table gives the median over rounds."""
     from maw_reranker import CrossEncoderWithMAW, MAWConfig
 
-    pairs = benchmark_pairs(n_pairs)
+    pairs = fill(benchmark_pairs(n_pairs)) if fixed else benchmark_pairs(n_pairs)
     batches = [pairs[i:i + batch] for i in range(0, len(pairs), batch)]
     precisions = ("fp32", "bf16")
-    rows = [f"| variant ({len(pairs)} pairs, batch {batch}, max_length {max_length}, median of {rounds} rounds) | "
+    length = f"fixed length {max_length}" if fixed else f"max_length {max_length}"
+    rows = [f"| variant ({len(pairs)} pairs, batch {batch}, {length}, median of {rounds} rounds) | "
             + " | ".join(f"pairs/s {p} | ratio {p}" for p in precisions) + " |",
             "|---|" + "---|---|" * len(precisions)]
     variants = ["uniform", "random", "learned", "gate", "stat", "argmax", "router"]
@@ -320,6 +334,9 @@ def main() -> None:
                         help=f"cross-encoder of part 2: hub id or folder (default: {CROSS_ENCODER})")
     parser.add_argument("--quick", action="store_true", help="L=128/256 and D=1/8 only, no memory, fewer pairs")
     parser.add_argument("--pairs", type=int, default=512)
+    parser.add_argument("--fixed-length", action="store_true",
+                        help="part 2 with every pair truncated to --max-length (issue 21's target: --max-length 256 "
+                             "--batch 16)")
     parser.add_argument("--batch", type=int, default=32, help="batch of the whole-model part")
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 32], help="batches of the layer part")
     parser.add_argument("--lengths", type=int, nargs="+", help="L values of the layer part (default 128 256 512, "
@@ -357,7 +374,7 @@ def main() -> None:
     if model_folder(args.model) is not None:
         print(f"\n# Whole-model reranking throughput: {args.model}")
         print("\n".join(model_table(args.model, 128 if args.quick else args.pairs, args.batch, args.max_length,
-                                     ratios, rounds=2 if args.quick else args.rounds)))
+                                     ratios, rounds=2 if args.quick else args.rounds, fixed=args.fixed_length)))
     else:
         print(f"\n(model part skipped: {args.model} not found; here: {SEED_HINT})")
     print_checks(cells, ratios)
