@@ -145,8 +145,9 @@ class DepthwiseMAWSelfAttention(nn.Module):
                 parts.append(part)
                 return part.weights
 
-            o, a_sel, _ = explicit_maw(inp, decide, want_map=want_map, need_stats=self.gating.needs_stats,
-                                       chunk=self.maw_config.stat_chunk)
+            o, a_sel, _ = inference_path(inp, want_map)(inp, decide, want_map=want_map,
+                                                        need_stats=self.gating.needs_stats,
+                                                        chunk=self.maw_config.stat_chunk)
             self._record(GateDecision.concat(parts))
         else:
             # Training, forced depths, or train mode with dropout (with or without autograd, so that dropout does
@@ -192,6 +193,22 @@ class DepthwiseMAWSelfAttention(nn.Module):
         c = self.maw_config
         return (f"layer={self.layer_index}, depth={c.depth_dim}, source={c.depth_source}, gating={c.gating_mode}, "
                 f"strength={c.maw_strength}")
+
+
+def inference_path(inp: DepthInputs, want_map: bool):
+    """``functional.explicit_maw`` or, on CUDA, its Triton drop-in (``maw/triton_maw.py``: statistics and output
+    without any map in memory) where Triton is installed and supports the inputs; otherwise one log line per
+    reason says why not. Imported lazily: Triton is optional, and importing it costs time on CPU-only set-ups.
+    That the kernels beat the explicit path on a GPU is an expectation until gpu_check.py's `triton` step runs."""
+    if inp.v.device.type != "cuda":
+        return explicit_maw
+    from maw_reranker.maw import triton_maw
+
+    reason = triton_maw.unsupported(inp, want_map)
+    if reason is None:
+        return triton_maw.triton_explicit_maw
+    triton_maw.log_fallback(reason)
+    return explicit_maw
 
 
 def lora_down_init(down: torch.Tensor) -> torch.Tensor:

@@ -103,3 +103,17 @@ def test_training_and_inference_paths_round_alike_in_bf16(arch):
     if arch == "bert":
         differ = (evaluated != trained).float().mean()
         assert float(differ) < 0.05, float(differ)
+
+
+def test_cpu_inference_never_takes_the_triton_path(monkeypatch):
+    """The Triton kernels are for CUDA (and tested in the interpreter); a CPU forward takes the explicit path
+    without importing triton."""
+    import sys
+
+    from maw_reranker.maw.functional import DepthInputs, explicit_maw
+
+    inp = DepthInputs(q=[torch.zeros(1, 1, 2, 2)], k=[torch.zeros(1, 1, 2, 2)], scale=[1.0], v=torch.zeros(1, 1, 2, 2),
+                      allowed=None, key_valid=torch.ones(1, 2, dtype=torch.bool))
+    monkeypatch.delitem(sys.modules, "maw_reranker.maw.triton_maw", raising=False)
+    assert layer_module.inference_path(inp, want_map=False) is explicit_maw
+    assert "maw_reranker.maw.triton_maw" not in sys.modules
