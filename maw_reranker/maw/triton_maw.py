@@ -26,9 +26,9 @@ Not supported (:func:`unsupported` says why, and the caller takes ``functional.e
 bias (DeBERTa's relative-position terms), the combined map (``want_map``), autograd (inference only). Inputs may be
 float32, bfloat16 or float16; accumulation is float32; float32 products are IEEE unless torch allows TF32 matmuls.
 
-On a CPU the kernels run in Triton's interpreter when ``TRITON_INTERPRET=1`` is set (that is how
-``tests/maw/test_triton_maw.py`` checks them against the float64 reference); their speed is measured only on a GPU,
-by ``benchmarks/gpu_check.py``'s ``triton`` step.
+On a CPU the kernels run in Triton's interpreter when ``TRITON_INTERPRET=1`` was set before triton was first
+imported (that is how ``tests/maw/test_triton_maw.py`` checks them against the float64 reference); their speed is
+measured only on a GPU, by ``benchmarks/gpu_check.py``'s ``triton`` step.
 """
 
 from __future__ import annotations
