@@ -6,7 +6,12 @@ Conventions (stated because MAW.md leaves them open):
   layer. A group's *choice* is the vector of its pairs' draws, so ``log pi(choice)`` is the sum of their log
   probabilities over pairs and layers (the exact joint log-probability of independent draws).
 * The oracle depth of a group is searched by forcing the same depth in every router layer for all of the group's
-  pairs (``D`` forwards, eval mode so that dropout does not decide it); it supervises every router layer.
+  pairs (eval mode so that dropout does not decide it); it supervises every router layer. The ``D`` forced depths
+  are evaluated as one batched pass: the batch replicated ``D`` times (depth-major), each copy with its own forced
+  depth (``forced_depth`` is per example), one forward, the losses split per depth.
+* Memory: a replicated batch (``D`` or ``G`` copies) of more than ``max_rows`` rows (default
+  :data:`MAX_REPLICATED_ROWS`) runs in chunks of whole copies, so peak activations stay about those of
+  ``max_rows`` rows (GRPO keeps every chunk's graph for the one backward; its chunks bound the transient memory).
 * The group std in the GRPO advantage is the population std over the ``G`` samples (``unbiased=False``).
 """
 
@@ -31,28 +36,52 @@ def set_forced_depth(gates, depth) -> None:
         gate.forced_depth = depth
 
 
+#: Rows of a replicated batch (the oracle's ``D`` copies, GRPO's ``G`` samples) run in one forward; above it, chunks
+#: of whole copies (at least one copy per chunk).
+MAX_REPLICATED_ROWS = 512
+
+
+def copies_per_chunk(copies: int, rows_per_copy: int, max_rows: int | None = None) -> int:
+    """How many of ``copies`` replicas of a ``rows_per_copy``-row batch one forward takes (at least 1)."""
+    max_rows = MAX_REPLICATED_ROWS if max_rows is None else int(max_rows)
+    return max(1, min(copies, max_rows // max(1, rows_per_copy)))
+
+
 @torch.no_grad()
-def oracle_depths(model: torch.nn.Module, features: dict, groups: int, group_size: int, depth: int,
-                  loss_fn: Callable) -> torch.Tensor:
-    """``[groups]`` index of the depth whose forced use gives the lowest ranking loss of each group."""
+def forced_depth_losses(model: torch.nn.Module, features: dict, groups: int, group_size: int, depth: int,
+                        loss_fn: Callable, max_rows: int | None = None) -> torch.Tensor:
+    """``[groups, depth]`` ranking loss of each group with depth ``d`` forced in every router layer (eval mode).
+
+    The ``depth`` forced passes run as one forward of the batch replicated ``depth`` times (chunked above
+    ``max_rows`` rows); equal to ``depth`` separate forwards to float tolerance."""
     gates = routing_gates(model, ("router",))
     # Each module's own flag is restored (a frozen prefix stays in eval mode), not model.train(was_training).
     modes = [(m, m.training) for m in model.modules()]
     model.eval()
     pairs = groups * group_size
     device = features["input_ids"].device
+    per_chunk = copies_per_chunk(depth, pairs, max_rows)
     losses = []
     try:
-        for d in range(depth):
-            set_forced_depth(gates, torch.full((pairs,), d, dtype=torch.long, device=device))
-            scores = model(**features).float().view(groups, group_size)
-            losses.append(loss_fn(scores))
+        for first in range(0, depth, per_chunk):
+            depths = torch.arange(first, min(depth, first + per_chunk), device=device)
+            set_forced_depth(gates, depths.repeat_interleave(pairs))  # copy c forces depth first + c
+            scores = model(**repeat_features(features, len(depths))).float().view(len(depths), groups, group_size)
+            losses.extend(loss_fn(scores[c]) for c in range(len(depths)))
     finally:
         set_forced_depth(gates, None)
         for module, training in modes:
             module.training = training
+    return torch.stack(losses, dim=1)
+
+
+@torch.no_grad()
+def oracle_depths(model: torch.nn.Module, features: dict, groups: int, group_size: int, depth: int,
+                  loss_fn: Callable, max_rows: int | None = None) -> torch.Tensor:
+    """``[groups]`` index of the depth whose forced use gives the lowest ranking loss of each group."""
+    losses = forced_depth_losses(model, features, groups, group_size, depth, loss_fn, max_rows)
     # argmin takes the first minimum: ties (e.g. identical depths at init) resolve to the lowest depth.
-    return torch.stack(losses, dim=1).argmin(dim=1)
+    return losses.argmin(dim=1)
 
 
 def router_oracle_loss(gates, oracle: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -99,22 +128,32 @@ def repeat_features(features: dict, times: int) -> dict:
 
 
 def grpo_step(model: torch.nn.Module, features: dict, groups: int, group_size: int, loss_fn: Callable,
-              samples: int, beta: float, eta: float, eps: float, gates=None) -> dict[str, torch.Tensor]:
-    """One GRPO objective on a batch: ``samples`` depth choices per group in one forward of the repeated batch.
+              samples: int, beta: float, eta: float, eps: float, gates=None,
+              max_rows: int | None = None) -> dict[str, torch.Tensor]:
+    """One GRPO objective on a batch: ``samples`` depth choices per group in one forward of the repeated batch
+    (chunks of whole samples above ``max_rows`` rows).
 
     Returns the ranking loss (mean over samples; it trains backbone, head and other MAW parameters), the policy
     objective and what to log. Rewards are ``-loss`` of each group under each sampled choice.
     """
     gates = gates if gates is not None else routing_gates(model, ("grpo",))
-    scores = model(**repeat_features(features, samples)).float().view(samples, groups, group_size)
+    per_chunk = copies_per_chunk(samples, groups * group_size, max_rows)
+    scores, log_prob, logits = [], [[] for _ in gates], [[] for _ in gates]
+    for first in range(0, samples, per_chunk):
+        copies = min(samples, first + per_chunk) - first
+        scores.append(model(**repeat_features(features, copies)).float())
+        for i, gate in enumerate(gates):  # a gate records its last forward only: collect each chunk's
+            if gate.last_log_prob is None:
+                raise RuntimeError("grpo layer recorded no sampled actions (is the model in training mode?)")
+            log_prob[i].append(gate.last_log_prob)
+            logits[i].append(gate.last_logits)
+    scores = torch.cat(scores).view(samples, groups, group_size)
     per_sample = torch.stack([loss_fn(scores[g]) for g in range(samples)], dim=1)  # [groups, G]
     rewards = -per_sample.detach()
     advantages = group_advantages(rewards, eps)
     log_probs = 0
-    for gate in gates:
-        if gate.last_log_prob is None:
-            raise RuntimeError("grpo layer recorded no sampled actions (is the model in training mode?)")
-        log_probs = log_probs + gate.last_log_prob.view(samples, groups, group_size).sum(-1).t()
-    out = grpo_loss(advantages, log_probs, [g.last_logits for g in gates], beta, eta)
+    for parts in log_prob:
+        log_probs = log_probs + torch.cat(parts).view(samples, groups, group_size).sum(-1).t()
+    out = grpo_loss(advantages, log_probs, [torch.cat(parts) for parts in logits], beta, eta)
     out.update(rank=per_sample.mean(), reward=rewards.mean(), reward_std=rewards.std(dim=1, unbiased=False).mean())
     return out
