@@ -21,9 +21,18 @@ alike; the table reports the median step time. Then a correctness check: cached 
 training from the same initial weights, the same batches and the same seeds give the same losses step for step
 (and with the fp16 cache, close ones).
 
+``--maw-cost`` (issue 21, "MAW's own cost") measures instead, side by side and interleaved step by step, the
+cached top-layer training step (k=1, the trainer's objective: ``TopModel`` over cached prefix states, forward +
+backward + AdamW) of: no MAW (top-k), and MAW at D=8 in the last layer with ``learned``, ``gate``, ``project``
+(``depth_source: project``, learned gating), ``stat`` (reference), ``router`` with oracle supervision
+(``router_oracle_weight`` 1, ``oracle_every`` 1; its D forced depths in one batched pass) and ``grpo`` (G=2); each
+variant's median step over the no-MAW one, with PASS/FAIL lines for the issue's targets (learned/gate/project
+<= 1.5x, router (oracle) and grpo <= 2.5x). ``router-seq`` is the router step with the oracle's D forced depths
+run as D separate passes (the code before batching), for comparison (``--no-sequential`` leaves it out).
+
 usage: python benchmarks/bench_prefix_cache.py [--model ID_OR_DIR] [--k 1] [--groups 8] [--group-size 8] [--steps 2]
            [--check-steps 2] [--check-groups 2] [--max-length 256] [--doc-words 30 150] [--gating stat] [--no-maw]
-           [--quick]
+           [--quick] [--maw-cost [--no-sequential] [--variants NAME ...]]
 The default run takes about 3-4 minutes on 2 shared CPU cores (full fine-tuning steps dominate).
 """
 
@@ -31,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import re
 import shutil
 import statistics
@@ -131,7 +141,8 @@ def main(argv=None) -> int:
     ap.add_argument("--k", type=int, default=1, help="trainable top layers (MAW in the last one)")
     ap.add_argument("--groups", type=int, default=8)
     ap.add_argument("--group-size", type=int, default=8)
-    ap.add_argument("--steps", type=int, default=2, help="timed steps of each kind (interleaved)")
+    ap.add_argument("--steps", type=int, default=None,
+                    help="timed steps of each kind (interleaved; default 2, with --maw-cost 3)")
     ap.add_argument("--check-steps", type=int, default=2, help="steps of the cached-vs-uncached loss check")
     ap.add_argument("--check-groups", type=int, default=2, help="groups per batch in the loss check (default 2)")
     ap.add_argument("--max-length", type=int, default=256)
@@ -140,13 +151,21 @@ def main(argv=None) -> int:
     ap.add_argument("--gating", default="stat", help="MAW gating mode of the last layer (default: stat)")
     ap.add_argument("--no-maw", action="store_true", help="the plain model (top-k fine-tuning without MAW)")
     ap.add_argument("--quick", action="store_true", help="2 timed steps, 2 check steps, 4 x 4 pairs")
+    ap.add_argument("--maw-cost", action="store_true", help="the cached top-layer training step of each MAW variant "
+                    "against the step without MAW (issue 21's targets), instead of the cache table")
+    ap.add_argument("--variants", nargs="+", default=None, choices=list(COST_VARIANTS),
+                    help="--maw-cost: the variants to time (default: all; topk is always timed)")
+    ap.add_argument("--no-sequential", action="store_true", help="--maw-cost: leave out router-seq")
+    ap.add_argument("--warmup", type=int, default=1, help="--maw-cost: untimed steps of each variant first")
     args = ap.parse_args(argv)
+    if args.steps is None:
+        args.steps = 3 if args.maw_cost and not args.quick else 2
     if args.quick:
         args.steps, args.check_steps, args.groups, args.group_size, args.check_groups = 2, 2, 4, 4, 2
 
     work = Path(tempfile.mkdtemp(prefix="bench-prefix-"))
     try:
-        return run(args, work)
+        return run_maw_cost(args, work) if args.maw_cost else run(args, work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -223,6 +242,133 @@ def run(args, work: Path) -> int:
     print(f"max |loss difference|: fp32 cache {worst32:.2e} ({'same' if same else 'DIFFERENT'} to 1e-4), "
           f"fp16 cache {worst16:.2e}")
     return 0 if same else 1
+
+
+# -- --maw-cost: MAW's own cost in cached top-layer training (issue 21) -------------------------------------------
+D = 8
+#: name: (MAWConfig fields or None for no MAW, extra objective options, target ratio to topk or None)
+COST_VARIANTS = {
+    "topk": (None, {}, None),
+    "learned": ({"gating_mode": "learned"}, {}, 1.5),
+    "gate": ({"gating_mode": "gate"}, {}, 1.5),
+    "project": ({"gating_mode": "learned", "depth_source": "project"}, {}, 1.5),
+    "stat": ({"gating_mode": "stat"}, {}, None),
+    "router": ({"gating_mode": "router"}, {"router_oracle_weight": 1.0, "oracle_every": 1}, 2.5),
+    "router-seq": ({"gating_mode": "router"}, {"router_oracle_weight": 1.0, "oracle_every": 1}, None),
+    "grpo": ({"gating_mode": "grpo"}, {"grpo_group_size": 2}, 2.5),
+}
+
+
+def objective_options(group_size: int, **extra):
+    """The trainer's objective settings (TrainOptions' defaults for the fields the objective reads)."""
+    from types import SimpleNamespace
+
+    from maw_reranker.train.config import TrainOptions
+
+    fields = ("loss", "margin", "temperature", "router_oracle_weight", "oracle_every", "grpo_group_size",
+              "grpo_beta", "grpo_eta", "grpo_weight", "grpo_eps")
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainOptions) if f.name in fields}
+    return SimpleNamespace(**{**defaults, "group_size": group_size, **extra})
+
+
+class CostRunner:
+    """One variant's model, top model and optimizer; a step is the trainer's: its objective on cached states."""
+
+    def __init__(self, name: str, model_dir: Path, args, start: int, cache: PrefixCache):
+        from maw_reranker.cross_encoder.top import TopModel
+        from maw_reranker.train.objective import Objective
+
+        fields, extra, self.target = COST_VARIANTS[name]
+        self.name = name
+        maw = None if fields is None else MAWConfig(inject_last_k=1, depth_dim=D, **fields)
+        self.encoder = CrossEncoderWithMAW.from_pretrained(model_dir, maw=maw, max_length=args.max_length,
+                                                           device="cpu")
+        self.start, self.cache = start, cache
+        self.top = TopModel(self.encoder, start)
+        params = freeze_prefix(self.encoder, start)
+        self.opt = torch.optim.AdamW(params, lr=2e-5)
+        self.objective = Objective(objective_options(args.group_size, **extra), maw)
+        self.sequential = name == "router-seq"
+
+    def step(self, pairs, seed: int, step: int) -> float:
+        from maw_reranker.train import routing
+
+        self.top.train()
+        self.opt.zero_grad(set_to_none=True)
+        torch.manual_seed(seed)
+        batch = self.cache.get(pairs)
+        mask = batch["attention_mask"]
+        features = {"input_ids": torch.zeros_like(mask, dtype=torch.long), "attention_mask": mask,
+                    "hidden_states": batch["hidden_states"]}
+        rows = routing.MAX_REPLICATED_ROWS
+        if self.sequential:
+            routing.MAX_REPLICATED_ROWS = 1  # one copy per pass: the D forced depths as D forwards
+        try:
+            loss, _ = self.objective(self.top, self.top, features, step)
+        finally:
+            routing.MAX_REPLICATED_ROWS = rows
+        loss.backward()
+        self.opt.step()
+        return float(loss.detach())
+
+
+def run_maw_cost(args, work: Path) -> int:
+    model_dir = model_folder(args.model or CROSS_ENCODER)
+    if model_dir is None:
+        if args.model:
+            raise SystemExit(f"model not found (a folder, or a hub id in the Hugging Face cache): {args.model}")
+        model_dir = build_random_minilm(work / "minilm-random")
+        source = "random weights, MiniLM-L12 shape"
+    else:
+        source = args.model or CROSS_ENCODER
+    names = ["topk"] + [n for n in (args.variants or COST_VARIANTS) if n != "topk"]
+    if args.no_sequential and "router-seq" in names:
+        names.remove("router-seq")
+    base = CrossEncoderWithMAW.from_pretrained(model_dir, maw=None, max_length=args.max_length, device="cpu")
+    start = split_layer(base, 1)
+    batches = make_batches(base.tokenizer, args.warmup + args.steps, args.groups, args.group_size,
+                           tuple(args.doc_words))
+    tokens = [int(base.tokenize(b)["attention_mask"].sum()) for b in batches]
+    print(f"model: {source}; cached top-layer training (layer {start} and the head train, from an fp16 cache of the "
+          f"prefix); MAW D={D} in the last layer; max_length {args.max_length}; batch {args.groups} x "
+          f"{args.group_size} pairs, {statistics.mean(tokens) / len(batches[0]):.0f} tokens/pair on average; "
+          f"torch threads {torch.get_num_threads()}; variants {', '.join(names)}", flush=True)
+    # The prefix (layers < start) is the pretrained one in every variant: one cache serves all.
+    cache = PrefixCache(work / "cache", base, start, dtype="fp16", batch_size=32, show_progress=False)
+    cache.fill([p for b in batches for p in b])
+    del base
+    runners = {n: CostRunner(n, model_dir, args, start, cache) for n in names}
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for i, pairs in enumerate(batches):
+        warm = i < args.warmup
+        for name in names:  # interleaved: machine load hits every variant alike
+            seconds, loss = timed(lambda: runners[name].step(pairs, seed=1000 + i, step=i))
+            if not warm:
+                times[name].append(seconds)
+            print(f"  step {i}{' (warm-up)' if warm else ''} {name:10s} {seconds:7.3f} s  loss {loss:.4f}",
+                  flush=True)
+    med = {n: statistics.median(v) for n, v in times.items()}
+    print(f"\n| variant (cached top-layer step, {args.groups}x{args.group_size} pairs, fwd+bwd+AdamW) "
+          f"| median s/step | x topk | target |")
+    print("|---|---:|---:|---:|")
+    for name in names:
+        target = runners[name].target
+        print(f"| {name} | {med[name]:.3f} | {med[name] / med['topk']:.2f}x | "
+              f"{'' if target is None else f'<= {target}x'} |")
+    print()
+    failed = 0
+    for name in names:
+        target = runners[name].target
+        if target is None:
+            continue
+        ratio = med[name] / med["topk"]
+        ok = ratio <= target
+        failed += not ok
+        print(f"{'PASS' if ok else 'FAIL'}: {name} step {ratio:.2f}x the step without MAW (target <= {target}x)")
+    if "router-seq" in med and "router" in med:
+        print(f"router oracle, D forced depths batched vs sequential: {med['router']:.3f} s vs "
+              f"{med['router-seq']:.3f} s a step ({med['router-seq'] / med['router']:.2f}x)")
+    return 0
 
 
 if __name__ == "__main__":
