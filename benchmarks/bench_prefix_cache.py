@@ -28,7 +28,8 @@ backward + AdamW) of: no MAW (top-k), and MAW at D=8 in the last layer with ``le
 (``router_oracle_weight`` 1, ``oracle_every`` 1; its D forced depths in one batched pass) and ``grpo`` (G=2); each
 variant's median step over the no-MAW one, with PASS/FAIL lines for the issue's targets (learned/gate/project
 <= 1.5x, router (oracle) and grpo <= 2.5x). ``router-seq`` is the router step with the oracle's D forced depths
-run as D separate passes (the code before batching), for comparison (``--no-sequential`` leaves it out).
+run as D separate passes (the code before batching, and the trainer's default on a CPU, where it measured faster),
+for comparison (``--no-sequential`` leaves it out).
 
 usage: python benchmarks/bench_prefix_cache.py [--model ID_OR_DIR] [--k 1] [--groups 8] [--group-size 8] [--steps 2]
            [--check-steps 2] [--check-groups 2] [--max-length 256] [--doc-words 30 150] [--gating stat] [--no-maw]
@@ -300,13 +301,14 @@ class CostRunner:
         mask = batch["attention_mask"]
         features = {"input_ids": torch.zeros_like(mask, dtype=torch.long), "attention_mask": mask,
                     "hidden_states": batch["hidden_states"]}
-        rows = routing.MAX_REPLICATED_ROWS
-        if self.sequential:
-            routing.MAX_REPLICATED_ROWS = 1  # one copy per pass: the D forced depths as D forwards
+        rows = routing.CPU_ORACLE_ROWS
+        # router: the D forced depths in one batched pass; router-seq: one copy per pass, D forwards (the trainer's
+        # default on a CPU, where it measured faster)
+        routing.CPU_ORACLE_ROWS = 1 if self.sequential else routing.MAX_REPLICATED_ROWS
         try:
             loss, _ = self.objective(self.top, self.top, features, step)
         finally:
-            routing.MAX_REPLICATED_ROWS = rows
+            routing.CPU_ORACLE_ROWS = rows
         loss.backward()
         self.opt.step()
         return float(loss.detach())

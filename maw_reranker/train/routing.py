@@ -12,6 +12,7 @@ Conventions (stated because MAW.md leaves them open):
 * Memory: a replicated batch (``D`` or ``G`` copies) of more than ``max_rows`` rows (default
   :data:`MAX_REPLICATED_ROWS`) runs in chunks of whole copies, so peak activations stay about those of
   ``max_rows`` rows (GRPO keeps every chunk's graph for the one backward; its chunks bound the transient memory).
+  On a CPU the oracle defaults to one copy per forward (:data:`CPU_ORACLE_ROWS`, measured faster there).
 * The group std in the GRPO advantage is the population std over the ``G`` samples (``unbiased=False``).
 """
 
@@ -39,6 +40,10 @@ def set_forced_depth(gates, depth) -> None:
 #: Rows of a replicated batch (the oracle's ``D`` copies, GRPO's ``G`` samples) run in one forward; above it, chunks
 #: of whole copies (at least one copy per chunk).
 MAX_REPLICATED_ROWS = 512
+#: The oracle's default on a CPU: one copy per forward. Measured there (``bench_prefix_cache.py --maw-cost``, 2
+#: cores, MiniLM-L12 top layer, D=8), one batched pass of the D copies was slower than D passes (16.3 vs 12.4 s a
+#: step at 64 pairs, 3.2 vs 2.8 s at 16): a CPU gains nothing from larger matrices and loses cache locality.
+CPU_ORACLE_ROWS = 1
 
 
 def copies_per_chunk(copies: int, rows_per_copy: int, max_rows: int | None = None) -> int:
@@ -53,13 +58,16 @@ def forced_depth_losses(model: torch.nn.Module, features: dict, groups: int, gro
     """``[groups, depth]`` ranking loss of each group with depth ``d`` forced in every router layer (eval mode).
 
     The ``depth`` forced passes run as one forward of the batch replicated ``depth`` times (chunked above
-    ``max_rows`` rows); equal to ``depth`` separate forwards to float tolerance."""
+    ``max_rows`` rows; default :data:`MAX_REPLICATED_ROWS`, on a CPU :data:`CPU_ORACLE_ROWS`); equal to ``depth``
+    separate forwards to float tolerance."""
     gates = routing_gates(model, ("router",))
     # Each module's own flag is restored (a frozen prefix stays in eval mode), not model.train(was_training).
     modes = [(m, m.training) for m in model.modules()]
     model.eval()
     pairs = groups * group_size
     device = features["input_ids"].device
+    if max_rows is None and device.type == "cpu":
+        max_rows = CPU_ORACLE_ROWS
     per_chunk = copies_per_chunk(depth, pairs, max_rows)
     losses = []
     try:

@@ -188,7 +188,8 @@ import pytest  # noqa: E402
 
 
 @pytest.mark.parametrize("view", ["full", "cached"])
-@pytest.mark.parametrize("max_rows", [None, 8, 20])  # one pass; one depth per pass; 2 depths per pass (chunks)
+# the CPU default (one depth per pass); one pass of all 4 depths; one depth per pass; 2 depths per pass (chunks)
+@pytest.mark.parametrize("max_rows", [None, 512, 8, 20])
 def test_batched_oracle_equals_sequential_forced_depths(tmp_path, view, max_rows):
     from maw_reranker.train.losses import listwise_softmax_ce
     from maw_reranker.train.routing import forced_depth_losses
