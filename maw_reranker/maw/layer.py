@@ -7,6 +7,7 @@ It keeps the original module as ``base_layer`` (its weights are reused, not copi
 
 from __future__ import annotations
 
+import importlib
 import math
 from typing import Optional
 
@@ -202,7 +203,10 @@ def inference_path(inp: DepthInputs, want_map: bool):
     That the kernels beat the explicit path on a GPU is an expectation until gpu_check.py's `triton` step runs."""
     if inp.v.device.type != "cuda":
         return explicit_maw
-    from maw_reranker.maw import triton_maw
+    try:  # by name: the portable modeling file (cross_encoder/portable.py) embeds this module but not the kernels
+        triton_maw = importlib.import_module("maw_reranker.maw.triton_maw")
+    except ImportError:
+        return explicit_maw
 
     reason = triton_maw.unsupported(inp, want_map)
     if reason is None:
