@@ -8,7 +8,9 @@ Steps (``--dry-run`` lists them with the resolved device, model and data):
           pairs/s beside sentence-transformers' CrossEncoder.predict on the same pairs, peak device memory;
   train   20 training steps under bf16 autocast for learned, gate, router (oracle supervision) and grpo;
   paths   which O_maw path is faster on this device (explicit vs one fused call per depth), the measurement behind
-          maw/layer.py FUSED_DEVICES.
+          maw/layer.py FUSED_DEVICES;
+  triton  (cuda; on a CPU only under TRITON_INTERPRET=1, at tiny sizes) the Triton kernels (maw/triton_maw.py) against explicit_maw and one fused call per depth, at
+          batch 32, L = 256, D = 8, stat and uniform, fp32 and bf16: equal to tolerance, and their times.
 
 Model: cross-encoder/ms-marco-MiniLM-L-12-v2 (or --model, a hub id or folder), or a tiny random-weight BERT when it
 is absent or with --quick. Our offline set-up (benchmarks/offline_setup.py): hub ids resolve from the Hugging Face
@@ -44,6 +46,7 @@ STEPS = {
     "rerank": "rerank non_maw / maw_default, fp32 / bf16, vs sentence-transformers; peak memory",
     "train": "bf16-autocast training steps: learned, gate, router (oracle), grpo",
     "paths": "explicit vs fused O_maw path, inference and training (benchmarks/bench_maw_paths.py), fp32 / bf16",
+    "triton": "Triton MAW kernels vs explicit_maw and fused-per-depth, B=32 L=256 D=8, stat / uniform (cuda only)",
 }
 MODES = ("uniform", "random", "stat", "argmax", "learned", "gate", "router", "grpo")
 LEARNED = ("learned", "gate", "router", "grpo")
@@ -361,8 +364,71 @@ def step_paths(args, device, **_):
     return rows
 
 
+def step_triton(args, device, **_):
+    """maw/triton_maw.py on this GPU: O_maw (and, for stat, the statistics) equal to explicit_maw's on float32
+    copies of the same inputs (PASS/FAIL), and the median times of the Triton, explicit and fused-per-depth paths
+    (the fused path of stat takes the explicit statistics first, as layer.py's training path does)."""
+    import torch
+
+    from maw_reranker.maw import triton_maw
+    from maw_reranker.maw.functional import combine_depths, depth_statistics, explicit_maw, stat_scores
+
+    on_cuda = device.startswith("cuda")
+    if not on_cuda and not triton_maw.interpreting():
+        return [Row("triton", "Triton kernels", "SKIP", "cuda only (on a CPU: TRITON_INTERPRET=1, tiny sizes)")]
+    reason = triton_maw.unavailable_reason(device)
+    if reason is not None:
+        return [Row("triton", "Triton kernels", "FAIL", reason[:70])]
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import bench_maw_paths
+
+    # the interpreter runs the kernels in Python: a CPU checks the step itself at tiny sizes, its times mean nothing
+    batch, length, repeats = (32, 256, 5) if on_cuda else (2, 32, 1)
+    rows = []
+    for dtype_name, dtype, tol in (("fp32", torch.float32, 2e-4), ("bf16", torch.bfloat16, 3e-2)):
+        inp, _ = bench_maw_paths.make_inputs(batch, length, device, dtype, grad=False)
+        inp32, _ = bench_maw_paths.make_inputs(batch, length, device, torch.float32, grad=False)
+        inp32.q, inp32.k, inp32.v = [t.float() for t in inp.q], [t.float() for t in inp.k], inp.v.float()
+        valid = inp.key_valid[:, None, :, None]
+        uniform = torch.full((batch, inp.depth), 1.0 / inp.depth, device=device)
+        for mode in ("stat", "uniform"):
+            start = time.perf_counter()
+            case = f"{dtype_name} {mode} B={batch} L={length} D={inp.depth}"
+            need = mode == "stat"
+
+            def decide(rows_, stats_rows, _need=need):
+                return torch.softmax(2.5 * stat_scores(stats_rows), -1) if _need else uniform[rows_]
+
+            def fused(_inp=inp, _need=need):
+                stats = depth_statistics(_inp) if _need else None
+                return combine_depths(_inp, decide(slice(None), stats))
+
+            try:
+                with torch.no_grad():
+                    out, _, stats = triton_maw.triton_explicit_maw(inp, decide, need_stats=need)
+                    ref, _, ref_stats = explicit_maw(inp32, decide, need_stats=need)
+                err = float(((out.float() - ref) * valid).abs().max())
+                if need:
+                    err = max(err, float((stats - ref_stats).abs().max()))
+                fns = {"triton": lambda: triton_maw.triton_explicit_maw(inp, decide, need_stats=need),
+                       "explicit": lambda: explicit_maw(inp, decide, need_stats=need),
+                       "fused": fused}
+                times = bench_maw_paths.measure({k: bench_maw_paths._no_grad(f) for k, f in fns.items()}, repeats,
+                                                "cuda" if on_cuda else "cpu")
+            except Exception as exc:  # noqa: BLE001 - reported as a failed row
+                rows.append(Row("triton", case, "FAIL", f"{type(exc).__name__}: {exc}"[:70],
+                                time.perf_counter() - start))
+                continue
+            rows.append(Row("triton", case, "PASS" if err <= tol else "FAIL", f"max |diff| {err:.1e} (tol {tol:g})",
+                            time.perf_counter() - start))
+            rows.append(Row("triton", case, "INFO", "ms: " + ", ".join(f"{k} {v * 1e3:.2f}" for k, v in times.items())
+                            + f"; explicit/triton {times['explicit'] / times['triton']:.2f}"))
+            print(f"  {case}: {rows[-2].figure}; {rows[-1].figure}", flush=True)
+    return rows
+
+
 RUNNERS = {"tests": step_tests, "alpha0": step_alpha0, "rerank": step_rerank, "train": step_train,
-           "paths": step_paths}
+           "paths": step_paths, "triton": step_triton}
 
 
 # -- output -----------------------------------------------------------------------------------------------------

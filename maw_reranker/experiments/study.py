@@ -16,6 +16,13 @@ against it.
 Trained models go to ``<models_dir>/<study>/<protocol>/<variant>/seed_<n>/`` and are reused when complete
 (``train_summary.json`` is written last), evaluation runs to ``<output_dir>/`` as for any suite, so an interrupted
 study continues where it stopped.
+
+``time_budget_s`` is a time guard: once that many seconds have passed since the study started, no further training
+starts (nor one that, by the time the same variant took before in this call, would not end in time), and a training
+under way stops at its next step (its work since its latest checkpoint is lost: it resumes from that checkpoint on
+the next call). The trainings complete by then are evaluated and the report covers them, marked partial; the next
+call continues (complete trainings and evaluation runs are reused). ``run_order: seed`` trains every variant of
+every protocol with the first seed before the second seed starts, so that a partial study has every variant.
 """
 
 # No `from __future__ import annotations`: the options parser reads the field types at runtime.
@@ -62,6 +69,12 @@ class StudyOptions:
     quick_run: bool = opt(False, "apply the `quick` overrides (a smoke run; its results are not the study's)")
     dry_run: bool = opt(False, "list the planned trainings and evaluations and exit")
     only: Optional[list[str]] = opt(None, "run only these protocols (names)")
+    time_budget_s: Optional[float] = opt(None, "time guard: no training starts, and one under way stops at its next "
+                                               "step, once this many seconds have passed since the study started; "
+                                               "the complete ones are evaluated, the report is marked partial, the "
+                                               "next call continues (empty: no guard)")
+    run_order: str = opt("protocol", "order of the trainings: protocol (protocol, variant, seed) or seed (seed, "
+                                     "then protocol and variant: every variant once before the next seed)")
 
     def __post_init__(self) -> None:
         if not str(self.name).strip():
@@ -70,6 +83,10 @@ class StudyOptions:
             raise ValueError(f"option 'n_resamples' must be >= 1, got {self.n_resamples}")
         if not 0 < self.alpha < 1:
             raise ValueError(f"option 'alpha' must be in (0, 1), got {self.alpha}")
+        if self.time_budget_s is not None and self.time_budget_s < 0:
+            raise ValueError(f"option 'time_budget_s' must be >= 0, got {self.time_budget_s}")
+        if self.run_order not in ("protocol", "seed"):
+            raise ValueError(f"option 'run_order' must be 'protocol' or 'seed', got {self.run_order!r}")
         fields = {f.name for f in dataclasses.fields(self)}
         unknown = sorted(set(self.quick or {}) - fields)
         if unknown:
@@ -115,6 +132,11 @@ class StudyResult:
     trainings: list = field(default_factory=list)
     summaries: dict = field(default_factory=dict)
     untouched: dict = field(default_factory=dict)  # protocol -> {dataset: summary folder} against the untouched model
+    partial: bool = False  # the time guard stopped it: the report covers the complete trainings only
+
+
+class StudyDeadline(Exception):
+    """Raised inside a training when the study's time guard expires (caught by :func:`run_study`)."""
 
 
 def apply_quick(options: StudyOptions) -> StudyOptions:
@@ -194,6 +216,9 @@ def plan_trainings(options: StudyOptions) -> list[TrainingRun]:
                 except (ValueError, FileNotFoundError) as exc:
                     raise ConfigError(f"{where}: {exc}") from None
                 runs.append(TrainingRun(protocol["name"], variant["name"], seed, train_options, match))
+    if options.run_order == "seed":  # stable: protocol and variant order kept within a seed (match: earlier variant)
+        order = {seed: i for i, seed in enumerate(options.seeds)}
+        runs.sort(key=lambda r: order[r.seed])
     from maw_reranker.experiments.suite import expand
 
     for protocol in options.protocols:  # the evaluation side is checked too, before any training starts
@@ -292,26 +317,53 @@ def run_study(options: StudyOptions) -> StudyResult:
         if not options.only or protocol["name"] in options.only:
             dataset_from_options(_test_options(options, protocol))
     started = time.perf_counter()
+    budget = options.time_budget_s
     trained: set = set()  # models (re)trained now: their evaluations are redone
+    took: dict = {}  # variant -> the longest of its trainings in this call (s): whether another one fits the budget
+    partial = False
+
+    def guard(step, row):  # a training callback: the time guard inside a training
+        if time.perf_counter() - started >= budget:
+            raise StudyDeadline(f"time budget of {budget:g} s spent at step {step}")
+
     for i, run in enumerate(trainings, 1):
         if run.done:
             logger.info("study: training %d/%d complete already: %s", i, len(trainings), run.options.output_dir)
             continue
+        if budget is not None:
+            spent = time.perf_counter() - started
+            if spent >= budget or spent + took.get(run.variant, 0.0) > budget:
+                logger.warning("study: time budget (%g s): stopping after %.0f s, before training %d/%d (%s / %s / "
+                               "seed %d); the report covers the complete trainings", budget, spent, i, len(trainings),
+                               run.protocol, run.variant, run.seed)
+                partial = True
+                break
         if run.match:
             run.options = dataclasses.replace(run.options, lora_r=_matched_rank(run, trainings))
         if run.started:  # interrupted: continue where it stopped
             run.options = dataclasses.replace(run.options, resume="latest")
         logger.info("study: training %d/%d: %s / %s / seed %d", i, len(trainings), run.protocol, run.variant, run.seed)
-        train(run.options)
+        t0 = time.perf_counter()
+        try:
+            train(run.options, callbacks=[guard] if budget is not None else None)
+        except StudyDeadline as stop:
+            logger.warning("study: %s of training %d/%d (%s / %s / seed %d): it resumes from its latest checkpoint "
+                           "on the next call", stop, i, len(trainings), run.protocol, run.variant, run.seed)
+            partial = True
+            break
+        took[run.variant] = max(took.get(run.variant, 0.0), time.perf_counter() - t0)
         trained.add((run.protocol, run.variant, run.seed))
-    result = StudyResult(Path(options.output_dir) / "_studies" / options.name / "report.md", trainings)
+    result = StudyResult(Path(options.output_dir) / "_studies" / options.name / "report.md", trainings,
+                         partial=partial or not all(t.done for t in trainings))
     vs_untouched = bool(options.untouched) and options.baseline != options.untouched
     for protocol in options.protocols:
         if options.only and protocol["name"] not in options.only:
             continue
         suite_options = suite_for(options, protocol)
+        complete = {(t.variant, t.seed) for t in trainings if t.protocol == protocol["name"] and t.done}
         runs = [dataclasses.replace(r, force=True) if (protocol["name"], r.variant, r.seed) in trained else r
-                for r in suite_runs(options, protocol)]
+                for r in suite_runs(options, protocol)
+                if r.variant == options.untouched or (r.variant, r.seed) in complete]  # partial: the complete ones
         outcome = run_suite(plan_runs(runs), options.baseline, name=suite_options.name,
                             n_resamples=options.n_resamples, alpha=options.alpha)
         result.summaries[protocol["name"]] = outcome.summaries
@@ -346,6 +398,12 @@ def write_report(options: StudyOptions, result: StudyResult, seconds: float) -> 
     lines = [f"# Study {options.name}", "", f"Seeds {list(options.seeds)}, baseline `{options.baseline}`, model "
              f"`{options.model}`; wall time {seconds / 60:.1f} min" + (" (quick run: not the study's results)"
                                                                        if options.quick_run else ""), ""]
+    if result.partial:
+        done = sum(t.done for t in result.trainings)
+        lines += [f"**Partial**: {done} of {len(result.trainings)} trainings complete (the time guard, "
+                  f"`time_budget_s: {options.time_budget_s}`, stopped the study); the tables cover the complete ones "
+                  "(the `seeds` column of the training table says how many per variant). Run the study again to "
+                  "continue.", ""]
     for protocol, summaries in result.summaries.items():
         lines += [f"## {protocol}", ""]
         for dataset, folder in summaries.items():
