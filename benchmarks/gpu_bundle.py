@@ -4,7 +4,7 @@ no network, small enough to travel with the working tree, then run both there un
 
   pack    (here)   python benchmarks/gpu_bundle.py pack [.gpu] [--models DIR] [--data DIR] [--study maw-gpu]
   run     (there)  python benchmarks/gpu_bundle.py run [.gpu] --out $OUT [--device cuda|cpu] [--quick]
-                                                   [--deadline-s 530] [--check-s 120] [--reserve-s 120]
+                                                   [--deadline-s 530] [--check-s 120] [--reserve-s 150]
   unpack  (there)  python benchmarks/gpu_bundle.py unpack [.gpu] /tmp/maw-models   (the checkpoint alone)
 
 The bundle folder (`.gpu/`, git-ignored) holds:
@@ -28,7 +28,7 @@ The bundle folder (`.gpu/`, git-ignored) holds:
 the checkpoint in a Hugging Face cache of its own under its hub id (so the config's hub id loads with
 HF_HUB_OFFLINE=1), unpacks the data, then runs `gpu_check.py` (at most --check-s seconds; 0 skips it) and the study
 (`maw-rerank study --config maw-gpu`, `time_budget_s` = what is left of --deadline-s less --reserve-s for its
-evaluation and report: trainings past it are not started, one under way stops; the report says partial). It writes at
+evaluation and report (and its start-up): trainings past it are not started, one under way stops; the report says partial). It writes at
 most 8 files to --out (what a device call brings back): run.log, gpu_check.md, study_report.md, study_results.tar.gz
 (summaries, per-query results, train summaries, model cards), maw_parameters.safetensors (the trained MAW parameters
 of every complete MAW run, keyed `<protocol>/<variant>/seed_<n>/<parameter>`) and run.json (timings, what completed).
@@ -36,6 +36,10 @@ of every complete MAW run, keyed `<protocol>/<variant>/seed_<n>/<parameter>`) an
 """
 
 from __future__ import annotations
+
+import time
+
+START = time.monotonic()  # before the heavy imports: --deadline-s counts from the start of the process
 
 import argparse
 import gzip
@@ -51,7 +55,6 @@ import sys
 import tarfile
 import tempfile
 import threading
-import time
 from pathlib import Path
 
 import torch
@@ -76,6 +79,8 @@ REVISION = "0" * 40  # the snapshot name of the checkpoint in the run's own Hugg
 OUT_FILES = ("run.log", "gpu_check.md", "study_report.md", "study_results.tar.gz", "maw_parameters.safetensors",
              "run.json")
 OUT_LIMIT = 16 * 2**20  # a device call brings back files of at most 16 MiB
+STARTUP_S = 30.0  # the study's imports, planning and test sets before its clock starts
+COLLECT_S = 45.0  # the study's hard stop comes this long before the deadline: the kill, then collect
 CODES, TABLE, RAW = "codes::", "table::", "raw::"
 
 
@@ -233,7 +238,9 @@ def unpack(bundle: Path, models: Path) -> Path:
     target.mkdir(parents=True, exist_ok=True)
     save_file(decode(load_file(str(source / "packed.safetensors"))), str(target / "model.safetensors"))
     for item in source.iterdir():
-        if item.name != "packed.safetensors":
+        if item.is_dir():
+            shutil.copytree(item, target / item.name, dirs_exist_ok=True)
+        elif item.name != "packed.safetensors":
             shutil.copy2(item, target / item.name)
     return target
 
@@ -243,8 +250,9 @@ def seed_cache(bundle: Path, hf_home: Path) -> Path:
     repo = hf_home / "hub" / f"models--{CROSS_ENCODER.replace('/', '--')}"
     (repo / "refs").mkdir(parents=True, exist_ok=True)
     (repo / "refs" / "main").write_text(REVISION)
-    snapshot = unpack(bundle, repo / "snapshots")
-    return snapshot.rename(snapshot.parent / REVISION)
+    final = repo / "snapshots" / REVISION
+    shutil.rmtree(final, ignore_errors=True)  # a reused --work folder
+    return unpack(bundle, repo / "snapshots").rename(final)
 
 
 def unpack_data(bundle: Path, data: Path, manifest: dict) -> None:
@@ -289,7 +297,7 @@ def stream(cmd: list[str], env: dict, cwd: Path, log: Log, timeout: float, copy:
         return {"rc": None, "seconds": 0.0, "timed_out": True}
     sink = open(copy, "w", encoding="utf-8") if copy else None
     proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            bufsize=1, start_new_session=True)
+                            encoding="utf-8", errors="replace", bufsize=1, start_new_session=True)
 
     def relay():  # the reader: lines reach the log as they come, whatever the main thread waits for
         for line in proc.stdout:
@@ -306,11 +314,16 @@ def stream(cmd: list[str], env: dict, cwd: Path, log: Log, timeout: float, copy:
         timed_out = True
         os.killpg(proc.pid, signal.SIGTERM)
         try:
-            proc.wait(10)
+            proc.wait(5)
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+            pass
         log(f"  stopped at its limit of {timeout:.0f} s")
-    reader.join(10)
+    try:  # the whole group, also children that outlive their leader or ignore SIGTERM
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    proc.wait()
+    reader.join(5)
     if sink:
         sink.close()
     return {"rc": proc.wait(), "seconds": round(time.monotonic() - start, 1), "timed_out": timed_out}
@@ -334,11 +347,13 @@ def collect(work: Path, out: Path, name: str, log: Log) -> dict:
         save_file(params, str(out / "maw_parameters.safetensors"))
     keep = ("train_summary.json", "train_config.json", "metrics.jsonl", "README.md", "maw_card.json",
             "eval_results.json")
-    for skip in ((), (".tsv", ".trec", ".png")):  # the per-pair scores and runs go first when it is too large
+    # when it is too large, the per-pair scores and runs go first, then all but the summaries and reports
+    for keep_only in (None, lambda p: not p.name.endswith((".tsv", ".trec", ".png")),
+                      lambda p: p.name.startswith(("summary", "report"))):
         with tarfile.open(out / "study_results.tar.gz", "w:gz") as tar:
             if (work / "experiments").is_dir():
                 for path in sorted((work / "experiments").rglob("*")):
-                    if path.is_file() and not path.name.endswith(skip):
+                    if path.is_file() and (keep_only is None or keep_only(path)):
                         tar.add(path, arcname=path.relative_to(work).as_posix())
             for run in complete:
                 for path in [run / k for k in keep] + [run / "final" / k for k in keep]:
@@ -353,50 +368,64 @@ def collect(work: Path, out: Path, name: str, log: Log) -> dict:
 
 
 def run(bundle: Path, out: Path, device: str, quick: bool, deadline_s: float, check_s: float, reserve_s: float,
-        work: Path | None = None, check_only: list[str] | None = None) -> dict:
-    """gpu_check, then the study under the time guard, then what comes back: see the module's docstring."""
-    start = time.monotonic()
+        work: Path | None = None, check_only: list[str] | None = None, start: float | None = None) -> dict:
+    """gpu_check, then the study under the time guard, then what comes back: see the module's docstring. ``start``:
+    the monotonic time the deadline counts from (default: this process's start)."""
+    start = START if start is None else start
     out.mkdir(parents=True, exist_ok=True)
     log = Log(out / "run.log")
-    manifest = json.loads((bundle / "manifest.json").read_text())
-    work = Path(work or tempfile.mkdtemp(prefix="maw-gpu-"))
-    (work / "study").mkdir(parents=True, exist_ok=True)
-    log(f"gpu_bundle run: device {device}, quick {quick}, deadline {deadline_s:g} s, work folder {work}")
-    with open(out / "run.log", "a") as sink:
-        installed = install_wheels(bundle, work / "site", sink)
-    log(f"wheels installed: {installed or 'none needed'}")
-    snapshot = seed_cache(bundle, work / "hf")
-    unpack_data(bundle, work / "data", manifest)
-    log(f"checkpoint {CROSS_ENCODER} at {snapshot}; data at {work / 'data'} ({len(manifest['data'])} files)")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
-    env.update(HF_HOME=str(work / "hf"), HF_HUB_OFFLINE="1", MAW_DATA=str(work / "data"), PYTHONUNBUFFERED="1",
-               MAW_CONFIG_PATH=str(REPO / "benchmarks" / "configs"), TOKENIZERS_PARALLELISM="false",
-               PYTHONPATH=os.pathsep.join([str(work / "site"), str(REPO), *filter(None, [env.get("PYTHONPATH")])]))
-    if device == "cpu":
-        env["CUDA_VISIBLE_DEVICES"] = ""
-    steps = {}
-    if check_s > 0:
-        if check_only is None and quick:  # the test suite runs gpu_check's tests step on a CPU anyway
-            from gpu_check import STEPS
+    summary: dict = {"device": device, "quick": quick, "deadline_s": deadline_s, "steps": {}}
+    try:
+        manifest = json.loads((bundle / "manifest.json").read_text())
+        work = Path(work or tempfile.mkdtemp(prefix="maw-gpu-"))
+        (work / "study").mkdir(parents=True, exist_ok=True)
+        log(f"gpu_bundle run: device {device}, quick {quick}, deadline {deadline_s:g} s, work folder {work}")
+        summary["wheels_installed"] = install_wheels(bundle, work / "site", log.file)
+        log(f"wheels installed: {summary['wheels_installed'] or 'none needed'}")
+        snapshot = seed_cache(bundle, work / "hf")
+        unpack_data(bundle, work / "data", manifest)
+        log(f"checkpoint {CROSS_ENCODER} at {snapshot}; data at {work / 'data'} ({len(manifest['data'])} files)")
+        # the run's own cache and data only (HUGGINGFACE_HUB_CACHE, say, would take precedence over HF_HOME)
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE_"))}
+        env.update(HF_HOME=str(work / "hf"), HF_HUB_OFFLINE="1", MAW_DATA=str(work / "data"), PYTHONUNBUFFERED="1",
+                   MAW_CONFIG_PATH=str(REPO / "benchmarks" / "configs"), TOKENIZERS_PARALLELISM="false",
+                   PYTHONPATH=os.pathsep.join([str(work / "site"), str(REPO),
+                                               *filter(None, [env.get("PYTHONPATH")])]))
+        if device == "cpu":
+            env["CUDA_VISIBLE_DEVICES"] = ""
+        if check_s > 0:
+            if check_only is None and quick:  # the test suite runs gpu_check's tests step on a CPU anyway
+                from gpu_check import STEPS
 
-            check_only = [step for step in STEPS if step != "tests"]
-        check = [sys.executable, str(REPO / "benchmarks" / "gpu_check.py"), "--device", device,
-                 *(["--quick"] if quick else []), *(["--only", *check_only] if check_only else [])]
-        steps["gpu_check"] = stream(check, env, work / "study", log, check_s, copy=out / "gpu_check.md")
-    name = manifest["study"] + ("-quick" if quick else "")
-    left = deadline_s - (time.monotonic() - start)
-    budget = max(0.0, left - reserve_s)
-    study = [sys.executable, "-m", "maw_reranker.cli.main", "study", "--config", manifest["study"],
-             "--time-budget-s", f"{budget:.0f}", *(["--quick-run"] if quick else [])]
-    collect_s = 30.0  # the hard stop leaves this for collecting what is there
-    steps["study"] = stream(study, env, work / "study", log, left - collect_s)
-    summary = {"device": device, "quick": quick, "deadline_s": deadline_s, "time_budget_s": round(budget),
-               "steps": steps, "wheels_installed": installed}
-    summary.update(collect(work / "study", out, name, log))
-    summary["seconds"] = round(time.monotonic() - start, 1)
-    (out / "run.json").write_text(json.dumps(summary, indent=1) + "\n")
-    log(f"gpu_bundle run: {summary['seconds']:.0f} s; files in {out}: "
-        f"{', '.join(sorted(p.name for p in out.iterdir()))}")
+                check_only = [step for step in STEPS if step != "tests"]
+            # its own guard starts no step past 60% of its limit; the limit stops one that runs over
+            check = [sys.executable, str(REPO / "benchmarks" / "gpu_check.py"), "--device", device,
+                     "--deadline-s", f"{0.6 * check_s:.0f}", *(["--quick"] if quick else []),
+                     *(["--only", *check_only] if check_only else [])]
+            summary["steps"]["gpu_check"] = stream(check, env, work / "study", log, check_s,
+                                                   copy=out / "gpu_check.md")
+        # the study's clock starts after its imports and test sets load (STARTUP_S); the hard stop, COLLECT_S
+        # before the deadline, leaves time for the kill and for collecting what is there
+        left = deadline_s - (time.monotonic() - start)
+        summary["time_budget_s"] = budget = round(max(0.0, left - reserve_s - STARTUP_S))
+        study = [sys.executable, "-m", "maw_reranker.cli.main", "study", "--config", manifest["study"],
+                 "--time-budget-s", str(budget), *(["--quick-run"] if quick else [])]
+        summary["steps"]["study"] = stream(study, env, work / "study", log, left - COLLECT_S)
+        summary.update(collect(work / "study", out, manifest["study"] + ("-quick" if quick else ""), log))
+    except BaseException as exc:  # noqa: BLE001 - recorded in run.json, then raised
+        summary["error"] = f"{type(exc).__name__}: {exc}"
+        log(f"gpu_bundle run: {summary['error']}")
+        raise
+    finally:
+        summary["seconds"] = round(time.monotonic() - start, 1)
+        (out / "run.json").write_text(json.dumps(summary, indent=1) + "\n")
+        log(f"gpu_bundle run: {summary['seconds']:.0f} s; files in {out}: "
+            f"{', '.join(sorted(p.name for p in out.iterdir()))}")
+        log.file.close()
+        for path in (out / "run.log", out / "gpu_check.md"):  # what comes back: 16 MiB a file, the end kept
+            if path.is_file() and path.stat().st_size > OUT_LIMIT:
+                tail = path.read_bytes()[-(OUT_LIMIT - 2**20):]
+                path.write_bytes(b"[... the start is cut: 16 MiB a file come back]\n" + tail)
     return summary
 
 
@@ -418,7 +447,7 @@ def main() -> None:
     r.add_argument("--deadline-s", type=float, default=530.0,
                    help="the whole run ends within this many seconds (default 530: under 9 minutes)")
     r.add_argument("--check-s", type=float, default=120.0, help="at most this long for gpu_check.py (0: skip it)")
-    r.add_argument("--reserve-s", type=float, default=120.0,
+    r.add_argument("--reserve-s", type=float, default=150.0,
                    help="of the deadline, what the study keeps for its evaluation and report after the trainings")
     r.add_argument("--check-only", nargs="*", default=None,
                    help="gpu_check.py's steps to run (default: all; with --quick all but tests)")

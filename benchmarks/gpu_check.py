@@ -77,6 +77,8 @@ def parse_args(argv=None):
     ap.add_argument("--steps", type=int, default=20, help="training steps per learned mode")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--only", nargs="*", choices=list(STEPS), help="run only these steps")
+    ap.add_argument("--deadline-s", type=float, default=None,
+                    help="start no step once this many seconds have passed (the rest are SKIP rows)")
     return ap.parse_args(argv)
 
 
@@ -467,8 +469,13 @@ def main(argv=None) -> int:
         rows: list[Row] = []
         total = time.perf_counter()
         for name in steps:
+            if args.deadline_s is not None and time.perf_counter() - total >= args.deadline_s:
+                rows.append(Row(name, STEPS[name][:40], "SKIP", f"--deadline-s {args.deadline_s:g} s spent"))
+                continue
             print(f"... {name}", flush=True)
-            rows.extend(RUNNERS[name](args, device=device, model_path=path, pairs=pairs, sizes=sizes))
+            done = RUNNERS[name](args, device=device, model_path=path, pairs=pairs, sizes=sizes)
+            rows.extend(done)
+            print(table(done), flush=True)  # each step's rows as they come: a run stopped later keeps them
         failed = [r for r in rows if r.result == "FAIL"]
         print()
         print(table(rows))

@@ -18,8 +18,8 @@ Trained models go to ``<models_dir>/<study>/<protocol>/<variant>/seed_<n>/`` and
 study continues where it stopped.
 
 ``time_budget_s`` is a time guard: once that many seconds have passed since the study started, no further training
-starts (nor one that, by the time the same variant took before in this call, would not end in time), and a training
-under way stops at its next step (its work since its latest checkpoint is lost: it resumes from that checkpoint on
+starts (nor one that, by the time the same variant, else any, took before in this call, would not end in time), and
+a training under way stops at its next step but its last (its work since its latest checkpoint is lost: it resumes from that checkpoint on
 the next call). The trainings complete by then are evaluated and the report covers them, marked partial; the next
 call continues (complete trainings and evaluation runs are reused). ``run_order: seed`` trains every variant of
 every protocol with the first seed before the second seed starts, so that a partial study has every variant.
@@ -308,6 +308,7 @@ def run_study(options: StudyOptions) -> StudyResult:
     from maw_reranker.experiments.suite import plan_runs, run_suite
     from maw_reranker.train.trainer import train
 
+    started = time.perf_counter()  # the time guard counts planning and loading the test sets too
     if options.quick_run:
         options = apply_quick(options)
     trainings = plan_trainings(options)
@@ -316,15 +317,22 @@ def run_study(options: StudyOptions) -> StudyResult:
     for protocol in options.protocols:  # test sets readable before hours of training
         if not options.only or protocol["name"] in options.only:
             dataset_from_options(_test_options(options, protocol))
-    started = time.perf_counter()
     budget = options.time_budget_s
     trained: set = set()  # models (re)trained now: their evaluations are redone
     took: dict = {}  # variant -> the longest of its trainings in this call (s): whether another one fits the budget
     partial = False
 
-    def guard(step, row):  # a training callback: the time guard inside a training
-        if time.perf_counter() - started >= budget:
-            raise StudyDeadline(f"time budget of {budget:g} s spent at step {step}")
+    def guard_for(run: TrainingRun):
+        total: list = []  # the training's step count, from its train_config.json (written before its first step)
+
+        def guard(step, row):  # a training callback: the time guard inside a training
+            if not total:
+                config = Path(run.options.output_dir) / "train_config.json"
+                total.append(json.loads(config.read_text(encoding="utf-8")).get("total_steps"))
+            if step != total[0] and time.perf_counter() - started >= budget:  # the last step: it saves
+                raise StudyDeadline(f"time budget of {budget:g} s spent at step {step}")
+
+        return guard
 
     for i, run in enumerate(trainings, 1):
         if run.done:
@@ -332,7 +340,9 @@ def run_study(options: StudyOptions) -> StudyResult:
             continue
         if budget is not None:
             spent = time.perf_counter() - started
-            if spent >= budget or spent + took.get(run.variant, 0.0) > budget:
+            # the estimate: this variant's longest training in this call, else the longest of any
+            estimate = took.get(run.variant, max(took.values(), default=0.0))
+            if spent >= budget or spent + estimate > budget:
                 logger.warning("study: time budget (%g s): stopping after %.0f s, before training %d/%d (%s / %s / "
                                "seed %d); the report covers the complete trainings", budget, spent, i, len(trainings),
                                run.protocol, run.variant, run.seed)
@@ -345,9 +355,9 @@ def run_study(options: StudyOptions) -> StudyResult:
         logger.info("study: training %d/%d: %s / %s / seed %d", i, len(trainings), run.protocol, run.variant, run.seed)
         t0 = time.perf_counter()
         try:
-            train(run.options, callbacks=[guard] if budget is not None else None)
+            train(run.options, callbacks=[guard_for(run)] if budget is not None else None)
         except StudyDeadline as stop:
-            logger.warning("study: %s of training %d/%d (%s / %s / seed %d): it resumes from its latest checkpoint "
+            logger.warning("study: %s of training %d/%d (%s / %s / seed %d): it resumes from its latest checkpoint, if any, "
                            "on the next call", stop, i, len(trainings), run.protocol, run.variant, run.seed)
             partial = True
             break
@@ -369,6 +379,7 @@ def run_study(options: StudyOptions) -> StudyResult:
         result.summaries[protocol["name"]] = outcome.summaries
         if vs_untouched:
             result.untouched[protocol["name"]] = against_untouched(options, protocol, outcome)
+        write_report(options, result, time.perf_counter() - started)  # after each protocol: a stop keeps it
     write_report(options, result, time.perf_counter() - started)
     return result
 

@@ -5,8 +5,10 @@ what a device call can carry."""
 import gzip
 import importlib.util
 import json
+import os
 import sys
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
@@ -149,6 +151,26 @@ def test_a_step_past_its_limit_is_stopped_and_its_output_kept(bundle_module, tmp
     assert done["rc"] == 0 and not done["timed_out"]
 
 
+def test_the_whole_process_group_is_stopped(bundle_module, tmp_path):
+    """A child that ignores SIGTERM, and a grandchild it started: neither outlives the limit."""
+    marker = tmp_path / "grandchild.pid"
+    code = ("import signal, subprocess, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+            "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)']); "
+            f"open({str(marker)!r}, 'w').write(str(p.pid)); print('up', flush=True); time.sleep(120)")
+    result = bundle_module.stream([sys.executable, "-c", code], {}, tmp_path, bundle_module.Log(tmp_path / "l"),
+                                  timeout=3)
+    assert result["timed_out"] and result["seconds"] < 30
+    pid = int(marker.read_text())
+    for _ in range(50):  # the kill is asynchronous
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail(f"the grandchild {pid} still runs")
+
+
 def test_collect_brings_back_the_report_results_and_maw_parameters(bundle_module, tmp_path):
     work, out = tmp_path / "work", tmp_path / "out"
     out.mkdir()
@@ -190,17 +212,36 @@ def test_run_gives_the_study_what_is_left_of_the_deadline(bundle_module, tmp_pat
         return {"rc": 0, "seconds": 0.0, "timed_out": False}
 
     monkeypatch.setattr(bundle_module, "stream", fake_stream)
+    monkeypatch.setenv("HUGGINGFACE_HUB_CACHE", "/elsewhere")  # would take precedence over HF_HOME
+    started = time.monotonic() - 20  # the deadline counts from the start of the process: 20 s ago
     summary = bundle_module.run(bundle, tmp_path / "out", "cpu", True, deadline_s=400, check_s=50, reserve_s=100,
-                                work=tmp_path / "work")
+                                work=tmp_path / "work", start=started)
     (check, check_env, check_limit), (study, env, limit) = calls
     assert "gpu_check.py" in check[1] and "--quick" in check and "tests" not in check[check.index("--only"):]
-    assert check_limit == 50 and env["CUDA_VISIBLE_DEVICES"] == "" and env["HF_HUB_OFFLINE"] == "1"
+    assert check_limit == 50 and float(check[check.index("--deadline-s") + 1]) < 50
+    assert env["CUDA_VISIBLE_DEVICES"] == "" and env["HF_HUB_OFFLINE"] == "1" and "HUGGINGFACE_HUB_CACHE" not in env
     assert env["MAW_DATA"] == str(tmp_path / "work" / "data") and env["HF_HOME"] == str(tmp_path / "work" / "hf")
     budget = float(study[study.index("--time-budget-s") + 1])
-    assert 290 <= budget <= 300 and "--quick-run" in study and study[study.index("--config") + 1] == "maw-gpu"
-    assert limit > budget + 60  # the study's own guard stops first; the hard stop is a last resort
+    left = 400 - 20  # the fake steps take no time
+    assert left - 100 - bundle_module.STARTUP_S - 2 <= budget <= left - 100 - bundle_module.STARTUP_S
+    assert "--quick-run" in study and study[study.index("--config") + 1] == "maw-gpu"
+    # the study's own guard stops first; the hard stop is a last resort that leaves time to collect
+    # after the guard, the evaluation and report have the reserve less the time kept for collecting
+    assert abs((limit - budget - bundle_module.STARTUP_S) - (100 - bundle_module.COLLECT_S)) < 2
+    assert limit <= left - bundle_module.COLLECT_S
     assert json.loads((tmp_path / "out" / "run.json").read_text())["time_budget_s"] == summary["time_budget_s"]
     calls.clear()
     bundle_module.run(bundle, tmp_path / "out2", "cuda", False, deadline_s=400, check_s=0, reserve_s=100,
                       work=tmp_path / "work2")
     assert len(calls) == 1 and "--quick-run" not in calls[0][0] and "CUDA_VISIBLE_DEVICES" not in calls[0][1]
+
+
+def test_run_json_is_written_when_the_run_fails(bundle_module, tmp_path, monkeypatch):
+    bundle = tmp_path / ".gpu"
+    bundle.mkdir()
+    (bundle / "manifest.json").write_text(json.dumps({"study": "maw-gpu", "data": [{"path": "x", "sha256": "0"}]}))
+    monkeypatch.setattr(bundle_module, "install_wheels", lambda *a: [])
+    monkeypatch.setattr(bundle_module, "seed_cache", lambda b, hf: hf / "snapshot")
+    with pytest.raises(FileNotFoundError):
+        bundle_module.run(bundle, tmp_path / "out", "cpu", True, 400, 0, 100, work=tmp_path / "work")
+    assert "FileNotFoundError" in json.loads((tmp_path / "out" / "run.json").read_text())["error"]
