@@ -51,36 +51,17 @@ def combined_attention(inp: DepthInputs, weights: torch.Tensor, dropout_p: float
     work = map_dtype(inp.v)
     trim = _right_padded(inp.key_valid)
     lengths = inp.key_valid.sum(-1).tolist() if trim else None
-    parts = []
+    plan = []  # (examples, their longest input, its tiles): the whole batch's work, done by one autograd node
     for start in range(0, batch, chunk):
         rows = slice(start, min(start + chunk, batch))
         n = max(max(lengths[rows]), 1) if trim else length
-        q = _stacked(inp.q, rows, n, inp.scale, work)  # [b, H, D, n, w], scale folded into the queries
-        k = _stacked(inp.k, rows, n, dtype=work)
-        v = inp.v[rows, :, :n].to(work)
-        w = weights[rows]
-        allowed = None if inp.allowed is None else inp.allowed[rows][..., :n, :n]
-        if allowed is not None and bool(allowed.all()):
-            allowed = None
-        b = q.shape[0]
-        groups: list[list[torch.Tensor]] = []
-        last = None
-        for hs, rs in _tiles(b, heads, depth, n, split_rows=True, budget=budget):
-            mask = None
-            if allowed is not None:
-                mask = allowed[:, hs if allowed.shape[1] > 1 else slice(None), rs]
-            out = _CombinedAttention.apply(q[:, hs, :, rs], k[:, hs], v[:, hs], w[:, hs] if w.dim() == 3 else w,
-                                           mask, float(dropout_p))
-            if hs != last:
-                groups.append([])
-                last = hs
-            groups[-1].append(out)
-        by_heads = [g[0] if len(g) == 1 else torch.cat(g, 2) for g in groups]  # query-row blocks, then heads
-        out = by_heads[0] if len(by_heads) == 1 else torch.cat(by_heads, 1)
-        if n < length:
-            out = torch.nn.functional.pad(out, (0, 0, 0, length - n))
-        parts.append(out)
-    out = parts[0] if len(parts) == 1 else torch.cat(parts)
+        plan.append((rows, n, _tiles(rows.stop - rows.start, heads, depth, n, split_rows=True, budget=budget)))
+    # the depth slices side by side once for the batch, scale folded into the queries ([B, H, D, L, w]): tiles are
+    # views of these inside the node, so backward writes each tile's gradient once instead of one zero-filled
+    # input-sized gradient per slice of every tile
+    q = _stacked(inp.q, slice(None), length, inp.scale, work)
+    k = _stacked(inp.k, slice(None), length, dtype=work)
+    out = _CombinedAttention.apply(q, k, inp.v.to(work), weights, inp.allowed, float(dropout_p), plan)
     return out.to(inp.v.dtype)
 
 
@@ -125,50 +106,88 @@ def _combined(probs: torch.Tensor, w: torch.Tensor, keep: Optional[torch.Tensor]
     return combined
 
 
+def _chunk_mask(allowed: Optional[torch.Tensor], rows: slice, n: int) -> Optional[torch.Tensor]:
+    """The chunk's ``[b, 1 or H, n, n]`` mask, None where it allows everything."""
+    if allowed is None:
+        return None
+    mask = allowed[rows][..., :n, :n]
+    return None if bool(mask.all()) else mask
+
+
+def _tile_mask(mask: Optional[torch.Tensor], hs: slice, rs: slice) -> Optional[torch.Tensor]:
+    return None if mask is None else mask[:, hs if mask.shape[1] > 1 else slice(None), rs]
+
+
 class _CombinedAttention(torch.autograd.Function):
-    """One chunk. q, k ``[b, H, D, n, w]`` (scale folded into q), v ``[b, H, n, Dh]``, weights ``[b, D]`` or
-    ``[b, H, D]``, allowed boolean ``[b, 1 or H, n, n]`` or None. Saves only the inputs and the dropout mask."""
+    """The batch, tile by tile (``plan``: per chunk of examples, its longest input ``n`` and its (heads, query
+    rows) tiles). q, k ``[B, H, D, L, w]`` (scale folded into q), v ``[B, H, L, Dh]``, weights ``[B, D]`` or
+    ``[B, H, D]``, allowed boolean ``[B, 1 or H, L, L]`` or None. Output rows past a chunk's ``n`` are zero. Saves
+    the inputs and the dropout mask (one boolean map of the batch); backward recomputes each tile's maps."""
 
     @staticmethod
-    def forward(ctx, q, k, v, weights, allowed, p):
-        b, h, d = q.shape[0], q.shape[1], q.shape[2]
-        w = _weights_view(weights, b, d).to(q.dtype)
-        probs = _probabilities(q, k, allowed)
-        keep = None
-        if p > 0:
-            keep = torch.empty(b, h, probs.shape[-2], probs.shape[-1], device=q.device, dtype=torch.float32)
-            keep = keep.bernoulli_(1.0 - p).bool()
-        combined = _combined(probs, w, keep, p)
-        del probs
+    def forward(ctx, q, k, v, weights, allowed, p, plan):
+        batch, heads, depth, length = q.shape[0], q.shape[1], q.shape[2], q.shape[3]
+        out = v.new_zeros(v.shape)
+        keep = torch.zeros(batch, heads, length, length, dtype=torch.bool, device=q.device) if p > 0 else None
+        for rows, n, tiles in plan:
+            b = rows.stop - rows.start
+            mask = _chunk_mask(allowed, rows, n)
+            w = _weights_view(weights[rows], b, depth).to(q.dtype)
+            for hs, rs in tiles:
+                wt = w[:, hs] if weights.dim() == 3 else w
+                probs = _probabilities(q[rows, hs, :, rs], k[rows, hs, :, :n], _tile_mask(mask, hs, rs))
+                drop = None
+                if p > 0:
+                    draw = torch.empty(b, probs.shape[1], probs.shape[-2], n, device=q.device, dtype=torch.float32)
+                    drop = draw.bernoulli_(1.0 - p).bool()
+                    keep[rows, hs, rs, :n] = drop
+                combined = _combined(probs, wt, drop, p)
+                del probs
+                out[rows, hs, rs] = torch.matmul(combined, v[rows, hs, :n])
         ctx.save_for_backward(q, k, v, weights, allowed, keep)
-        ctx.p = p
-        return torch.matmul(combined, v)
+        ctx.p, ctx.plan = p, plan
+        return out
 
     @staticmethod
     def backward(ctx, grad_out):
         q, k, v, weights, allowed, keep = ctx.saved_tensors
-        p = ctx.p
-        b, h, d, n, m = q.shape[0], q.shape[1], q.shape[2], q.shape[3], k.shape[3]
-        w = _weights_view(weights, b, d).to(q.dtype)
+        p, plan = ctx.p, ctx.plan
+        depth = q.shape[2]
         grad_out = grad_out.to(v.dtype)
-        probs = _probabilities(q, k, allowed)
-        combined = _combined(probs, w, keep, p)
-        grad_v = torch.matmul(combined.transpose(-1, -2), grad_out)
-        del combined
-        grad_a = torch.matmul(grad_out, v.transpose(-1, -2))  # [b, H, n, m]
-        if keep is not None:
-            grad_a.masked_fill_(~keep, 0).mul_(1.0 / (1.0 - p))
-        # dL/dP_d = w_d gA; softmax backward: dL/dS_d = w_d P_d (gA - sum_k P_d gA); dL/dw_d = sum P_d gA.
-        grad_s = probs * grad_a.unsqueeze(2)  # P_d gA
-        row = grad_s.sum(-1, keepdim=True)  # [b, H, D, n, 1]
-        grad_w = row.sum((3, 4)) if weights.dim() == 3 else row.sum((1, 3, 4))
-        grad_s.addcmul_(probs, row, value=-1.0)
-        del probs
-        per_depth = weights.to(q.dtype)
-        grad_s.mul_(per_depth.view(b, 1, d, 1, 1) if weights.dim() == 2 else per_depth.view(b, h, d, 1, 1))
-        grad_q = torch.matmul(grad_s, k)
-        grad_k = torch.matmul(grad_s.transpose(-1, -2), q)
-        return grad_q, grad_k, grad_v, grad_w.to(weights.dtype), None, None
+        grad_q, grad_k, grad_v = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
+        grad_w = torch.zeros(weights.shape, dtype=q.dtype, device=q.device)
+        for rows, n, tiles in plan:
+            b = rows.stop - rows.start
+            mask = _chunk_mask(allowed, rows, n)
+            w = _weights_view(weights[rows], b, depth).to(q.dtype)
+            per_depth = weights[rows].to(q.dtype)
+            for hs, rs in tiles:
+                h = hs.stop - hs.start
+                wt = w[:, hs] if weights.dim() == 3 else w
+                qt, kt, vt = q[rows, hs, :, rs], k[rows, hs, :, :n], v[rows, hs, :n]
+                go = grad_out[rows, hs, rs]
+                drop = None if keep is None else keep[rows, hs, rs, :n]
+                probs = _probabilities(qt, kt, _tile_mask(mask, hs, rs))
+                combined = _combined(probs, wt, drop, p)
+                grad_v[rows, hs, :n] += torch.matmul(combined.transpose(-1, -2), go)
+                del combined
+                grad_a = torch.matmul(go, vt.transpose(-1, -2))  # [b, h, rows, n]
+                if drop is not None:
+                    grad_a.masked_fill_(~drop, 0).mul_(1.0 / (1.0 - p))
+                # dL/dP_d = w_d gA; softmax backward: dL/dS_d = w_d P_d (gA - sum_k P_d gA); dL/dw_d = sum P_d gA.
+                grad_s = probs * grad_a.unsqueeze(2)  # P_d gA
+                row = grad_s.sum(-1, keepdim=True)  # [b, h, D, rows, 1]
+                if weights.dim() == 3:
+                    grad_w[rows, hs] += row.sum((3, 4))
+                else:
+                    grad_w[rows] += row.sum((1, 3, 4))
+                grad_s.addcmul_(probs, row, value=-1.0)
+                del probs
+                grad_s.mul_(per_depth.view(b, 1, depth, 1, 1) if weights.dim() == 2
+                            else per_depth[:, hs].view(b, h, depth, 1, 1))
+                grad_q[rows, hs, :, rs] = torch.matmul(grad_s, kt)
+                grad_k[rows, hs, :, :n] += torch.matmul(grad_s.transpose(-1, -2), qt)
+        return grad_q, grad_k, grad_v, grad_w.to(weights.dtype), None, None, None
 
 
 def _weights_view(weights: torch.Tensor, b: int, d: int) -> torch.Tensor:
