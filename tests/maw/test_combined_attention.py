@@ -47,6 +47,29 @@ def test_output_and_gradients_match_the_reference(depth, per_head, chunk, tile):
         assert torch.allclose(a, b, atol=1e-9), name
 
 
+def _graph_nodes(out: torch.Tensor) -> list[str]:
+    seen, stack, names = set(), [out.grad_fn], []
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        names.append(type(node).__name__)
+        stack.extend(next_fn for next_fn, _ in node.next_functions)
+    return names
+
+
+def test_the_batch_is_one_autograd_node_whatever_its_tiles():
+    """Tiles are views inside one node: slicing them outside it would give backward one zero-filled, input-sized
+    gradient per slice of every tile (measured: half the time of the MAW attention's forward + backward)."""
+    inp, leaves = _inputs(3)
+    weights = torch.softmax(leaves[3], -1)
+    names = _graph_nodes(combined_attention(inp, weights, chunk=1, tile=1))  # one query row a tile: many tiles
+    assert names.count("_CombinedAttentionBackward") == 1
+    slices = sum(name.startswith("SliceBackward") for name in names)
+    assert slices <= 2 * 3  # the depth slices of q and k, once each: none per tile
+
+
 def test_dropout_is_one_mask_on_the_combined_map():
     """With dropout, the output is dropout(A_sel) @ V: a second run with the same seed gives the same output, and
     its expectation is the output without dropout (one mask over the combined map, scaled by 1/(1-p))."""
