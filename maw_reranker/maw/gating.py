@@ -47,8 +47,10 @@ class DepthGating(nn.Module):
     mode, sharpness and temperature from it at every call. Parameters are created on ``device`` in ``dtype`` (those
     of the wrapped layer), so a gating module never mixes devices or dtypes with the model it sits in.
 
-    Control attribute set by the trainer (a plain attribute, not saved): ``forced_depth``, a LongTensor ``[B]`` or
-    None: use this depth for every example (oracle search, GRPO replay).
+    Control attributes set by the trainer (plain attributes, not saved): ``forced_depth``, a LongTensor ``[B]`` or
+    None: use this depth for every example (oracle search, GRPO replay); ``forced_logits`` (default True): whether a
+    forced pass still computes the depths' statistics and the policy logits from them (the oracle's passes use
+    neither, and without them each example's attention is computed at its forced depth alone).
     """
 
     def __init__(self, config: MAWConfig, hidden_size: int, num_heads: int, layer_index: int = 0,
@@ -79,6 +81,7 @@ class DepthGating(nn.Module):
             nn.init.zeros_(self.router[2].weight)
             nn.init.zeros_(self.router[2].bias)
         self.forced_depth: Optional[torch.Tensor] = None
+        self.forced_logits = True
         self.reset_records()
 
     # Settings read from the shared config (structural ones, depth and per_head, must not change after patching).

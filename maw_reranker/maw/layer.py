@@ -153,7 +153,8 @@ class DepthwiseMAWSelfAttention(nn.Module):
         else:
             # Training, forced depths, or train mode with dropout (with or without autograd, so that dropout does
             # not depend on whether gradients are on): statistics without autograd, then the depths combined.
-            stats = depth_statistics(inp, self.maw_config.stat_chunk) if self.gating.needs_stats else None
+            need_stats = self.gating.needs_stats and not (forced and not self.gating.forced_logits)
+            stats = depth_statistics(inp, self.maw_config.stat_chunk) if need_stats else None
             decision = self.gating.decide(batch, stats, pooled, device)
             self._record(decision)
             weights = decision.weights

@@ -32,9 +32,12 @@ def routing_gates(model: torch.nn.Module, modes=("router", "grpo")) -> list:
     return [m.gating for m in maw_layers(model).values() if m.gating.mode in modes]
 
 
-def set_forced_depth(gates, depth) -> None:
+def set_forced_depth(gates, depth, logits: bool = True) -> None:
+    """Force ``depth`` (``[B]``, or None to stop) in ``gates``; ``logits``: whether the forced passes still compute
+    the statistics and policy logits (see ``DepthGating``)."""
     for gate in gates:
         gate.forced_depth = depth
+        gate.forced_logits = logits
 
 
 #: Rows of a replicated batch (the oracle's ``D`` copies, GRPO's ``G`` samples) run in one forward; above it, chunks
@@ -73,7 +76,9 @@ def forced_depth_losses(model: torch.nn.Module, features: dict, groups: int, gro
     try:
         for first in range(0, depth, per_chunk):
             depths = torch.arange(first, min(depth, first + per_chunk), device=device)
-            set_forced_depth(gates, depths.repeat_interleave(pairs))  # copy c forces depth first + c
+            # copy c forces depth first + c; its statistics and router logits would go unused (the oracle needs only
+            # the losses), and without them each example's attention is computed at its forced depth alone
+            set_forced_depth(gates, depths.repeat_interleave(pairs), logits=False)
             scores = model(**repeat_features(features, len(depths))).float().view(len(depths), groups, group_size)
             losses.extend(loss_fn(scores[c]) for c in range(len(depths)))
     finally:

@@ -200,8 +200,17 @@ def test_batched_oracle_equals_sequential_forced_depths(tmp_path, view, max_rows
     before = [(m, m.training) for m in model.modules()]
     groups, size = 3, 2  # the first 6 pairs
     features = {k: v[:groups * size] for k, v in features.items()}
-    reference = _sequential_forced_losses(model, features, groups, size, 4, listwise_softmax_ce)
-    losses = forced_depth_losses(model, features, groups, size, 4, listwise_softmax_ce, max_rows=max_rows)
+    reference = _sequential_forced_losses(model, features, groups, size, 4, listwise_softmax_ce)  # with statistics
+    import maw_reranker.maw.layer as layer_module
+
+    real, calls = layer_module.depth_statistics, []
+    layer_module.depth_statistics = lambda *a, **k: calls.append(1) or real(*a, **k)
+    try:
+        losses = forced_depth_losses(model, features, groups, size, 4, listwise_softmax_ce, max_rows=max_rows)
+    finally:
+        layer_module.depth_statistics = real
+    assert not calls  # the oracle's forced passes skip the statistics (their router logits would go unused)
+    assert all(g.forced_logits for g in routing_gates(model))  # restored
     assert losses.shape == (groups, 4)
     assert torch.allclose(losses, reference, atol=1e-5, rtol=1e-5)
     assert (reference.max(1).values - reference.min(1).values).min() > 1e-3  # depths do differ: a real check
