@@ -20,17 +20,23 @@ class Clock:
         return self.now
 
 
-def test_time_guard_stops_cleanly_writes_a_partial_report_and_the_next_call_completes(tmp_path, monkeypatch):
+def ticking_clock(monkeypatch, seconds_a_step) -> Clock:
+    """The study's clock, moved by ``seconds_a_step(training options)`` at every training step."""
     clock = Clock()
     monkeypatch.setattr(study_module, "time", clock)
     real_train = trainer_module.train
 
     def ticking_train(opts, callbacks=None):
         def tick(step, row):
-            clock.now += 10.0 if "/topk/" in str(opts.output_dir) else 20.0
+            clock.now += seconds_a_step(opts)
         return real_train(opts, callbacks=[tick, *(callbacks or [])])
 
     monkeypatch.setattr(trainer_module, "train", ticking_train)
+    return clock
+
+
+def test_time_guard_stops_cleanly_writes_a_partial_report_and_the_next_call_completes(tmp_path, monkeypatch):
+    clock = ticking_clock(monkeypatch, lambda opts: 10.0 if "/topk/" in str(opts.output_dir) else 20.0)
     options = study(tmp_path, seeds=[0, 1], run_order="seed", time_budget_s=65,
                     train={**study(tmp_path).train, "max_steps": 3, "checkpoint_every": 1},
                     variants=[{"name": "topk", "train": {"maw": None}},
@@ -74,16 +80,7 @@ def test_time_guard_zero_trains_nothing_and_still_reports(tmp_path):
 
 
 def test_the_last_step_past_the_budget_still_saves_the_training(tmp_path, monkeypatch):
-    clock = Clock()
-    monkeypatch.setattr(study_module, "time", clock)
-    real_train = trainer_module.train
-
-    def ticking_train(opts, callbacks=None):
-        def tick(step, row):
-            clock.now += 10.0
-        return real_train(opts, callbacks=[tick, *(callbacks or [])])
-
-    monkeypatch.setattr(trainer_module, "train", ticking_train)
+    ticking_clock(monkeypatch, lambda opts: 10.0)
     options = study(tmp_path, seeds=[0, 1], time_budget_s=25, train={**study(tmp_path).train, "max_steps": 3},
                     variants=[{"name": "topk", "train": {"maw": None}}])
     result = run_study(options)  # steps at 10, 20, 30 s: the last ends past 25 s, and the training is kept
