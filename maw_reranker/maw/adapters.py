@@ -51,10 +51,11 @@ class AttentionAdapter:
         """The ``depth_source='split'`` feature slices of the q and k that :meth:`project` returns."""
         return depth_slices(width, depth)
 
-    def encode_positions(self, bound: dict, x: torch.Tensor) -> torch.Tensor:
-        """What :meth:`project` does to q and k after the linear map, applied to a per-depth delta ``[B, H, L, Dh]``
-        of ``depth_source='project'`` (nothing here; ModernBERT's rotary embedding)."""
-        return x
+    def encode_positions(self, bound: dict, delta: torch.Tensor) -> torch.Tensor:
+        """What :meth:`project` does to q and k after the linear map, applied to the per-depth deltas
+        ``[B, D, H, L, Dh]`` of ``depth_source='project'``: nothing here (a view stays a view); ModernBERT's rotary
+        embedding."""
+        return delta
 
     def inputs(self, bound: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """(hidden states that make keys/values, hidden states that make queries)."""

@@ -89,12 +89,14 @@ class ModernBertAdapter(AttentionAdapter):
         q, k = self.functions.apply_rotary_pos_emb(q, k, cos, sin, unsqueeze_dim=1)
         return self._interleaved(q), self._interleaved(k), v
 
-    def encode_positions(self, bound: dict, x: torch.Tensor) -> torch.Tensor:
-        """A per-depth delta ``[B, H, L, Dh]`` gets the rotation the queries and keys got (rotary is linear, so
-        rotating ``W x + delta`` is rotating each), in the interleaved layout."""
+    def encode_positions(self, bound: dict, delta: torch.Tensor) -> torch.Tensor:
+        """The per-depth deltas ``[B, D, H, L, Dh]`` get the rotation the queries and keys got (rotary is linear, so
+        rotating ``W x + delta`` is rotating each), in the interleaved layout: the depths as extra heads."""
+        batch, depth, heads, length, width = delta.shape
+        x = delta.reshape(batch, depth * heads, length, width)
         cos, sin = (t.unsqueeze(1) for t in self._rotary(bound))
         rotated = x.float() * cos + self.functions.rotate_half(x.float()) * sin
-        return self._interleaved(rotated.to(x.dtype))
+        return self._interleaved(rotated.to(x.dtype)).view(delta.shape)
 
     # -- mask -----------------------------------------------------------------------------------------------------
     def allowed_mask(self, bound: dict, batch: int, length: int):

@@ -21,7 +21,8 @@ from typing import Optional
 
 import torch
 
-from maw_reranker.maw.functional import DepthInputs, _right_padded, _stacked, _tiles, map_dtype
+from maw_reranker.maw.functional import (DepthInputs, _right_padded, _tiles, depth_scales, map_dtype,
+                                         stacked_depths)
 
 # Score elements of one tile's D maps (4 MiB in float32), and at most a quarter of one attention map of the batch:
 # backward holds about three tiles at once, so the peak extra memory stays under one map at any batch size.
@@ -57,12 +58,14 @@ def combined_attention(inp: DepthInputs, weights: torch.Tensor, dropout_p: float
         rows = slice(start, min(start + chunk, batch))
         n = max(max(lengths[rows]), 1) if trim else length
         plan.append((rows, n, _tiles(rows.stop - rows.start, heads, depth, n, split_rows=True, budget=budget)))
-    # the depth slices side by side once for the batch, scale folded into the queries ([B, H, D, L, w]): tiles are
+    # the depths side by side once for the batch ([B, H, D, L, w]; a view where the layer made them so): tiles are
     # views of these inside the node, so backward writes each tile's gradient once instead of one zero-filled
-    # input-sized gradient per slice of every tile
-    q = _stacked(inp.q, slice(None), length, inp.scale, work)
-    k = _stacked(inp.k, slice(None), length, dtype=work)
-    out = _CombinedAttention.apply(q, k, inp.v.to(work), weights, inp.allowed, float(dropout_p), plan)
+    # input-sized gradient per slice of every tile. The scales are applied tile by tile, inside the node: folding
+    # them into the whole batch's queries here would cost one more q-sized tensor and its backward.
+    q = stacked_depths(inp, "q", slice(None), length, work)
+    k = stacked_depths(inp, "k", slice(None), length, work)
+    out = _CombinedAttention.apply(q, k, inp.v.to(work), weights, depth_scales(inp, work), inp.allowed,
+                                   float(dropout_p), plan)
     return out.to(inp.v.dtype)
 
 
@@ -79,8 +82,8 @@ def _selected_depths(inp: DepthInputs, selected: torch.Tensor, dropout_p: float,
         def rows(t):
             return t if every or t is None else t.index_select(0, index)
 
-        one = DepthInputs(q=[rows(inp.q[d])], k=[rows(inp.k[d])], scale=[inp.scale[d]], v=rows(inp.v),
-                          allowed=rows(inp.allowed), key_valid=rows(inp.key_valid))
+        one = DepthInputs.stacked(rows(inp.q[d]).unsqueeze(2), rows(inp.k[d]).unsqueeze(2), [inp.scale[d]],
+                                  v=rows(inp.v), allowed=rows(inp.allowed), key_valid=rows(inp.key_valid))
         ones = torch.ones(index.numel(), 1, dtype=inp.v.dtype, device=inp.v.device)
         o_d = combined_attention(one, ones, dropout_p, chunk, tile=tile)
         if every:
@@ -121,12 +124,13 @@ def _tile_mask(mask: Optional[torch.Tensor], hs: slice, rs: slice) -> Optional[t
 
 class _CombinedAttention(torch.autograd.Function):
     """The batch, tile by tile (``plan``: per chunk of examples, its longest input ``n`` and its (heads, query
-    rows) tiles). q, k ``[B, H, D, L, w]`` (scale folded into q), v ``[B, H, L, Dh]``, weights ``[B, D]`` or
-    ``[B, H, D]``, allowed boolean ``[B, 1 or H, L, L]`` or None. Output rows past a chunk's ``n`` are zero. Saves
-    the inputs and the dropout mask (one boolean map of the batch); backward recomputes each tile's maps."""
+    rows) tiles). q, k ``[B, H, D, L, w]`` (views are fine), v ``[B, H, L, Dh]``, weights ``[B, D]`` or
+    ``[B, H, D]``, scale ``[D, 1, 1]`` (each depth's score scale, no gradient), allowed boolean ``[B, 1 or H, L, L]``
+    or None. Output rows past a chunk's ``n`` are zero. Saves the inputs and the dropout mask (one boolean map of the
+    batch); backward recomputes each tile's maps."""
 
     @staticmethod
-    def forward(ctx, q, k, v, weights, allowed, p, plan):
+    def forward(ctx, q, k, v, weights, scale, allowed, p, plan):
         batch, heads, depth, length = q.shape[0], q.shape[1], q.shape[2], q.shape[3]
         out = v.new_zeros(v.shape)
         # every entry a tile reads is written first (a chunk's n x n block)
@@ -137,7 +141,8 @@ class _CombinedAttention(torch.autograd.Function):
             w = _weights_view(weights[rows], b, depth).to(q.dtype)
             for hs, rs in tiles:
                 wt = w[:, hs] if weights.dim() == 3 else w
-                probs = _probabilities(q[rows, hs, :, rs], k[rows, hs, :, :n], _tile_mask(mask, hs, rs))
+                qt = _scaled(q[rows, hs, :, rs], scale)
+                probs = _probabilities(qt, k[rows, hs, :, :n], _tile_mask(mask, hs, rs))
                 drop = None
                 if p > 0:  # kept with probability 1 - p (uniform draws compared: twice as fast as bernoulli_ here)
                     drop = torch.rand(b, probs.shape[1], probs.shape[-2], n, device=q.device) < (1.0 - p)
@@ -145,19 +150,25 @@ class _CombinedAttention(torch.autograd.Function):
                 combined = _combined(probs, wt, drop, p)
                 del probs
                 out[rows, hs, rs] = torch.matmul(combined, v[rows, hs, :n])
-        ctx.save_for_backward(q, k, v, weights, allowed, keep)
+        ctx.save_for_backward(q, k, v, weights, scale, allowed, keep)
         ctx.p, ctx.plan = p, plan
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        q, k, v, weights, allowed, keep = ctx.saved_tensors
+        q, k, v, weights, scale, allowed, keep = ctx.saved_tensors
         p, plan = ctx.p, ctx.plan
-        depth = q.shape[2]
+        depth, length = q.shape[2], q.shape[3]
         grad_out = grad_out.to(v.dtype)
-        grad_q, grad_k, grad_v = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
+        # Written tile by tile, the first query-row tile of each (chunk, heads) assigning: only the positions past a
+        # chunk's longest input need zeros (a zero-filled q-sized gradient costs a pass over fresh pages).
+        grad_q, grad_k, grad_v = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
         grad_w = torch.zeros(weights.shape, dtype=q.dtype, device=q.device)
         for rows, n, tiles in plan:
+            if n < length:
+                grad_q[rows, :, :, n:] = 0
+                grad_k[rows, :, :, n:] = 0
+                grad_v[rows, :, n:] = 0
             b = rows.stop - rows.start
             mask = _chunk_mask(allowed, rows, n)
             w = _weights_view(weights[rows], b, depth).to(q.dtype)
@@ -165,17 +176,19 @@ class _CombinedAttention(torch.autograd.Function):
             for hs, rs in tiles:
                 h = hs.stop - hs.start
                 wt = w[:, hs] if weights.dim() == 3 else w
-                qt, kt, vt = q[rows, hs, :, rs], k[rows, hs, :, :n], v[rows, hs, :n]
+                qt, kt, vt = _scaled(q[rows, hs, :, rs], scale), k[rows, hs, :, :n], v[rows, hs, :n]
                 go = grad_out[rows, hs, rs]
                 drop = None if keep is None else keep[rows, hs, rs, :n]
                 probs = _probabilities(qt, kt, _tile_mask(mask, hs, rs))
                 combined = _combined(probs, wt, drop, p)
-                grad_v[rows, hs, :n] += torch.matmul(combined.transpose(-1, -2), go)
+                _accumulate(grad_v[rows, hs, :n], torch.matmul(combined.transpose(-1, -2), go), rs.start == 0)
                 del combined
                 grad_a = torch.matmul(go, vt.transpose(-1, -2))  # [b, h, rows, n]
                 if drop is not None:
                     grad_a.masked_fill_(~drop, 0).mul_(1.0 / (1.0 - p))
-                # dL/dP_d = w_d gA; softmax backward: dL/dS_d = w_d P_d (gA - sum_k P_d gA); dL/dw_d = sum P_d gA.
+                # dL/dP_d = w_d gA; softmax backward: dL/dS_d = w_d G_d with G_d = P_d (gA - sum_k P_d gA);
+                # dL/dw_d = sum P_d gA. w_d (and the scale, for q) multiply the narrow products G_d K_d and
+                # G_d^T Q_d instead of the D maps: one pass over the maps fewer.
                 grad_s = probs * grad_a.unsqueeze(2)  # P_d gA
                 row = grad_s.sum(-1, keepdim=True)  # [b, h, D, rows, 1]
                 if weights.dim() == 3:
@@ -184,11 +197,25 @@ class _CombinedAttention(torch.autograd.Function):
                     grad_w[rows] += row.sum((1, 3, 4))
                 grad_s.addcmul_(probs, row, value=-1.0)
                 del probs
-                grad_s.mul_(per_depth.view(b, 1, depth, 1, 1) if weights.dim() == 2
-                            else per_depth[:, hs].view(b, h, depth, 1, 1))
-                grad_q[rows, hs, :, rs] = torch.matmul(grad_s, kt)
-                grad_k[rows, hs, :, :n] += torch.matmul(grad_s.transpose(-1, -2), qt)
-        return grad_q, grad_k, grad_v, grad_w.to(weights.dtype), None, None, None
+                wd = (per_depth.view(b, 1, depth, 1, 1) if weights.dim() == 2
+                      else per_depth[:, hs].view(b, h, depth, 1, 1))
+                grad_q[rows, hs, :, rs] = torch.matmul(grad_s, kt).mul_(wd * scale)
+                _accumulate(grad_k[rows, hs, :, :n], torch.matmul(grad_s.transpose(-1, -2), qt).mul_(wd),
+                            rs.start == 0)
+        return grad_q, grad_k, grad_v, grad_w.to(weights.dtype), None, None, None, None
+
+
+def _scaled(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """A tile's queries ``[b, h, D, r, w]`` times their depth's scale, contiguous (one pass, tile-sized)."""
+    return torch.mul(q, scale, out=torch.empty(q.shape, dtype=q.dtype, device=q.device))
+
+
+def _accumulate(target: torch.Tensor, value: torch.Tensor, first: bool) -> None:
+    """``target = value`` for a (chunk, heads) block's first query-row tile, ``target += value`` after it."""
+    if first:
+        target.copy_(value)
+    else:
+        target.add_(value)
 
 
 def _weights_view(weights: torch.Tensor, b: int, d: int) -> torch.Tensor:

@@ -46,7 +46,10 @@ class DepthInputs:
     rows=None)`` returns an additive ``[b, H, L, L]`` score term for depth d (DeBERTa's relative-position terms) or
     None, restricted to the given head and query-row slices when those are given; ``v`` is
     ``[B, H, L, Dh]``; ``allowed`` is a boolean ``[B, 1 or H, L, L]`` mask (True = may attend) or None;
-    ``key_valid`` is ``[B, L]`` (padding positions False).
+    ``key_valid`` is ``[B, L]`` (padding positions False). ``q_stack``/``k_stack``, where the depths have one
+    width, are the same queries/keys as one ``[B, H, D, L, w]`` tensor (often a view: split depths of one head),
+    with ``q[d]`` its ``[:, :, d]``; the batched paths then read it instead of stacking the depths (see
+    :meth:`stacked`).
     """
 
     q: list[torch.Tensor]
@@ -56,6 +59,15 @@ class DepthInputs:
     allowed: Optional[torch.Tensor]
     key_valid: torch.Tensor
     bias: Optional[Callable[[int, Optional[torch.Tensor]], Optional[torch.Tensor]]] = None
+    q_stack: Optional[torch.Tensor] = None
+    k_stack: Optional[torch.Tensor] = None
+
+    @classmethod
+    def stacked(cls, q_stack: torch.Tensor, k_stack: torch.Tensor, scale: list[float], **shared) -> "DepthInputs":
+        """Inputs from ``[B, H, D, L, w]`` queries and keys; ``q[d]``/``k[d]`` are views of them (``unbind``, whose
+        backward stacks the D gradients once)."""
+        return cls(q=list(q_stack.unbind(2)), k=list(k_stack.unbind(2)), scale=list(scale), q_stack=q_stack,
+                   k_stack=k_stack, **shared)
 
     @property
     def depth(self) -> int:
@@ -90,21 +102,36 @@ def _right_padded(key_valid: torch.Tensor) -> bool:
     return bool((key_valid == (torch.arange(key_valid.shape[-1], device=key_valid.device) < lengths)).all())
 
 
-def _stacked(tensors: list[torch.Tensor], rows, n: int, scales: Optional[list[float]] = None,
-             dtype: Optional[torch.dtype] = None) -> torch.Tensor:
-    """``[b, H, D, n, w_max]`` in ``dtype``: the depth slices of one chunk side by side (zero-padded: zeros add
-    nothing to a dot product), so that one batched matmul yields every depth's scores."""
+def stacked_depths(inp: DepthInputs, which: str, rows, n: int, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+    """``[b, H, D, n, w_max]``: the depths of ``inp.q`` or ``inp.k`` (``which``) for the examples ``rows`` and the
+    first ``n`` positions, side by side, so that one batched matmul yields every depth's scores. A view of
+    ``q_stack``/``k_stack`` where there is one (a copy only to change the dtype); otherwise one copy, zero-padded to
+    the widest depth (zeros add nothing to a dot product)."""
+    pre = inp.q_stack if which == "q" else inp.k_stack
+    if pre is not None:
+        return pre[rows, :, :, :n].to(dtype or pre.dtype)
+    tensors = inp.q if which == "q" else inp.k
     width = max(t.shape[-1] for t in tensors)
     first = tensors[0][rows, :, :n]
     dtype = dtype or first.dtype
-    if all(t.shape[-1] == width for t in tensors) and (scales is None or len(set(scales)) == 1):
-        stacked = torch.stack([t[rows, :, :n] for t in tensors], dim=2).to(dtype)
-        return stacked if scales is None else stacked.mul_(scales[0])
+    if all(t.shape[-1] == width for t in tensors):
+        return torch.stack([t[rows, :, :n] for t in tensors], dim=2).to(dtype)
     out = first.new_zeros(first.shape[0], first.shape[1], len(tensors), n, width, dtype=dtype)
     for d, t in enumerate(tensors):
-        part = t[rows, :, :n].to(dtype)
-        out[:, :, d, :, : part.shape[-1]] = part * scales[d] if scales is not None else part
+        out[:, :, d, :, : t.shape[-1]] = t[rows, :, :n]
     return out
+
+
+def depth_scales(inp: DepthInputs, dtype: torch.dtype) -> torch.Tensor:
+    """``scale[d]`` as a ``[D, 1, 1]`` tensor, to multiply ``[..., D, n, w]`` queries depth by depth."""
+    return torch.tensor(inp.scale, dtype=dtype, device=inp.v.device).view(-1, 1, 1)
+
+
+def scaled_queries(inp: DepthInputs, rows, n: int, dtype: torch.dtype) -> torch.Tensor:
+    """The chunk's stacked queries times their depth's scale, as a fresh contiguous tensor (scale folded in)."""
+    view = stacked_depths(inp, "q", rows, n)
+    out = torch.empty(view.shape, dtype=dtype, device=view.device)
+    return torch.mul(view, depth_scales(inp, dtype), out=out)
 
 
 def chunk_size(inp: DepthInputs, requested: int = 0) -> int:
@@ -217,8 +244,8 @@ def explicit_maw(inp: DepthInputs, decide: Callable, want_output: bool = True, w
     for start in range(0, batch, step):
         rows = slice(start, min(start + step, batch))
         n = max(max(length_list[rows]) if trim else length, 1)
-        q = _stacked(inp.q, rows, n, inp.scale, work)  # [b, H, D, n, w], scale folded into the queries
-        k = _stacked(inp.k, rows, n, dtype=work)
+        q = scaled_queries(inp, rows, n, work)  # [b, H, D, n, w]
+        k = stacked_depths(inp, "k", rows, n, work)
         v = inp.v[rows, :, :n].to(work)
         b = q.shape[0]
         allowed = None if inp.allowed is None else inp.allowed[rows][..., :n, :n]

@@ -81,23 +81,31 @@ class DepthwiseMAWSelfAttention(nn.Module):
             key_valid = allowed[:, 0].any(dim=-2)
         allowed = fix_empty_rows(allowed)
         x_kv, x_q = adapter.inputs(bound)
-        if self.maw_config.depth_source == "split":
-            q_list = [q[..., s:e] for s, e in self.feature_slices]
-            k_list = [k[..., s:e] for s, e in self.feature_slices]
-        else:
-            q_list = self._projected(q, x_q, 0, bound)
-            k_list = self._projected(k, x_kv, 1, bound)
         scales = [adapter.score_scale(e - s) for s, e in self.feature_slices]
-        bias = adapter.depth_bias(base, bound, q_list, k_list, self.feature_slices)
-        return DepthInputs(q=q_list, k=k_list, scale=scales, v=v, allowed=allowed, key_valid=key_valid,
-                           bias=bias), x_q
+        shared = {"v": v, "allowed": allowed, "key_valid": key_valid}
+        if self.maw_config.depth_source == "split":
+            q_stack, k_stack = _stacked_slices(q, self.feature_slices), _stacked_slices(k, self.feature_slices)
+            if q_stack is None:  # depths of unequal widths
+                q_list, k_list = _split_slices(q, self.feature_slices), _split_slices(k, self.feature_slices)
+        else:
+            q_stack, k_stack = self._projected(q, x_q, 0, bound), self._projected(k, x_kv, 1, bound)
+        if q_stack is not None:
+            inp = DepthInputs.stacked(q_stack, k_stack, scales, **shared)
+        else:
+            inp = DepthInputs(q=q_list, k=k_list, scale=scales, **shared)
+        inp.bias = adapter.depth_bias(base, bound, inp.q, inp.k, self.feature_slices)
+        return inp, x_q
 
-    def _projected(self, base_heads: torch.Tensor, x: torch.Tensor, which: int, bound: dict) -> list[torch.Tensor]:
+    def _projected(self, base_heads: torch.Tensor, x: torch.Tensor, which: int, bound: dict) -> torch.Tensor:
+        """``[B, H, D, L, Dh]``: the heads ``base_heads`` plus each depth's low-rank delta, made as one tensor (D
+        separate ones would cost D zero-filled, delta-sized gradients in backward)."""
         delta = torch.einsum("bli,dir->bldr", x, self.maw_down[which].to(x.dtype))
-        delta = torch.einsum("bldr,dro->bldo", delta, self.maw_up[which].to(x.dtype))
-        # The delta gets the position encoding q and k got (ModernBERT's rotary embedding), as W_Q + U V^T would.
-        encode, heads = self.adapter.encode_positions, self.adapter.heads
-        return [base_heads + encode(bound, heads(delta[:, :, d])) for d in range(self.depth)]
+        delta = torch.einsum("bldr,dro->bldo", delta, self.maw_up[which].to(x.dtype))  # [B, L, D, H*Dh]
+        batch, length = delta.shape[:2]
+        heads, width = self.adapter.num_heads, self.adapter.head_dim
+        delta = delta.view(batch, length, self.depth, heads, width).permute(0, 2, 3, 1, 4)  # [B, D, H, L, Dh] view
+        # The deltas get the position encoding q and k got (ModernBERT's rotary embedding), as W_Q + U V^T would.
+        return base_heads.unsqueeze(2) + self.adapter.encode_positions(bound, delta).transpose(1, 2)
 
     def _pooled(self, inp: DepthInputs, x_q: torch.Tensor) -> Optional[torch.Tensor]:
         if self.gating.mode != "gate":
@@ -195,6 +203,28 @@ class DepthwiseMAWSelfAttention(nn.Module):
         c = self.maw_config
         return (f"layer={self.layer_index}, depth={c.depth_dim}, source={c.depth_source}, gating={c.gating_mode}, "
                 f"strength={c.maw_strength}")
+
+
+def _tiles_width(slices: list[tuple[int, int]], width: int) -> bool:
+    """Whether the feature slices cut ``[0, width)`` into consecutive pieces, in order."""
+    return [s for s, _ in slices] == [0] + [e for _, e in slices[:-1]] and slices[-1][1] == width
+
+
+def _stacked_slices(x: torch.Tensor, slices: list[tuple[int, int]]) -> Optional[torch.Tensor]:
+    """``x [B, H, L, Dh]``'s depth slices as one ``[B, H, D, L, w]`` view where they are of one width and tile the
+    head in order (the batched paths then read them without a copy, and backward writes their gradient into q's
+    directly); None otherwise."""
+    if len({e - s for s, e in slices}) != 1 or not _tiles_width(slices, x.shape[-1]):
+        return None
+    return x.unflatten(-1, (len(slices), slices[0][1] - slices[0][0])).transpose(2, 3)
+
+
+def _split_slices(x: torch.Tensor, slices: list[tuple[int, int]]) -> list[torch.Tensor]:
+    """The depth slices of ``x`` as views: by one ``split`` where they tile the head (its backward concatenates the
+    D gradients, where D separate slices would each zero-fill an ``x``-sized gradient)."""
+    if _tiles_width(slices, x.shape[-1]):
+        return list(torch.split(x, [e - s for s, e in slices], dim=-1))
+    return [x[..., s:e] for s, e in slices]
 
 
 def inference_path(inp: DepthInputs, want_map: bool):

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from maw_reranker.maw.combined_attention import combined_attention
+from maw_reranker.maw.functional import DepthInputs
 from maw_reranker.maw.reference import reference_maw
 
 from tests.maw.test_functional import make_inputs
@@ -244,3 +245,49 @@ def test_hard_weights_keep_the_dropout():
     full = combined_attention(inp, mixed, hard=True).detach()
     assert bool((torch.isclose(dropped, 2 * full, atol=1e-12) | (dropped == 0)).all())
     assert 0.3 < float((dropped[full > 0] == 0).double().mean()) < 0.7
+
+
+def _stacked_inputs(depth, scales=None, layout="view", seed=0):
+    """``DepthInputs.stacked`` from ``[B, H, L, depth*4]`` heads: the split depths as one strided view (as the
+    layer makes them), or (``layout="tensor"``) a tensor of its own, as ``project`` makes."""
+    inp = make_inputs(depth, width=4 * depth, seed=seed)
+    q = torch.cat(inp.q, -1).double().requires_grad_()
+    k = torch.cat(inp.k, -1).double().requires_grad_()
+    v = inp.v.double().requires_grad_()
+
+    def stack(x):
+        view = x.unflatten(-1, (depth, 4)).transpose(2, 3)
+        return view if layout == "view" else view * torch.linspace(0.5, 1.5, depth, dtype=x.dtype).view(-1, 1, 1)
+
+    scale = scales or inp.scale
+    stacked = DepthInputs.stacked(stack(q), stack(k), scale, v=v, allowed=inp.allowed, key_valid=inp.key_valid)
+    return stacked, (q, k, v)
+
+
+@pytest.mark.parametrize("layout", ["view", "tensor"])
+@pytest.mark.parametrize("scales", [None, [0.3, 1.0, 2.0]])
+@pytest.mark.parametrize("chunk, tile", [(0, 0), (1, 7), (0, 1)])
+def test_stacked_depths_match_the_reference(layout, scales, chunk, tile):
+    """Queries and keys given as one [B, H, D, L, w] tensor (read in place, each depth's scale applied tile by tile
+    inside the node), per-depth scales that differ included: the output and every gradient equal the reference's."""
+    inp, (q, k, v) = _stacked_inputs(3, scales, layout)
+    theta = torch.randn(q.shape[0], 3, generator=torch.Generator().manual_seed(4), dtype=torch.float64,
+                        requires_grad=True)
+    weights = torch.softmax(theta, -1)
+    valid = inp.key_valid[:, None, :, None]
+    out = combined_attention(inp, weights, chunk=chunk, tile=tile) * valid
+    ref, _, _ = reference_maw(inp, lambda b, s: weights[b])  # reads the per-depth views inp.q[d]
+    ref = ref * valid
+    assert torch.allclose(out, ref, atol=1e-10)
+    grad = torch.randn_like(out)
+    leaves = (q, k, v, theta)
+    for name, a, b in zip("qkvw", torch.autograd.grad(out, leaves, grad, retain_graph=True),
+                          torch.autograd.grad(ref, leaves, grad)):
+        assert torch.allclose(a, b, atol=1e-9), name
+
+
+def test_stacked_depths_are_read_without_a_per_depth_copy():
+    """A view stack reaches the node as it is: the graph holds no stack or per-depth slice of q or k."""
+    inp, _ = _stacked_inputs(4)
+    names = _graph_nodes(combined_attention(inp, torch.full((inp.v.shape[0], 4), 0.25, dtype=torch.float64)))
+    assert not [n for n in names if n.startswith(("Stack", "Slice", "Select", "CopySlices", "Unbind"))]

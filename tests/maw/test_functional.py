@@ -312,3 +312,34 @@ def test_bf16_inputs_on_a_cpu_are_computed_in_float32(need_stats):
     assert torch.equal(out_low, out_high.bfloat16())
     if need_stats:
         assert torch.equal(stats_low, stats_high)
+
+
+@pytest.mark.parametrize("need_stats", [True, False])
+@pytest.mark.parametrize("chunk", [0, 1, 3])
+def test_inference_reads_stacked_depths_as_the_reference_does(need_stats, chunk):
+    """Depths given as one [B, H, D, L, w] view (the layer's split heads) and per-depth scales that differ: the
+    output, the map and the statistics equal the reference's (the queries are scaled once per chunk, the view itself
+    untouched)."""
+    from maw_reranker.maw.functional import explicit_maw
+
+    plain = make_inputs(4, width=12)
+    q, k = torch.cat(plain.q, -1), torch.cat(plain.k, -1)
+    before = q.clone()
+    scales = [0.2, 0.5, 1.0, 1.5]
+    inp = DepthInputs.stacked(q.unflatten(-1, (4, 3)).transpose(2, 3), k.unflatten(-1, (4, 3)).transpose(2, 3),
+                              scales, v=plain.v, allowed=plain.allowed, key_valid=plain.key_valid)
+    fixed = torch.softmax(torch.randn(inp.v.shape[0], 4, generator=torch.Generator().manual_seed(2)), dim=-1)
+
+    def decide(rows, stats_rows):
+        return torch.softmax(2.5 * stat_scores(stats_rows), dim=-1) if need_stats else fixed[rows]
+
+    out, a_map, stats = explicit_maw(inp, decide, want_map=True, need_stats=need_stats, chunk=chunk)
+    ref_out, ref_map, ref_w = reference_maw(
+        inp, (lambda b, s: reference_stat_weights(s, 2.5)) if need_stats else (lambda b, s: fixed[b]))
+    valid = inp.key_valid[:, None, :, None]
+    both = inp.key_valid[:, None, :, None] & inp.key_valid[:, None, None, :]
+    assert torch.equal(q, before)
+    assert torch.allclose((out * valid).double(), ref_out, atol=1e-5)
+    assert torch.allclose((a_map * both).double(), ref_map, atol=1e-5)
+    if need_stats:
+        assert torch.allclose(torch.softmax(2.5 * stat_scores(stats), -1).double(), ref_w, atol=1e-5)

@@ -226,3 +226,28 @@ def test_attention_dropout_reaches_sampled_and_forced_depths(mode):
         plain = layer.maw_output(bound)[0]
     valid = batch()["attention_mask"].bool()
     assert not torch.allclose(dropped[valid], plain[valid], atol=1e-3)
+
+
+@pytest.mark.parametrize("source", ["split", "project"])
+def test_depths_reach_the_training_path_as_one_tensor(source):
+    """Depths of one width are one [B, H, D, L, w] tensor (split: a view of the heads; project: the heads plus
+    every delta, made at once), so backward has no per-depth select, slice or stack, whose gradients would each be
+    zero-filled at the size of q or of the deltas (73% of a cached `project` training step before)."""
+    from tests.maw.test_combined_attention import _graph_nodes
+
+    counts = {}
+    for depth in (2, 4):  # the tiny models' heads are 8 wide: equal widths
+        model, layer = patched("bert", gating_mode="learned", depth_source=source, depth_dim=depth, maw_strength=1.0)
+        bound = bound_arguments(model, layer, batch())
+        bound["hidden_states"] = bound["hidden_states"].detach().requires_grad_()
+        layer.train()
+        inp, _ = layer.depth_inputs(bound)
+        assert inp.q_stack is not None and inp.q_stack.shape[2] == depth
+        if source == "split":
+            assert inp.q_stack.data_ptr() == inp.q[0].data_ptr()  # a view of the heads, not a copy
+        out, _ = layer.maw_output(bound)
+        names = _graph_nodes(out)
+        counts[depth] = sorted(n for n in names if n.startswith(("Stack", "Slice", "Select", "CopySlices", "Split")))
+    assert counts[2] == counts[4]  # nothing per depth
+    assert not [n for n in counts[4] if not n.startswith("Select")]
+    assert len(counts[4]) == (4 if source == "project" else 0)  # project: maw_down[0/1], maw_up[0/1]
