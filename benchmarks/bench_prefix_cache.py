@@ -25,11 +25,12 @@ training from the same initial weights, the same batches and the same seeds give
 cached top-layer training step (k=1, the trainer's objective: ``TopModel`` over cached prefix states, forward +
 backward + AdamW) of: no MAW (top-k), and MAW at D=8 in the last layer with ``learned``, ``gate``, ``project``
 (``depth_source: project``, learned gating), ``stat`` (reference), ``router`` with oracle supervision
-(``router_oracle_weight`` 1, ``oracle_every`` 1; its D forced depths in one batched pass) and ``grpo`` (G=2); each
-variant's median step over the no-MAW one, with PASS/FAIL lines for the issue's targets (learned/gate/project
-<= 1.5x, router (oracle) and grpo <= 2.5x). ``router-seq`` is the router step with the oracle's D forced depths
-run as D separate passes (the code before batching, and the trainer's default on a CPU, where it measured faster),
-for comparison (``--no-sequential`` leaves it out).
+(``router_oracle_weight`` 1, ``oracle_every`` 1; its D forced depths in one batched pass) and ``grpo`` (G=2, one
+sample per pass: the trainer's default on a CPU); each variant's median step over the no-MAW one, with PASS/FAIL
+lines for the issue's targets (learned/gate/project <= 1.5x, router (oracle) and grpo <= 2.5x). ``router-seq`` is
+the router step with the oracle's D forced depths run as D separate passes (the trainer's default on a CPU, where it
+measured faster), and ``grpo-batched`` GRPO with its G samples in one pass (the default elsewhere), for comparison
+(``--no-sequential`` leaves out router-seq).
 
 usage: python benchmarks/bench_prefix_cache.py [--model ID_OR_DIR] [--k 1] [--groups 8] [--group-size 8] [--steps 2]
            [--check-steps 2] [--check-groups 2] [--max-length 256] [--doc-words 30 150] [--gating stat] [--no-maw]
@@ -257,6 +258,7 @@ COST_VARIANTS = {
     "router": ({"gating_mode": "router"}, {"router_oracle_weight": 1.0, "oracle_every": 1}, 2.5),
     "router-seq": ({"gating_mode": "router"}, {"router_oracle_weight": 1.0, "oracle_every": 1}, None),
     "grpo": ({"gating_mode": "grpo"}, {"grpo_group_size": 2}, 2.5),
+    "grpo-batched": ({"gating_mode": "grpo"}, {"grpo_group_size": 2}, None),
 }
 
 
@@ -289,7 +291,7 @@ class CostRunner:
         params = freeze_prefix(self.encoder, start)
         self.opt = torch.optim.AdamW(params, lr=2e-5)
         self.objective = Objective(objective_options(args.group_size, **extra), maw)
-        self.sequential = name == "router-seq"
+        self.sequential = name in ("router-seq", "grpo")
 
     def step(self, pairs, seed: int, step: int) -> float:
         from maw_reranker.train import routing
@@ -301,14 +303,14 @@ class CostRunner:
         mask = batch["attention_mask"]
         features = {"input_ids": torch.zeros_like(mask, dtype=torch.long), "attention_mask": mask,
                     "hidden_states": batch["hidden_states"]}
-        rows = routing.CPU_ORACLE_ROWS
-        # router: the D forced depths in one batched pass; router-seq: one copy per pass, D forwards (the trainer's
-        # default on a CPU, where it measured faster)
-        routing.CPU_ORACLE_ROWS = 1 if self.sequential else routing.MAX_REPLICATED_ROWS
+        rows = routing.CPU_REPLICATED_ROWS
+        # router / grpo-batched: the D forced depths (G samples) in one batched pass; router-seq / grpo: one copy
+        # per pass (the trainer's default on a CPU, where it measured faster)
+        routing.CPU_REPLICATED_ROWS = 1 if self.sequential else routing.MAX_REPLICATED_ROWS
         try:
             loss, _ = self.objective(self.top, self.top, features, step)
         finally:
-            routing.CPU_ORACLE_ROWS = rows
+            routing.CPU_REPLICATED_ROWS = rows
         loss.backward()
         self.opt.step()
         return float(loss.detach())
@@ -370,6 +372,9 @@ def run_maw_cost(args, work: Path) -> int:
     if "router-seq" in med and "router" in med:
         print(f"router oracle, D forced depths batched vs sequential: {med['router']:.3f} s vs "
               f"{med['router-seq']:.3f} s a step ({med['router-seq'] / med['router']:.2f}x)")
+    if "grpo-batched" in med and "grpo" in med:
+        print(f"grpo, G samples batched vs one per pass: {med['grpo-batched']:.3f} s vs {med['grpo']:.3f} s a step "
+              f"({med['grpo'] / med['grpo-batched']:.2f}x)")
     return 0
 
 

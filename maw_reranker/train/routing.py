@@ -12,7 +12,7 @@ Conventions (stated because MAW.md leaves them open):
 * Memory: a replicated batch (``D`` or ``G`` copies) of more than ``max_rows`` rows (default
   :data:`MAX_REPLICATED_ROWS`) runs in chunks of whole copies, so peak activations stay about those of
   ``max_rows`` rows (GRPO keeps every chunk's graph for the one backward; its chunks bound the transient memory).
-  On a CPU the oracle defaults to one copy per forward (:data:`CPU_ORACLE_ROWS`, measured faster there).
+  On a CPU the oracle and GRPO default to one copy per forward (:data:`CPU_REPLICATED_ROWS`, measured faster there).
 * The group std in the GRPO advantage is the population std over the ``G`` samples (``unbiased=False``).
 """
 
@@ -43,10 +43,16 @@ def set_forced_depth(gates, depth, logits: bool = True) -> None:
 #: Rows of a replicated batch (the oracle's ``D`` copies, GRPO's ``G`` samples) run in one forward; above it, chunks
 #: of whole copies (at least one copy per chunk).
 MAX_REPLICATED_ROWS = 512
-#: The oracle's default on a CPU: one copy per forward. Measured there (``bench_prefix_cache.py --maw-cost``, 2
-#: cores, MiniLM-L12 top layer, D=8), one batched pass of the D copies was slower than D passes (16.3 vs 12.4 s a
-#: step at 64 pairs, 3.2 vs 2.8 s at 16): a CPU gains nothing from larger matrices and loses cache locality.
-CPU_ORACLE_ROWS = 1
+#: The default of the oracle and of GRPO on a CPU: one copy per forward. Measured there (``bench_prefix_cache.py
+#: --maw-cost``, 2 cores, MiniLM-L12 top layer, D=8), one batched pass of the D copies was slower than D passes (16.3
+#: vs 12.4 s a step at 64 pairs, 3.2 vs 2.8 s at 16), and GRPO's G=2 samples too (3.06 vs 2.28 s a step at 64 pairs):
+#: a CPU gains nothing from larger matrices and loses cache locality.
+CPU_REPLICATED_ROWS = 1
+
+
+def _replicated_rows(max_rows: int | None, device: torch.device) -> int | None:
+    """``max_rows`` as given, else :data:`CPU_REPLICATED_ROWS` on a CPU (None: :data:`MAX_REPLICATED_ROWS`)."""
+    return CPU_REPLICATED_ROWS if max_rows is None and device.type == "cpu" else max_rows
 
 
 def copies_per_chunk(copies: int, rows_per_copy: int, max_rows: int | None = None) -> int:
@@ -61,7 +67,7 @@ def forced_depth_losses(model: torch.nn.Module, features: dict, groups: int, gro
     """``[groups, depth]`` ranking loss of each group with depth ``d`` forced in every router layer (eval mode).
 
     The ``depth`` forced passes run as one forward of the batch replicated ``depth`` times (chunked above
-    ``max_rows`` rows; default :data:`MAX_REPLICATED_ROWS`, on a CPU :data:`CPU_ORACLE_ROWS`); equal to ``depth``
+    ``max_rows`` rows; default :data:`MAX_REPLICATED_ROWS`, on a CPU :data:`CPU_REPLICATED_ROWS`); equal to ``depth``
     separate forwards to float tolerance."""
     gates = routing_gates(model, ("router",))
     # Each module's own flag is restored (a frozen prefix stays in eval mode), not model.train(was_training).
@@ -69,9 +75,7 @@ def forced_depth_losses(model: torch.nn.Module, features: dict, groups: int, gro
     model.eval()
     pairs = groups * group_size
     device = features["input_ids"].device
-    if max_rows is None and device.type == "cpu":
-        max_rows = CPU_ORACLE_ROWS
-    per_chunk = copies_per_chunk(depth, pairs, max_rows)
+    per_chunk = copies_per_chunk(depth, pairs, _replicated_rows(max_rows, device))
     losses = []
     try:
         for first in range(0, depth, per_chunk):
@@ -144,13 +148,15 @@ def grpo_step(model: torch.nn.Module, features: dict, groups: int, group_size: i
               samples: int, beta: float, eta: float, eps: float, gates=None,
               max_rows: int | None = None) -> dict[str, torch.Tensor]:
     """One GRPO objective on a batch: ``samples`` depth choices per group in one forward of the repeated batch
-    (chunks of whole samples above ``max_rows`` rows).
+    (chunks of whole samples above ``max_rows`` rows; on a CPU by default one sample per forward), every chunk's
+    graph kept for one backward.
 
     Returns the ranking loss (mean over samples; it trains backbone, head and other MAW parameters), the policy
     objective and what to log. Rewards are ``-loss`` of each group under each sampled choice.
     """
     gates = gates if gates is not None else routing_gates(model, ("grpo",))
-    per_chunk = copies_per_chunk(samples, groups * group_size, max_rows)
+    per_chunk = copies_per_chunk(samples, groups * group_size,
+                                 _replicated_rows(max_rows, features["input_ids"].device))
     scores, log_prob, logits = [], [[] for _ in gates], [[] for _ in gates]
     for first in range(0, samples, per_chunk):
         copies = min(samples, first + per_chunk) - first

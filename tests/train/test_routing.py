@@ -78,7 +78,8 @@ def test_grpo_step_wires_rewards_log_probs_and_advantages():
         return torch.tensor([2.0, 0.0, 0.0, 1.0])
 
     out = grpo_step(model, {"input_ids": torch.zeros(2, 5, dtype=torch.long)}, groups=1, group_size=2,
-                    loss_fn=listwise_softmax_ce, samples=2, beta=0.0, eta=0.0, eps=1e-6, gates=[gate])
+                    loss_fn=listwise_softmax_ce, samples=2, beta=0.0, eta=0.0, eps=1e-6, gates=[gate],
+                    max_rows=512)  # one forward of both samples (a CPU's default is one per forward)
     losses = [math.log(1 + math.exp(-2.0)), math.log(1 + math.exp(1.0))]
     assert math.isclose(out["rank"].item(), sum(losses) / 2, rel_tol=1e-6)
     assert math.isclose(out["reward"].item(), -sum(losses) / 2, rel_tol=1e-6)
@@ -110,7 +111,7 @@ def test_grpo_step_reads_the_repeated_batch_sample_major():
     assert torch.equal(repeat_features({"input_ids": ids}, samples)["input_ids"][:, 0],
                        torch.arange(groups * size).repeat(samples))
     out = grpo_step(model, {"input_ids": ids}, groups=groups, group_size=size, loss_fn=listwise_softmax_ce,
-                    samples=samples, beta=0.0, eta=0.0, eps=1e-6, gates=[gate])
+                    samples=samples, beta=0.0, eta=0.0, eps=1e-6, gates=[gate], max_rows=512)
 
     def rows(s, g):
         first = s * groups * size + g * size
@@ -264,7 +265,8 @@ def _sequential_grpo(model, features, gates, actions, samples, groups, size, los
 
 
 @pytest.mark.parametrize("view", ["full", "cached"])
-@pytest.mark.parametrize("max_rows", [None, 8, 16])  # one pass of G=3 samples; one sample per pass; 2 + 1
+# 512: one pass of G=3 samples; None: a CPU's default, one sample per pass, as 8 gives; 16: 2 + 1
+@pytest.mark.parametrize("max_rows", [512, None, 8, 16])
 def test_batched_grpo_equals_sequential_samples(tmp_path, view, max_rows):
     from maw_reranker.train.losses import listwise_softmax_ce
     from maw_reranker.train.routing import grpo_step
@@ -279,7 +281,7 @@ def test_batched_grpo_equals_sequential_samples(tmp_path, view, max_rows):
     actions = _recording(gates)
     torch.manual_seed(3)
     out = grpo_step(model, features, groups, size, listwise_softmax_ce, samples, beta, eta, eps, max_rows=max_rows)
-    expected_passes = {None: 1, 8: 3, 16: 2}[max_rows]
+    expected_passes = {512: 1, None: 3, 8: 3, 16: 2}[max_rows]
     assert all(len(a) == expected_passes for a in actions.values())
     actions = {k: torch.cat(v) for k, v in actions.items()}
     assert all(len(a) == samples * groups * size for a in actions.values())
