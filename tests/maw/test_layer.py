@@ -251,3 +251,48 @@ def test_depths_reach_the_training_path_as_one_tensor(source):
     assert counts[2] == counts[4]  # nothing per depth
     assert not [n for n in counts[4] if not n.startswith("Select")]
     assert len(counts[4]) == (4 if source == "project" else 0)  # project: maw_down[0/1], maw_up[0/1]
+
+
+def test_forced_passes_on_equal_inputs_project_and_attend_once(monkeypatch):
+    """The router oracle's D forced passes (eval, no autograd) share q, k, v and O_orig: on equal inputs and unchanged
+    weights they are computed once, and every output equals a pass that computed them afresh; changed inputs,
+    changed weights, autograd or an unforced pass compute them again."""
+    model, layer = patched("bert", gating_mode="router", depth_dim=4, maw_strength=0.5)
+    model.eval()
+    inputs = batch()
+    calls = []
+    original = type(layer.adapter).project
+    monkeypatch.setattr(type(layer.adapter), "project", lambda self, *a: calls.append(1) or original(self, *a))
+
+    def run(depth, grad=False, feed=inputs):
+        layer.gating.forced_depth = torch.full((feed["input_ids"].shape[0],), depth)
+        try:
+            with torch.set_grad_enabled(grad):
+                return model(**feed).logits.detach().clone()
+        finally:
+            layer.gating.forced_depth = None
+
+    outs = [run(d) for d in range(4)]
+    assert len(calls) == 1
+    layer._forced_memo = None
+    fresh = [run(d) for d in range(4)]
+    for d in range(4):
+        layer._forced_memo = None  # each pass from scratch
+        assert torch.equal(outs[d], run(d))
+    assert not torch.equal(fresh[0], fresh[3])  # the depths differ, so a stale O_maw would show
+    calls.clear()
+    run(0)
+    other = {k: v.flip(0) for k, v in inputs.items()}
+    run(0, feed=other)
+    assert len(calls) == 1  # run(0) reused the memo; new inputs projected again
+    with torch.no_grad():
+        layer.base_layer.get_submodule(layer.adapter.q_name).weight.mul_(1.5)  # in place: the version changes
+    changed = run(0, feed=other)
+    assert len(calls) == 2
+    layer._forced_memo = None
+    assert torch.equal(changed, run(0, feed=other))
+    run(0, grad=True)
+    run(0, grad=True)
+    assert len(calls) == 5  # with autograd, always afresh
+    model(**inputs)  # an unforced pass drops what was kept
+    assert layer._forced_memo is None
