@@ -102,11 +102,14 @@ def _probabilities(q: torch.Tensor, k: torch.Tensor, allowed: Optional[torch.Ten
 
 
 def _combined(probs: torch.Tensor, w: torch.Tensor, keep: Optional[torch.Tensor], p: float) -> torch.Tensor:
-    """``sum_d w_d P_d`` (``w`` as ``[b, 1 or H, 1, D]``), then the dropout mask ``keep`` scaled by 1/(1-p)."""
+    """``sum_d w_d P_d`` (``w`` as ``[b, 1 or H, 1, D]``), then the dropout mask ``keep``: its 1/(1-p) rides on the
+    weights, so the map sees one pass."""
     b, h, d, n, m = probs.shape
+    if keep is not None:
+        w = w * (1.0 / (1.0 - p))
     combined = torch.matmul(w, probs.reshape(b, h, d, n * m)).view(b, h, n, m)
     if keep is not None:
-        combined.masked_fill_(~keep, 0).mul_(1.0 / (1.0 - p))
+        combined.mul_(keep)
     return combined
 
 
@@ -164,6 +167,7 @@ class _CombinedAttention(torch.autograd.Function):
         # chunk's longest input need zeros (a zero-filled q-sized gradient costs a pass over fresh pages).
         grad_q, grad_k, grad_v = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
         grad_w = torch.zeros(weights.shape, dtype=q.dtype, device=q.device)
+        kept = 1.0 / (1.0 - p) if keep is not None else 1.0  # dropout's scale of the kept entries
         for rows, n, tiles in plan:
             if n < length:
                 grad_q[rows, :, :, n:] = 0
@@ -184,21 +188,21 @@ class _CombinedAttention(torch.autograd.Function):
                 _accumulate(grad_v[rows, hs, :n], torch.matmul(combined.transpose(-1, -2), go), rs.start == 0)
                 del combined
                 grad_a = torch.matmul(go, vt.transpose(-1, -2))  # [b, h, rows, n]
-                if drop is not None:
-                    grad_a.masked_fill_(~drop, 0).mul_(1.0 / (1.0 - p))
+                if drop is not None:  # its 1/(1-p) is `kept` below, applied to sums and narrow products
+                    grad_a.mul_(drop)
                 # dL/dP_d = w_d gA; softmax backward: dL/dS_d = w_d G_d with G_d = P_d (gA - sum_k P_d gA);
                 # dL/dw_d = sum P_d gA. w_d (and the scale, for q) multiply the narrow products G_d K_d and
                 # G_d^T Q_d instead of the D maps: one pass over the maps fewer.
                 grad_s = probs * grad_a.unsqueeze(2)  # P_d gA
                 row = grad_s.sum(-1, keepdim=True)  # [b, h, D, rows, 1]
                 if weights.dim() == 3:
-                    grad_w[rows, hs] += row.sum((3, 4))
+                    grad_w[rows, hs] += row.sum((3, 4)) * kept
                 else:
-                    grad_w[rows] += row.sum((1, 3, 4))
+                    grad_w[rows] += row.sum((1, 3, 4)) * kept
                 grad_s.addcmul_(probs, row, value=-1.0)
                 del probs
                 wd = (per_depth.view(b, 1, depth, 1, 1) if weights.dim() == 2
-                      else per_depth[:, hs].view(b, h, depth, 1, 1))
+                      else per_depth[:, hs].view(b, h, depth, 1, 1)) * kept
                 grad_q[rows, hs, :, rs] = torch.matmul(grad_s, kt).mul_(wd * scale)
                 _accumulate(grad_k[rows, hs, :, :n], torch.matmul(grad_s.transpose(-1, -2), qt).mul_(wd),
                             rs.start == 0)
