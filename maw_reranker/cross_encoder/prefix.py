@@ -282,6 +282,43 @@ def top_only(encoder: Any, start: int) -> Iterator[nn.Module]:
             setattr(owner, name, value)
 
 
+#: Model types whose sequence-classification head reads the last layer's first token and nothing else (BERT's pooler,
+#: the RoBERTa / ELECTRA classification heads, DeBERTa-v2's context pooler), and whose layers are ``attention``,
+#: then a feed-forward part on its output (ModernBERT's head may pool every token).
+FIRST_TOKEN_HEADS = ("bert", "roberta", "xlm-roberta", "camembert", "electra", "deberta-v2")
+
+
+@contextlib.contextmanager
+def first_token_logits(model: nn.Module) -> Iterator[bool]:
+    """Within the block, the last layer of the sequence-classification model in ``model`` (a
+    :class:`CrossEncoderWithMAW`, a :class:`~maw_reranker.cross_encoder.top.TopModel`, the HF model) computes its
+    feed-forward part for the first token only, where the head reads nothing else (:data:`FIRST_TOKEN_HEADS`).
+    The logits are those of a full pass, the last layer's other positions are not computed: for passes that need
+    the logits alone, such as the router oracle's forced depths. Yields whether it applies (else nothing changes)."""
+    classifier = next((m for m in model.modules() if type(m).__name__.endswith("ForSequenceClassification")), None)
+    last = None
+    if classifier is not None and getattr(classifier.config, "model_type", None) in FIRST_TOKEN_HEADS:
+        _, enc, layers = _backbone(classifier)
+        # DeBERTa-v2's conv mixes layer 0's output with its input: not with a one-layer model
+        if len(layers) > 1 or getattr(enc, "conv", None) is None:
+            last = getattr(layers[-1], "attention", None)
+    if not isinstance(last, nn.Module):
+        yield False
+        return
+    handle = last.register_forward_hook(_first_token)
+    try:
+        yield True
+    finally:
+        handle.remove()
+
+
+def _first_token(module: nn.Module, args: tuple, output):
+    """The attention block's output at the first position only (``[B, 1, H]``), its other outputs as they are."""
+    if torch.is_tensor(output):
+        return output[:, :1]
+    return (output[0][:, :1], *output[1:])
+
+
 def top_forward(encoder: Any, states: Mapping[str, torch.Tensor], start: int) -> torch.Tensor:
     """Relevance logits ``[B]`` (float32) from the input of layer ``start`` (:func:`prefix_states` or a
     :class:`PrefixCache` batch), through layers ``>= start``, the pooler and the head only, with autograd and in the

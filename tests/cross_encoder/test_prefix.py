@@ -21,7 +21,7 @@ from maw_reranker.cross_encoder.prefix import (freeze_prefix, num_layers, prefix
 from maw_reranker.cross_encoder.prefix_cache import PrefixCache, pair_key
 from maw_reranker.maw.config import GATING_MODES
 from maw_reranker.maw.patcher import maw_layers
-from maw_reranker.utils.tiny_models import save_tiny_cross_encoder
+from maw_reranker.utils.tiny_models import TINY_ARCHITECTURES, save_tiny_cross_encoder
 
 REPO = Path(__file__).resolve().parents[2]
 WORDS = "the cat sat on a mat dog ran fast maw attention depth query document rerank search".split()
@@ -325,3 +325,36 @@ def test_killed_fill_keeps_complete_shards_and_resumes(arch_dirs, tmp_path):
     fresh.fill(pairs)
     torch.testing.assert_close(cache.get(pairs)["hidden_states"], fresh.get(pairs)["hidden_states"], atol=2e-3,
                                rtol=0)
+
+
+@pytest.mark.parametrize("arch", TINY_ARCHITECTURES)
+@pytest.mark.parametrize("maw", [False, True])
+def test_first_token_logits_equal_a_full_pass(arch, maw):
+    """Inside ``first_token_logits`` the last layer's feed-forward part runs for the first token alone where the
+    head reads nothing else, and the logits equal a full pass's; elsewhere (ModernBERT) nothing changes."""
+    from maw_reranker.cross_encoder.prefix import FIRST_TOKEN_HEADS, first_token_logits
+    from maw_reranker.maw.config import MAWConfig
+    from maw_reranker.maw.patcher import patch_model
+    from maw_reranker.utils.tiny_models import tiny_model
+
+    from tests.maw.test_patcher import batch
+
+    model = tiny_model(arch, num_layers=3, initializer_range=0.3)
+    if maw:
+        patch_model(model, MAWConfig(inject_last_k=1, depth_dim=2, gating_mode="stat"))
+    model.eval()
+    layers = model.base_model.layers if arch == "modernbert" else model.base_model.encoder.layer
+    shapes = []
+    layers[-1].register_forward_hook(lambda m, a, out: shapes.append((out[0] if isinstance(out, tuple) else out).shape))
+    inputs = batch()
+    with torch.no_grad():
+        full = model(**inputs).logits
+        with first_token_logits(model) as applied:
+            short = model(**inputs).logits
+        after = model(**inputs).logits
+    assert applied == (model.config.model_type in FIRST_TOKEN_HEADS)
+    assert applied == (arch != "modernbert")
+    length = inputs["input_ids"].shape[1]
+    assert [s[1] for s in shapes] == [length, 1 if applied else length, length]  # the hook is gone after the block
+    assert torch.allclose(short, full, atol=1e-5)
+    assert torch.equal(after, full)
