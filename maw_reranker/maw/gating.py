@@ -50,7 +50,9 @@ class DepthGating(nn.Module):
     Control attributes set by the trainer (plain attributes, not saved): ``forced_depth``, a LongTensor ``[B]`` or
     None: use this depth for every example (oracle search, GRPO replay); ``forced_logits`` (default True): whether a
     forced pass still computes the depths' statistics and the policy logits from them (the oracle's passes use
-    neither, and without them each example's attention is computed at its forced depth alone).
+    neither, and without them each example's attention is computed at its forced depth alone); ``repeated_inputs``
+    (default False): the coming passes see the same inputs again (GRPO's samples, one per pass), so the layer may
+    reuse the previous pass's statistics where its inputs and weights are unchanged.
     """
 
     def __init__(self, config: MAWConfig, hidden_size: int, num_heads: int, layer_index: int = 0,
@@ -82,6 +84,7 @@ class DepthGating(nn.Module):
             nn.init.zeros_(self.router[2].bias)
         self.forced_depth: Optional[torch.Tensor] = None
         self.forced_logits = True
+        self.repeated_inputs = False
         self.reset_records()
 
     # Settings read from the shared config (structural ones, depth and per_head, must not change after patching).

@@ -59,6 +59,7 @@ class DepthwiseMAWSelfAttention(nn.Module):
         self.last_depth_weights: Optional[torch.Tensor] = None
         self.last_selected_depth: Optional[torch.Tensor] = None
         self._forced_memo: Optional[tuple] = None  # see _unforced_parts
+        self._stats_memo: Optional[tuple] = None  # see _statistics
 
     @property
     def depth(self) -> int:
@@ -163,7 +164,7 @@ class DepthwiseMAWSelfAttention(nn.Module):
             # Training, forced depths, or train mode with dropout (with or without autograd, so that dropout does
             # not depend on whether gradients are on): statistics without autograd, then the depths combined.
             need_stats = self.gating.needs_stats and not (forced and not self.gating.forced_logits)
-            stats = depth_statistics(inp, self.maw_config.stat_chunk) if need_stats else None
+            stats = self._statistics(inp, bound) if need_stats else None
             decision = self.gating.decide(batch, stats, pooled, device)
             self._record(decision)
             weights = decision.weights
@@ -194,6 +195,21 @@ class DepthwiseMAWSelfAttention(nn.Module):
         if want_map:
             attn = (1.0 - alpha) * attn_orig + alpha * a_sel.to(attn_orig.dtype)
         return out, attn
+
+    def _statistics(self, inp: DepthInputs, bound: dict) -> torch.Tensor:
+        """The depths' statistics of the training path (no autograd). While ``gating.repeated_inputs`` is set (GRPO's
+        samples, one per pass), a pass whose inputs equal the previous one's and whose weights are unchanged
+        reuses its statistics: they depend on nothing else (attention dropout comes after them)."""
+        if not self.gating.repeated_inputs:
+            self._stats_memo = None
+            return depth_statistics(inp, self.maw_config.stat_chunk)
+        versions = [(id(p), p._version) for p in self.parameters()]
+        memo = getattr(self, "_stats_memo", None)
+        if memo is not None and memo[1] == versions and _same_inputs(memo[0], bound):
+            return memo[2]
+        stats = depth_statistics(inp, self.maw_config.stat_chunk)
+        self._stats_memo = (bound, versions, stats)
+        return stats
 
     def _unforced_parts(self, args: tuple, kwargs: dict, bound: dict) -> tuple:
         """``(q, k, v)``, ``O_orig`` and the original map. None of them depends on the depth, so forced-depth passes

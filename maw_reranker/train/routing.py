@@ -33,6 +33,12 @@ def routing_gates(model: torch.nn.Module, modes=("router", "grpo")) -> list:
     return [m.gating for m in maw_layers(model).values() if m.gating.mode in modes]
 
 
+def set_repeated_inputs(gates, repeated: bool) -> None:
+    """Tell ``gates`` whether the coming passes repeat their inputs (see ``DepthGating.repeated_inputs``)."""
+    for gate in gates:
+        gate.repeated_inputs = bool(repeated)
+
+
 def set_forced_depth(gates, depth, logits: bool = True) -> None:
     """Force ``depth`` (``[B]``, or None to stop) in ``gates``; ``logits``: whether the forced passes still compute
     the statistics and policy logits (see ``DepthGating``)."""
@@ -162,14 +168,20 @@ def grpo_step(model: torch.nn.Module, features: dict, groups: int, group_size: i
     per_chunk = copies_per_chunk(samples, groups * group_size,
                                  _replicated_rows(max_rows, features["input_ids"].device))
     scores, log_prob, logits = [], [[] for _ in gates], [[] for _ in gates]
-    for first in range(0, samples, per_chunk):
-        copies = min(samples, first + per_chunk) - first
-        scores.append(model(**repeat_features(features, copies)).float())
-        for i, gate in enumerate(gates):  # a gate records its last forward only: collect each chunk's
-            if gate.last_log_prob is None:
-                raise RuntimeError("grpo layer recorded no sampled actions (is the model in training mode?)")
-            log_prob[i].append(gate.last_log_prob)
-            logits[i].append(gate.last_logits)
+    # chunks of equal size see the same inputs: a layer whose input is the batch itself (the first MAW layer of a
+    # cached top, with no dropout before it) computes its statistics once
+    set_repeated_inputs(gates, per_chunk < samples)
+    try:
+        for first in range(0, samples, per_chunk):
+            copies = min(samples, first + per_chunk) - first
+            scores.append(model(**repeat_features(features, copies)).float())
+            for i, gate in enumerate(gates):  # a gate records its last forward only: collect each chunk's
+                if gate.last_log_prob is None:
+                    raise RuntimeError("grpo layer recorded no sampled actions (is the model in training mode?)")
+                log_prob[i].append(gate.last_log_prob)
+                logits[i].append(gate.last_logits)
+    finally:
+        set_repeated_inputs(gates, False)
     scores = torch.cat(scores).view(samples, groups, group_size)
     per_sample = torch.stack([loss_fn(scores[g]) for g in range(samples)], dim=1)  # [groups, G]
     rewards = -per_sample.detach()

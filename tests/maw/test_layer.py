@@ -296,3 +296,35 @@ def test_forced_passes_on_equal_inputs_project_and_attend_once(monkeypatch):
     assert len(calls) == 5  # with autograd, always afresh
     model(**inputs)  # an unforced pass drops what was kept
     assert layer._forced_memo is None
+
+
+def test_repeated_inputs_reuse_the_statistics_only_while_inputs_and_weights_hold(monkeypatch):
+    """GRPO's samples, one per pass, see the same inputs: with ``repeated_inputs`` set the training path computes
+    the depths' statistics once, and recomputes them for other inputs, after a weight update, or with the hint off."""
+    from maw_reranker.maw import layer as layer_module
+
+    model, layer = patched("bert", gating_mode="grpo", depth_dim=4)
+    model.train()
+    calls = []
+    original = layer_module.depth_statistics
+    monkeypatch.setattr(layer_module, "depth_statistics", lambda *a, **k: calls.append(1) or original(*a, **k))
+    inputs = batch()
+    layer.gating.repeated_inputs = True
+    model(**inputs).logits.sum().backward()
+    first = layer._stats_memo[2].clone()
+    model(**{k: v.clone() for k, v in inputs.items()}).logits.sum().backward()
+    assert len(calls) == 1
+    model(**{k: v.flip(0) for k, v in inputs.items()})
+    assert len(calls) == 2
+    with torch.no_grad():
+        layer.base_layer.get_submodule(layer.adapter.k_name).weight.mul_(1.5)
+    model(**{k: v.flip(0) for k, v in inputs.items()})
+    assert len(calls) == 3
+    layer.gating.repeated_inputs = False
+    model(**inputs)
+    model(**inputs)
+    assert len(calls) == 5 and layer._stats_memo is None
+    with torch.no_grad():
+        layer.base_layer.get_submodule(layer.adapter.k_name).weight.div_(1.5)
+    inp, _ = layer.depth_inputs(bound_arguments(model, layer, inputs))
+    assert torch.allclose(first, original(inp), atol=1e-6)  # what was reused is what a fresh pass computes
