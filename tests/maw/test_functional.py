@@ -180,18 +180,24 @@ def test_statistics_match_reference_with_head_groups_and_underflow(monkeypatch, 
 @pytest.mark.parametrize("need_stats", [True, False])
 def test_tiled_inference_matches_reference(monkeypatch, batch, chunk, chunk_elements, need_stats):
     from maw_reranker.maw import functional
-    from maw_reranker.maw.functional import explicit_maw
 
     monkeypatch.setattr(functional, "_CHUNK_ELEMENTS", chunk_elements)
     inp = make_inputs(3, batch=batch, bias=True)
     per_head = torch.softmax(torch.randn(batch, 3, 3, generator=torch.Generator().manual_seed(1)), dim=-1)
+    _check_explicit_against_reference(inp, per_head, need_stats, chunk)
+
+
+def _check_explicit_against_reference(inp, fixed, need_stats, chunk):
+    """``explicit_maw`` with the stat weights (``need_stats``) or the ``fixed`` ones: output, map and weights equal
+    the reference's on valid positions."""
+    from maw_reranker.maw.functional import explicit_maw
 
     def decide(rows, stats_rows):
-        return torch.softmax(2.5 * stat_scores(stats_rows), dim=-1) if need_stats else per_head[rows]
+        return torch.softmax(2.5 * stat_scores(stats_rows), dim=-1) if need_stats else fixed[rows]
 
     out, a_map, stats = explicit_maw(inp, decide, want_map=True, need_stats=need_stats, chunk=chunk)
     ref_out, ref_map, ref_w = reference_maw(
-        inp, (lambda b, s: reference_stat_weights(s, 2.5)) if need_stats else (lambda b, s: per_head[b]))
+        inp, (lambda b, s: reference_stat_weights(s, 2.5)) if need_stats else (lambda b, s: fixed[b]))
     valid = inp.key_valid[:, None, :, None]
     both = inp.key_valid[:, None, :, None] & inp.key_valid[:, None, None, :]
     assert torch.allclose((out * valid).double(), ref_out, atol=1e-5)
@@ -320,8 +326,6 @@ def test_inference_reads_stacked_depths_as_the_reference_does(need_stats, chunk)
     """Depths given as one [B, H, D, L, w] view (the layer's split heads) and per-depth scales that differ: the
     output, the map and the statistics equal the reference's (the queries are scaled once per chunk, the view itself
     untouched)."""
-    from maw_reranker.maw.functional import explicit_maw
-
     plain = make_inputs(4, width=12)
     q, k = torch.cat(plain.q, -1), torch.cat(plain.k, -1)
     before = q.clone()
@@ -329,17 +333,5 @@ def test_inference_reads_stacked_depths_as_the_reference_does(need_stats, chunk)
     inp = DepthInputs.stacked(q.unflatten(-1, (4, 3)).transpose(2, 3), k.unflatten(-1, (4, 3)).transpose(2, 3),
                               scales, v=plain.v, allowed=plain.allowed, key_valid=plain.key_valid)
     fixed = torch.softmax(torch.randn(inp.v.shape[0], 4, generator=torch.Generator().manual_seed(2)), dim=-1)
-
-    def decide(rows, stats_rows):
-        return torch.softmax(2.5 * stat_scores(stats_rows), dim=-1) if need_stats else fixed[rows]
-
-    out, a_map, stats = explicit_maw(inp, decide, want_map=True, need_stats=need_stats, chunk=chunk)
-    ref_out, ref_map, ref_w = reference_maw(
-        inp, (lambda b, s: reference_stat_weights(s, 2.5)) if need_stats else (lambda b, s: fixed[b]))
-    valid = inp.key_valid[:, None, :, None]
-    both = inp.key_valid[:, None, :, None] & inp.key_valid[:, None, None, :]
-    assert torch.equal(q, before)
-    assert torch.allclose((out * valid).double(), ref_out, atol=1e-5)
-    assert torch.allclose((a_map * both).double(), ref_map, atol=1e-5)
-    if need_stats:
-        assert torch.allclose(torch.softmax(2.5 * stat_scores(stats), -1).double(), ref_w, atol=1e-5)
+    _check_explicit_against_reference(inp, fixed, need_stats, chunk)
+    assert torch.equal(q, before)  # the view's scaling went to a copy
