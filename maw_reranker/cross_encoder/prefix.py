@@ -293,14 +293,17 @@ def first_token_logits(model: nn.Module) -> Iterator[bool]:
     """Within the block, the last layer of the sequence-classification model in ``model`` (a
     :class:`CrossEncoderWithMAW`, a :class:`~maw_reranker.cross_encoder.top.TopModel`, the HF model) computes its
     feed-forward part for the first token only, where the head reads nothing else (:data:`FIRST_TOKEN_HEADS`).
-    The logits are those of a full pass, the last layer's other positions are not computed: for passes that need
-    the logits alone, such as the router oracle's forced depths. Yields whether it applies (else nothing changes)."""
+    The logits are those of a full pass, the last layer's other positions are not computed (hidden states asked
+    for inside the block end in ``[B, 1, H]``): for passes that need the logits alone, such as the router oracle's
+    forced depths. Yields whether it applies (else nothing changes; also for a feed-forward chunked by
+    ``chunk_size_feed_forward``, which needs the full length)."""
     classifier = next((m for m in model.modules() if type(m).__name__.endswith("ForSequenceClassification")), None)
     last = None
     if classifier is not None and getattr(classifier.config, "model_type", None) in FIRST_TOKEN_HEADS:
         _, enc, layers = _backbone(classifier)
         # DeBERTa-v2's conv mixes layer 0's output with its input: not with a one-layer model
-        if len(layers) > 1 or getattr(enc, "conv", None) is None:
+        if (len(layers) > 1 or getattr(enc, "conv", None) is None) and \
+                getattr(layers[-1], "chunk_size_feed_forward", 0) <= 1:
             last = getattr(layers[-1], "attention", None)
     if not isinstance(last, nn.Module):
         yield False

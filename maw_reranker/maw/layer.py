@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib
 import math
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch
 from torch import nn
@@ -164,7 +164,7 @@ class DepthwiseMAWSelfAttention(nn.Module):
             # Training, forced depths, or train mode with dropout (with or without autograd, so that dropout does
             # not depend on whether gradients are on): statistics without autograd, then the depths combined.
             need_stats = self.gating.needs_stats and not (forced and not self.gating.forced_logits)
-            stats = self._statistics(inp, bound) if need_stats else None
+            stats = self._statistics(inp) if need_stats else None
             decision = self.gating.decide(batch, stats, pooled, device)
             self._record(decision)
             weights = decision.weights
@@ -196,40 +196,51 @@ class DepthwiseMAWSelfAttention(nn.Module):
             attn = (1.0 - alpha) * attn_orig + alpha * a_sel.to(attn_orig.dtype)
         return out, attn
 
-    def _statistics(self, inp: DepthInputs, bound: dict) -> torch.Tensor:
+    def _statistics(self, inp: DepthInputs) -> torch.Tensor:
         """The depths' statistics of the training path (no autograd). While ``gating.repeated_inputs`` is set (GRPO's
-        samples, one per pass), a pass whose inputs equal the previous one's and whose weights are unchanged
-        reuses its statistics: they depend on nothing else (attention dropout comes after them)."""
-        if not self.gating.repeated_inputs:
+        samples, one per pass), a pass whose queries, keys and masks equal the previous pass's reuses its statistics,
+        which depend on nothing else (attention dropout comes after them; dropout inside the projections, LoRA's,
+        changes q and k, so it is seen). A score bias (DeBERTa's, with its own dropout) is never reused."""
+        if not self.gating.repeated_inputs or inp.bias is not None:
             self._stats_memo = None
             return depth_statistics(inp, self.maw_config.stat_chunk)
-        versions = [(id(p), p._version) for p in self.parameters()]
+        key = (inp.q_stack if inp.q_stack is not None else inp.q, inp.k_stack if inp.k_stack is not None else inp.k,
+               inp.scale, inp.allowed, inp.key_valid)
         memo = getattr(self, "_stats_memo", None)
-        if memo is not None and memo[1] == versions and _same_inputs(memo[0], bound):
-            return memo[2]
+        if memo is not None and _same_inputs(memo[0], key):
+            return memo[1]
         stats = depth_statistics(inp, self.maw_config.stat_chunk)
-        self._stats_memo = (bound, versions, stats)
+        self._stats_memo = (_snapshot(key), stats)
         return stats
 
     def _unforced_parts(self, args: tuple, kwargs: dict, bound: dict) -> tuple:
         """``(q, k, v)``, ``O_orig`` and the original map. None of them depends on the depth, so forced-depth passes
         in eval mode without autograd (the router oracle's D passes, ``train/routing.py``) take them from the
-        previous such pass when its inputs were equal and the wrapped layer's weights unchanged: in a cached
-        top-layer step the D passes then project and attend once."""
+        previous such pass when its inputs were equal (by value, and not changed in place since), the wrapped
+        layer's weights unchanged (parameter versions; an edit through ``.data`` is not seen) and autocast the
+        same: in a cached top-layer step the D passes then project and attend once."""
         reusable = self.gating.forced_depth is not None and not self.training and not torch.is_grad_enabled()
         if not reusable:
             self._forced_memo = None
-            key = None
-        else:
-            key = (bound, [(id(p), p._version) for p in self.base_layer.parameters()])
-            memo = getattr(self, "_forced_memo", None)
-            if memo is not None and memo[0][1] == key[1] and _same_inputs(memo[0][0], bound):
-                return memo[1]
-        qkv = self.adapter.project(self.base_layer, bound)
-        parts = (qkv, *self.adapter.call_original(self.base_layer, args, kwargs, bound, qkv))
-        if reusable:
-            self._forced_memo = (key, parts)
+            return self._original_parts(args, kwargs, bound)
+        device = next(self.base_layer.parameters()).device.type
+        state = ([(id(p), p._version) for p in self.base_layer.parameters()],
+                 torch.is_autocast_enabled(device), torch.get_autocast_dtype(device))
+        memo = getattr(self, "_forced_memo", None)
+        if memo is not None and memo[1] == state and _same_inputs(memo[0], bound):
+            return memo[2]
+        parts = self._original_parts(args, kwargs, bound)
+        self._forced_memo = (_snapshot(bound), state, parts)
         return parts
+
+    def _original_parts(self, args: tuple, kwargs: dict, bound: dict) -> tuple:
+        qkv = self.adapter.project(self.base_layer, bound)
+        return (qkv, *self.adapter.call_original(self.base_layer, args, kwargs, bound, qkv))
+
+    def release_memos(self) -> None:
+        """Drop what forced passes and repeated inputs kept (``train/routing.py`` calls it when they end)."""
+        self._forced_memo = None
+        self._stats_memo = None
 
     def maw_parameters(self):
         """The parameters MAW added (what MAW-only training and saving touch)."""
@@ -241,20 +252,42 @@ class DepthwiseMAWSelfAttention(nn.Module):
                 f"strength={c.maw_strength}")
 
 
-def _same_inputs(a, b) -> bool:
-    """Whether two bound forward arguments are equal: tensors by value (and dtype, shape, device), containers
-    item by item, anything else by identity or ``==``."""
-    if torch.is_tensor(a) or torch.is_tensor(b):
-        return (torch.is_tensor(a) and torch.is_tensor(b) and a.shape == b.shape and a.dtype == b.dtype
-                and a.device == b.device and (a is b or bool(torch.equal(a, b))))
-    if isinstance(a, dict) and isinstance(b, dict):
-        return a.keys() == b.keys() and all(_same_inputs(a[k], b[k]) for k in a)
-    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
-        return type(a) is type(b) and len(a) == len(b) and all(_same_inputs(x, y) for x, y in zip(a, b))
-    if a is b:
+class _Kept(NamedTuple):
+    """A tensor as a memo keeps it: detached (no graph kept alive; deep-copyable) with its version counter then
+    (-1 for an inference tensor, which has none: never taken as equal)."""
+    tensor: torch.Tensor
+    version: int
+
+
+def _snapshot(value):
+    """Forward arguments as a memo keeps them: tensors as :class:`_Kept`, containers item by item."""
+    if torch.is_tensor(value):  # inference tensors keep no version counter: never equal (-1)
+        return _Kept(value.detach(), -1 if value.is_inference() else value._version)
+    if isinstance(value, dict):
+        return {k: _snapshot(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_snapshot(v) for v in value]
+    return value
+
+
+def _same_inputs(kept, b) -> bool:
+    """Whether forward arguments ``b`` equal the ones kept in ``kept`` (:func:`_snapshot`): tensors by value (and
+    dtype, shape, device), and a kept tensor changed in place since is never equal; containers item by item;
+    anything else by identity or ``==``."""
+    if isinstance(kept, _Kept):
+        t = kept.tensor
+        return (torch.is_tensor(b) and kept.version >= 0 and t._version == kept.version and b.shape == t.shape
+                and b.dtype == t.dtype and b.device == t.device and bool(torch.equal(t, b)))
+    if torch.is_tensor(b):
+        return False
+    if isinstance(kept, dict) and isinstance(b, dict):
+        return kept.keys() == b.keys() and all(_same_inputs(kept[k], b[k]) for k in kept)
+    if isinstance(kept, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(kept) == len(b) and all(_same_inputs(x, y) for x, y in zip(kept, b))
+    if kept is b:
         return True
     try:
-        return bool(a == b)
+        return bool(kept == b)
     except Exception:  # objects without a usable ==: not provably equal
         return False
 

@@ -39,6 +39,13 @@ def set_repeated_inputs(gates, repeated: bool) -> None:
         gate.repeated_inputs = bool(repeated)
 
 
+def _release_memos(model: torch.nn.Module) -> None:
+    """Drop what the MAW layers kept across forced or repeated passes (nothing of it outlives those passes)."""
+    if isinstance(model, torch.nn.Module):  # a plain callable has no MAW layers
+        for layer in maw_layers(model).values():
+            layer.release_memos()
+
+
 def set_forced_depth(gates, depth, logits: bool = True) -> None:
     """Force ``depth`` (``[B]``, or None to stop) in ``gates``; ``logits``: whether the forced passes still compute
     the statistics and policy logits (see ``DepthGating``)."""
@@ -97,6 +104,7 @@ def forced_depth_losses(model: torch.nn.Module, features: dict, groups: int, gro
                 losses.extend(loss_fn(scores[c]) for c in range(len(depths)))
     finally:
         set_forced_depth(gates, None)
+        _release_memos(model)
         for module, training in modes:
             module.training = training
     return torch.stack(losses, dim=1)
@@ -182,6 +190,7 @@ def grpo_step(model: torch.nn.Module, features: dict, groups: int, group_size: i
                 logits[i].append(gate.last_logits)
     finally:
         set_repeated_inputs(gates, False)
+        _release_memos(model)
     scores = torch.cat(scores).view(samples, groups, group_size)
     per_sample = torch.stack([loss_fn(scores[g]) for g in range(samples)], dim=1)  # [groups, G]
     rewards = -per_sample.detach()

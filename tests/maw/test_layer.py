@@ -311,7 +311,7 @@ def test_repeated_inputs_reuse_the_statistics_only_while_inputs_and_weights_hold
     inputs = batch()
     layer.gating.repeated_inputs = True
     model(**inputs).logits.sum().backward()
-    first = layer._stats_memo[2].clone()
+    first = layer._stats_memo[1].clone()
     model(**{k: v.clone() for k, v in inputs.items()}).logits.sum().backward()
     assert len(calls) == 1
     model(**{k: v.flip(0) for k, v in inputs.items()})
@@ -328,3 +328,52 @@ def test_repeated_inputs_reuse_the_statistics_only_while_inputs_and_weights_hold
         layer.base_layer.get_submodule(layer.adapter.k_name).weight.div_(1.5)
     inp, _ = layer.depth_inputs(bound_arguments(model, layer, inputs))
     assert torch.allclose(first, original(inp), atol=1e-6)  # what was reused is what a fresh pass computes
+
+
+def test_statistics_with_a_score_bias_or_changed_queries_are_never_reused(monkeypatch):
+    """DeBERTa's score bias has a dropout of its own, and dropout inside a projection changes q and k: with
+    ``repeated_inputs`` set the statistics are still computed in every pass then."""
+    from maw_reranker.maw import layer as layer_module
+
+    calls = []
+    original = layer_module.depth_statistics
+    monkeypatch.setattr(layer_module, "depth_statistics", lambda *a, **k: calls.append(1) or original(*a, **k))
+    model, layer = patched("deberta-v2", gating_mode="grpo", depth_dim=2)
+    model.train()
+    layer.gating.repeated_inputs = True
+    model(**batch())
+    model(**batch())
+    assert len(calls) == 2 and layer._stats_memo is None
+    calls.clear()
+    model, layer = patched("bert", gating_mode="grpo", depth_dim=2)
+    model.train()
+    layer.gating.repeated_inputs = True
+    q_proj = layer.base_layer.get_submodule(layer.adapter.q_name)
+    q_proj.register_forward_hook(lambda m, a, out: torch.nn.functional.dropout(out, 0.5, True))
+    model(**batch())
+    model(**batch())
+    assert len(calls) == 2
+
+
+def test_forced_memo_sees_inputs_changed_in_place_and_autocast(monkeypatch):
+    """The forced-pass memo is not reused under another autocast state, nor when what it kept changed in place."""
+    model, layer = patched("bert", gating_mode="router", depth_dim=2)
+    model.eval()
+    calls = []
+    original = type(layer.adapter).project
+    monkeypatch.setattr(type(layer.adapter), "project", lambda self, *a: calls.append(1) or original(self, *a))
+    inputs = batch()
+    layer.gating.forced_depth = torch.zeros(inputs["input_ids"].shape[0], dtype=torch.long)
+    with torch.no_grad():
+        model(**inputs)
+        model(**inputs)
+        assert len(calls) == 1
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            model(**inputs)
+        assert len(calls) == 2
+        model(**inputs)  # autocast off again: not the bf16 pass's parts
+        assert len(calls) == 3
+        layer._forced_memo[0]["hidden_states"].tensor.add_(1.0)  # the kept input changed in place since
+        model(**inputs)
+        assert len(calls) == 4
+    layer.gating.forced_depth = None

@@ -307,3 +307,34 @@ def test_batched_grpo_equals_sequential_samples(tmp_path, view, max_rows):
     assert n_grads > 0
     gate_grads = [g for p, g in zip(params, grads) if any(p is q for gt in gates for q in gt.router.parameters())]
     assert any(g is not None and g.abs().sum() > 0 for g in gate_grads)  # the policy gradient reaches the router
+
+
+@pytest.mark.parametrize("view", ["full", "cached"])
+def test_grpo_samples_share_statistics_and_leave_nothing_behind(tmp_path, view, monkeypatch):
+    """On a CPU GRPO runs one sample per forward; the first MAW layer sees equal queries and keys in every sample
+    and computes its statistics once, and after the step no layer keeps anything of those passes (so
+    the model deep-copies, as saving a LoRA model does)."""
+    import copy
+
+    from maw_reranker.maw import layer as layer_module
+    from maw_reranker.maw.patcher import maw_layers
+    from maw_reranker.train.losses import listwise_softmax_ce
+    from maw_reranker.train.routing import grpo_step
+
+    enc = _encoder(tmp_path, "grpo", router_std=0.1, stat_sharpness=0.0)
+    model, features, train = _views(enc)[view]
+    train()
+    calls = []
+    original = layer_module.depth_statistics
+    monkeypatch.setattr(layer_module, "depth_statistics", lambda *a, **k: calls.append(1) or original(*a, **k))
+    out = grpo_step(model, features, 2, 4, listwise_softmax_ce, 3, 0.05, 0.02, 1e-6)
+    (out["rank"] + out["loss"]).backward()
+    layers = list(maw_layers(enc.model).values())
+    # two grpo layers, three samples: the first sees equal queries and keys in every sample (nothing random before
+    # it: dropout 0) and computes once; the second's input differs by sample (the first layer's sampled depths)
+    assert len(calls) == 1 + 3
+    assert all(m._stats_memo is None and m._forced_memo is None for m in layers)
+    enc.eval()
+    with torch.no_grad():  # as dev evaluation before a save: the gates' records of the step are replaced
+        enc.model(**dict(enc.tokenize(PAIRS)))
+    copy.deepcopy(enc)
