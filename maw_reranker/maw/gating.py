@@ -52,7 +52,9 @@ class DepthGating(nn.Module):
     forced pass still computes the depths' statistics and the policy logits from them (the oracle's passes use
     neither, and without them each example's attention is computed at its forced depth alone); ``repeated_inputs``
     (default False): the coming passes see the same inputs again (GRPO's samples, one per pass), so the layer may
-    reuse the previous pass's statistics where its inputs and weights are unchanged.
+    reuse the previous pass's statistics where its inputs and weights are unchanged; ``replicas`` (default 1): a
+    forced pass's batch is that many copies of one batch (the oracle's batched pass), so the layer may compute
+    what does not depend on the depth once for them.
     """
 
     def __init__(self, config: MAWConfig, hidden_size: int, num_heads: int, layer_index: int = 0,
@@ -85,6 +87,7 @@ class DepthGating(nn.Module):
         self.forced_depth: Optional[torch.Tensor] = None
         self.forced_logits = True
         self.repeated_inputs = False
+        self.replicas = 1
         self.reset_records()
 
     # Settings read from the shared config (structural ones, depth and per_head, must not change after patching).

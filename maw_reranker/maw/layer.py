@@ -229,9 +229,31 @@ class DepthwiseMAWSelfAttention(nn.Module):
         memo = getattr(self, "_forced_memo", None)
         if memo is not None and memo[1] == state and _same_inputs(memo[0], bound):
             return memo[2]
-        parts = self._original_parts(args, kwargs, bound)
+        parts = self._replicated_parts(args, kwargs, int(getattr(self.gating, "replicas", 1)))
+        if parts is None:
+            parts = self._original_parts(args, kwargs, bound)
         self._forced_memo = (_snapshot(bound), state, parts)
         return parts
+
+    def _replicated_parts(self, args: tuple, kwargs: dict, copies: int) -> Optional[tuple]:
+        """The parts of a batch of ``copies`` equal copies (the oracle's batched pass, copy-major), computed for the
+        first copy and repeated; None when the batch is not such copies (every tensor argument whose leading size
+        is the batch's must repeat its first copy exactly)."""
+        hidden = self.adapter.inputs(self.adapter.bind(args, kwargs))[0]
+        batch = hidden.shape[0]
+        if copies <= 1 or batch % copies:
+            return None
+        rows = batch // copies
+        first = _first_copy((args, kwargs), batch, rows, copies)
+        if first is None:
+            return None
+        sub_args, sub_kwargs = first
+        qkv, out, attn = self._original_parts(sub_args, sub_kwargs, self.adapter.bind(sub_args, sub_kwargs))
+
+        def repeat(t):
+            return None if t is None else t.repeat(copies, *([1] * (t.dim() - 1)))
+
+        return tuple(repeat(t) for t in qkv), repeat(out), repeat(attn)
 
     def _original_parts(self, args: tuple, kwargs: dict, bound: dict) -> tuple:
         qkv = self.adapter.project(self.base_layer, bound)
@@ -250,6 +272,25 @@ class DepthwiseMAWSelfAttention(nn.Module):
         c = self.maw_config
         return (f"layer={self.layer_index}, depth={c.depth_dim}, source={c.depth_source}, gating={c.gating_mode}, "
                 f"strength={c.maw_strength}")
+
+
+def _first_copy(value, batch: int, rows: int, copies: int):
+    """``value`` (arguments, nested) with every tensor of leading size ``batch`` cut to its first ``rows``, or None
+    where one of them is not ``copies`` equal copies of those rows."""
+    if torch.is_tensor(value):
+        if value.dim() == 0 or value.shape[0] != batch:
+            return value
+        parts = value.unflatten(0, (copies, rows))
+        return value[:rows] if bool((parts == parts[:1]).all()) else None
+    if isinstance(value, dict):
+        out = {k: _first_copy(v, batch, rows, copies) for k, v in value.items()}
+        return None if any(out[k] is None and value[k] is not None for k in value) else out
+    if isinstance(value, (list, tuple)):
+        out = [_first_copy(v, batch, rows, copies) for v in value]
+        if any(o is None and v is not None for o, v in zip(out, value)):
+            return None
+        return type(value)(out) if type(value) in (list, tuple) else value
+    return value
 
 
 class _Kept(NamedTuple):

@@ -99,11 +99,15 @@ def forced_depth_losses(model: torch.nn.Module, features: dict, groups: int, gro
                 # copy c forces depth first + c; its statistics and router logits would go unused (the oracle needs
                 # only the losses), and without them each example's attention is computed at its forced depth alone
                 set_forced_depth(gates, depths.repeat_interleave(pairs), logits=False)
+                for gate in gates:  # the copies' q, k, v and O_orig are made once where their inputs are equal
+                    gate.replicas = len(depths)
                 scores = model(**repeat_features(features, len(depths))).float().view(len(depths), groups,
                                                                                       group_size)
                 losses.extend(loss_fn(scores[c]) for c in range(len(depths)))
     finally:
         set_forced_depth(gates, None)
+        for gate in gates:
+            gate.replicas = 1
         _release_memos(model)
         for module, training in modes:
             module.training = training

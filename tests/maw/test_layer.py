@@ -377,3 +377,39 @@ def test_forced_memo_sees_inputs_changed_in_place_and_autocast(monkeypatch):
         model(**inputs)
         assert len(calls) == 4
     layer.gating.forced_depth = None
+
+
+def test_a_batch_of_equal_copies_projects_and_attends_once(monkeypatch):
+    """The oracle's batched pass (``gating.replicas`` copies, copy-major, forced depths, eval, no autograd) makes
+    q, k, v and O_orig for the first copy and repeats them where the copies are equal; outputs equal a pass without
+    the hint. Copies that differ are computed in full."""
+    model, layer = patched("bert", gating_mode="router", depth_dim=3, maw_strength=0.5)
+    model.eval()
+    rows = []
+    original = type(layer.adapter).project
+    monkeypatch.setattr(type(layer.adapter), "project",
+                        lambda self, base, bound: rows.append(bound["hidden_states"].shape[0]) or original(self, base,
+                                                                                                         bound))
+    one = batch()
+    n = one["input_ids"].shape[0]
+    equal = {k: v.repeat(3, 1) for k, v in one.items()}
+    differ = {k: torch.cat([v, v.flip(0), v]) for k, v in one.items()}
+    depths = torch.arange(3).repeat_interleave(n)
+
+    def run(feed, replicas):
+        layer.release_memos()
+        layer.gating.forced_depth, layer.gating.replicas = depths, replicas
+        try:
+            with torch.no_grad():
+                return model(**feed).logits
+        finally:
+            layer.gating.forced_depth, layer.gating.replicas = None, 1
+
+    plain = run(equal, 1)
+    assert rows == [3 * n]
+    rows.clear()
+    assert torch.allclose(run(equal, 3), plain, atol=1e-6)
+    assert rows == [n]
+    rows.clear()
+    assert torch.allclose(run(differ, 3), run(differ, 1), atol=1e-6)
+    assert rows == [3 * n, 3 * n]
