@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from maw_reranker.cross_encoder.activation import apply_activation, check_activation, is_one_pair
+from maw_reranker.cross_encoder.prefix import first_token_logits
 from maw_reranker.maw.config import CONFIG_NAME, MAWConfig
 from maw_reranker.maw.patcher import (find_attention_modules, load_maw_state_dict, maw_layers,
                                       maw_named_parameters, maw_state_dict, patch_model, repatch, set_maw_strength,
@@ -195,8 +196,10 @@ class CrossEncoderWithMAW(nn.Module):
                               return_tensors="pt" if padding else None)
 
     def forward(self, **features) -> torch.Tensor:
-        """Relevance logits ``[B]`` in float32."""
-        out = self.model(**features)
+        """Relevance logits ``[B]`` in float32. The last layer computes only what the head reads (its first token,
+        ``prefix.first_token_logits``); the logits are a full pass's."""
+        with first_token_logits(self.model):
+            out = self.model(**features)
         return out.logits[:, 0].float()
 
     def autocast(self, precision: str = "fp32"):

@@ -50,6 +50,7 @@ import torch
 from torch import nn
 
 from maw_reranker.cross_encoder.fingerprint import config_entries, fingerprint
+from maw_reranker.maw.layer import DepthwiseMAWSelfAttention
 
 SUPPORTED_MODEL_TYPES = ("bert", "roberta", "xlm-roberta", "camembert", "electra", "deberta-v2", "modernbert")
 # Backbone modules outside the layers that act after the last layer: they belong to the top, not the prefix.
@@ -291,28 +292,42 @@ FIRST_TOKEN_HEADS = ("bert", "roberta", "xlm-roberta", "camembert", "electra", "
 @contextlib.contextmanager
 def first_token_logits(model: nn.Module) -> Iterator[bool]:
     """Within the block, the last layer of the sequence-classification model in ``model`` (a
-    :class:`CrossEncoderWithMAW`, a :class:`~maw_reranker.cross_encoder.top.TopModel`, the HF model) computes its
-    feed-forward part for the first token only, where the head reads nothing else (:data:`FIRST_TOKEN_HEADS`).
-    The logits are those of a full pass, the last layer's other positions are not computed (hidden states asked
-    for inside the block end in ``[B, 1, H]``): for passes that need the logits alone, such as the router oracle's
-    forced depths. Yields whether it applies (else nothing changes; also for a feed-forward chunked by
-    ``chunk_size_feed_forward``, which needs the full length)."""
+    :class:`CrossEncoderWithMAW`, a :class:`~maw_reranker.cross_encoder.top.TopModel`, the HF model) computes only
+    what the head reads, its first token (:data:`FIRST_TOKEN_HEADS`): the attention block's output projection and
+    residual, and the feed-forward part, run for that token alone, and a MAW self-attention there computes its
+    depths for the first query row alone (keys and values, and the statistics of ``stat`` / ``router`` / ``grpo``,
+    still read every token). The logits are those of a full pass; the last layer's other positions are not computed
+    (hidden states asked for inside the block end in ``[B, 1, H]``). The logits-only forwards use it
+    (``CrossEncoderWithMAW.forward``, :func:`top_forward`). Yields whether it applies; else nothing changes: other
+    heads, a feed-forward chunked by ``chunk_size_feed_forward`` (it needs the full length), gradient checkpointing
+    (its recomputation in backward runs outside the block)."""
     classifier = next((m for m in model.modules() if type(m).__name__.endswith("ForSequenceClassification")), None)
     last = None
     if classifier is not None and getattr(classifier.config, "model_type", None) in FIRST_TOKEN_HEADS:
         _, enc, layers = _backbone(classifier)
         # DeBERTa-v2's conv mixes layer 0's output with its input: not with a one-layer model
         if (len(layers) > 1 or getattr(enc, "conv", None) is None) and \
-                getattr(layers[-1], "chunk_size_feed_forward", 0) <= 1:
+                getattr(layers[-1], "chunk_size_feed_forward", 0) <= 1 and \
+                not getattr(enc, "gradient_checkpointing", False):
             last = getattr(layers[-1], "attention", None)
     if not isinstance(last, nn.Module):
         yield False
         return
-    handle = last.register_forward_hook(_first_token)
+    handles = [last.register_forward_hook(_first_token)]
+    rows = []
+    output = getattr(last, "output", None)
+    if isinstance(output, nn.Module):  # `output(attention, residual)`: both cut, so a MAW layer may return one row
+        handles.append(output.register_forward_pre_hook(_first_token_inputs))
+        rows = [(m, m.query_rows) for m in last.modules() if isinstance(m, DepthwiseMAWSelfAttention)]
+        for m, _ in rows:
+            m.query_rows = 1
     try:
         yield True
     finally:
-        handle.remove()
+        for m, before in rows:
+            m.query_rows = before
+        for handle in handles:
+            handle.remove()
 
 
 def _first_token(module: nn.Module, args: tuple, output):
@@ -320,6 +335,13 @@ def _first_token(module: nn.Module, args: tuple, output):
     if torch.is_tensor(output):
         return output[:, :1]
     return (output[0][:, :1], *output[1:])
+
+
+def _first_token_inputs(module: nn.Module, args: tuple):
+    """The attention output module's ``(attention, residual)`` at the first position only."""
+    if len(args) < 2 or not all(torch.is_tensor(a) for a in args[:2]):
+        return None
+    return (args[0][:, :1], args[1][:, :1], *args[2:])
 
 
 def top_forward(encoder: Any, states: Mapping[str, torch.Tensor], start: int) -> torch.Tensor:
@@ -339,7 +361,7 @@ def top_forward(encoder: Any, states: Mapping[str, torch.Tensor], start: int) ->
     if hidden.dim() != 3 or tuple(mask.shape) != tuple(hidden.shape[:2]):
         raise ValueError(f"top_forward: hidden_states {tuple(hidden.shape)} and attention_mask {tuple(mask.shape)} "
                          "must be [B, L, H] and [B, L]")
-    with top_only(encoder, start) as top:
+    with top_only(encoder, start) as top, first_token_logits(top):
         out = top(inputs_embeds=hidden, attention_mask=mask)
     return out.logits[:, 0].float()
 

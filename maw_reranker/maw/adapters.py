@@ -201,7 +201,8 @@ class DebertaV2Adapter(AttentionAdapter):
             pos_key = self.heads(base.pos_key_proj(rel))[0] if "c2p" in base.pos_att_type else None
             pos_query = self.heads(base.pos_query_proj(rel))[0] if "p2c" in base.pos_att_type else None
         c2p_index = torch.clamp(relative_pos + span, 0, span * 2 - 1)
-        r_pos = build_rpos(x_q, k_depth[0], relative_pos, base.max_relative_positions, base.position_buckets)
+        r_pos = build_rpos(x_q, k_depth[0], relative_pos, position_buckets=base.position_buckets,
+                           max_relative_positions=base.max_relative_positions)
         while r_pos.dim() > 2:
             r_pos = r_pos[0]
         p2c_index = torch.clamp(-r_pos.to(x_q.device).long() + span, 0, span * 2 - 1)

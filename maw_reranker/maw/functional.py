@@ -441,6 +441,33 @@ def _full_width(inp: DepthInputs, d: int):
     return F.pad(q_d, (0, pad)), F.pad(k_d, (0, pad))
 
 
+def leading_rows_maw(inp: DepthInputs, weights: torch.Tensor, rows: int, dropout_p: float = 0.0) -> torch.Tensor:
+    """``O_maw`` of the first ``rows`` query rows alone, ``[B, H, rows, Dh]``, with autograd: what a layer computes
+    when only those rows of its output are read (the last layer under ``prefix.first_token_logits``). The ``D``
+    maps are ``[rows x L]``, a row of a map each, so they are made whole, in :func:`map_dtype`. Dropout is drawn as
+    the full paths draw it: one mask on the combined map, or, with a score bias, one per depth (as
+    :func:`combine_depths`)."""
+    work = map_dtype(inp.v)
+    with torch.autocast(inp.v.device.type, enabled=False):
+        combined = None
+        for d in range(inp.depth):
+            scores = torch.matmul(inp.q[d][:, :, :rows].to(work), inp.k[d].to(work).transpose(-1, -2)) * inp.scale[d]
+            if inp.bias is not None:
+                extra = inp.bias(d, None, rows=slice(0, rows))
+                if extra is not None:
+                    scores = scores + extra.to(work)
+            if inp.allowed is not None:
+                scores = scores.masked_fill(~inp.allowed[:, :, :rows], torch.finfo(work).min)
+            probs = torch.softmax(scores, dim=-1)
+            if dropout_p > 0 and inp.bias is not None:
+                probs = F.dropout(probs, dropout_p)
+            term = probs * _weight_at(weights, d).to(work)
+            combined = term if combined is None else combined + term
+        if dropout_p > 0 and inp.bias is None:
+            combined = F.dropout(combined, dropout_p)
+        return torch.matmul(combined, inp.v.to(work)).to(inp.v.dtype)
+
+
 def selected_attention(inp: DepthInputs, weights: torch.Tensor) -> torch.Tensor:
     """The combined 4D map ``A_sel = sum_d w_d A_d`` (only built when the model is asked for attentions)."""
     total = None

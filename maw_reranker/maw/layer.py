@@ -18,7 +18,7 @@ from maw_reranker.maw.adapters import AttentionAdapter, adapter_for
 from maw_reranker.maw.combined_attention import combined_attention
 from maw_reranker.maw.config import MAWConfig
 from maw_reranker.maw.functional import (DepthInputs, combine_depths, depth_statistics, explicit_maw, fix_empty_rows,
-                                         selected_attention)
+                                         leading_rows_maw, selected_attention)
 from maw_reranker.maw.gating import DepthGating, GateDecision
 
 
@@ -60,6 +60,9 @@ class DepthwiseMAWSelfAttention(nn.Module):
         self.last_selected_depth: Optional[torch.Tensor] = None
         self._forced_memo: Optional[tuple] = None  # see _unforced_parts
         self._stats_memo: Optional[tuple] = None  # see _statistics
+        # Set while only the first `query_rows` rows of this layer's output are read (`prefix.first_token_logits`,
+        # which also cuts the residual to them): the output has those rows only.
+        self.query_rows: Optional[int] = None
 
     @property
     def depth(self) -> int:
@@ -71,8 +74,10 @@ class DepthwiseMAWSelfAttention(nn.Module):
         return float(self.maw_config.maw_strength)
 
     # -- building blocks --------------------------------------------------------------------------------------
-    def depth_inputs(self, bound: dict, qkv: Optional[tuple] = None) -> tuple[DepthInputs, torch.Tensor]:
-        """Per-depth queries/keys for this forward pass, and the layer input used to make the queries."""
+    def depth_inputs(self, bound: dict, qkv: Optional[tuple] = None,
+                     rows: Optional[int] = None) -> tuple[DepthInputs, torch.Tensor]:
+        """Per-depth queries/keys for this forward pass, and the layer input used to make the queries (all of it).
+        With ``rows``, the queries (and the mask's query rows) of the first ``rows`` positions only, every key."""
         base, adapter = self.base_layer, self.adapter
         q, k, v = qkv if qkv is not None else adapter.project(base, bound)
         batch, _, length, _ = v.shape
@@ -83,6 +88,10 @@ class DepthwiseMAWSelfAttention(nn.Module):
             key_valid = allowed[:, 0].any(dim=-2)
         allowed = fix_empty_rows(allowed)
         x_kv, x_q = adapter.inputs(bound)
+        x_rows = x_q
+        if rows is not None:  # cut before the depths are made: no depth-sized gradient for rows nobody reads
+            q, x_rows = q[:, :, :rows], x_q[:, :rows]
+            allowed = None if allowed is None else allowed[:, :, :rows]
         scales = [adapter.score_scale(e - s) for s, e in self.feature_slices]
         shared = {"v": v, "allowed": allowed, "key_valid": key_valid}
         if self.maw_config.depth_source == "split":
@@ -90,7 +99,7 @@ class DepthwiseMAWSelfAttention(nn.Module):
             if q_stack is None:  # depths of unequal widths
                 q_list, k_list = _split_slices(q, self.feature_slices), _split_slices(k, self.feature_slices)
         else:
-            q_stack, k_stack = self._projected(q, x_q, 0, bound), self._projected(k, x_kv, 1, bound)
+            q_stack, k_stack = self._projected(q, x_rows, 0, bound), self._projected(k, x_kv, 1, bound)
         if q_stack is not None:
             inp = DepthInputs.stacked(q_stack, k_stack, scales, **shared)
         else:
@@ -127,11 +136,13 @@ class DepthwiseMAWSelfAttention(nn.Module):
         """The wrapped layer's attention-dropout probability in training mode, 0 in eval mode."""
         return self.adapter.attention_dropout(self.base_layer) if self.training else 0.0
 
-    def maw_output(self, bound: dict, want_map: bool = False, qkv: Optional[tuple] = None):
-        """``(O_maw [B, L, H*Dh], A_sel or None)`` for the bound forward arguments.
+    def maw_output(self, bound: dict, want_map: bool = False, qkv: Optional[tuple] = None,
+                   rows: Optional[int] = None):
+        """``(O_maw [B, L, H*Dh], A_sel or None)`` for the bound forward arguments; with ``rows``, ``O_maw`` of the
+        first ``rows`` query rows alone (``[B, rows, H*Dh]``, no map).
 
         Padded query rows of both are zero, in every path (as in the reference)."""
-        inp, x_q = self.depth_inputs(bound, qkv)
+        inp, x_q = self.depth_inputs(bound, qkv, rows)
         pooled = self._pooled(inp, x_q)
         batch, device = inp.v.shape[0], inp.v.device
         needs_grad = torch.is_grad_enabled() and (inp.v.requires_grad
@@ -139,6 +150,17 @@ class DepthwiseMAWSelfAttention(nn.Module):
         forced = self.gating.forced_depth is not None
         dropout_p = self.attention_dropout()
         query_valid = inp.key_valid[:, None, :, None]
+        if rows is not None:
+            # Statistics still read every row's maps (MAW.md section 3); the output needs a row of each map.
+            need_stats = self.gating.needs_stats and not (forced and not self.gating.forced_logits)
+            stats = None
+            if need_stats:
+                with torch.no_grad():
+                    stats = self._statistics(self.depth_inputs(bound, qkv)[0])
+            decision = self.gating.decide(batch, stats, pooled, device)
+            self._record(decision)
+            o = leading_rows_maw(inp, decision.weights, rows, dropout_p)
+            return self.adapter.merge_heads(o * query_valid[:, :, :rows].to(o.dtype)), None
         if (not needs_grad and not forced and dropout_p == 0.0 and not want_map and not self.gating.needs_stats
                 and device.type in FUSED_DEVICES):
             # Inference without statistics where fused kernels win (benchmarks/bench_maw_paths.py): one fused
@@ -188,7 +210,10 @@ class DepthwiseMAWSelfAttention(nn.Module):
         bound = self.adapter.bind(args, kwargs)
         qkv, out_orig, attn_orig = self._unforced_parts(args, kwargs, bound)
         want_map = attn_orig is not None and self.adapter.wants_attentions(self.base_layer, bound)
-        out_maw, a_sel = self.maw_output(bound, want_map, qkv)
+        rows = None if want_map else getattr(self, "query_rows", None)
+        out_maw, a_sel = self.maw_output(bound, want_map, qkv, rows)
+        if rows is not None:
+            out_orig = out_orig[:, :rows]
         alpha = self.maw_strength
         out = self.adapter.finish(self.base_layer, (1.0 - alpha) * out_orig + alpha * out_maw.to(out_orig.dtype))
         attn = None

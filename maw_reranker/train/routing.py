@@ -24,7 +24,6 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from maw_reranker.cross_encoder.prefix import first_token_logits
 from maw_reranker.maw.patcher import maw_layers
 
 
@@ -92,18 +91,16 @@ def forced_depth_losses(model: torch.nn.Module, features: dict, groups: int, gro
     per_chunk = copies_per_chunk(depth, pairs, _replicated_rows(max_rows, device))
     losses = []
     try:
-        # only the losses are needed: the last layer's feed-forward part runs for the token the head reads
-        with first_token_logits(model):
-            for first in range(0, depth, per_chunk):
-                depths = torch.arange(first, min(depth, first + per_chunk), device=device)
-                # copy c forces depth first + c; its statistics and router logits would go unused (the oracle needs
-                # only the losses), and without them each example's attention is computed at its forced depth alone
-                set_forced_depth(gates, depths.repeat_interleave(pairs), logits=False)
-                for gate in gates:  # the copies' q, k, v and O_orig are made once where their inputs are equal
-                    gate.replicas = len(depths)
-                scores = model(**repeat_features(features, len(depths))).float().view(len(depths), groups,
-                                                                                      group_size)
-                losses.extend(loss_fn(scores[c]) for c in range(len(depths)))
+        for first in range(0, depth, per_chunk):
+            depths = torch.arange(first, min(depth, first + per_chunk), device=device)
+            # copy c forces depth first + c; its statistics and router logits would go unused (the oracle needs
+            # only the losses), and without them each example's attention is computed at its forced depth alone
+            set_forced_depth(gates, depths.repeat_interleave(pairs), logits=False)
+            for gate in gates:  # the copies' q, k, v and O_orig are made once where their inputs are equal
+                gate.replicas = len(depths)
+            scores = model(**repeat_features(features, len(depths))).float().view(len(depths), groups,
+                                                                                  group_size)
+            losses.extend(loss_fn(scores[c]) for c in range(len(depths)))
     finally:
         set_forced_depth(gates, None)
         for gate in gates:

@@ -358,3 +358,63 @@ def test_first_token_logits_equal_a_full_pass(arch, maw):
     assert [s[1] for s in shapes] == [length, 1 if applied else length, length]  # the hook is gone after the block
     assert torch.allclose(short, full, atol=1e-5)
     assert torch.equal(after, full)
+
+
+@pytest.mark.parametrize("arch", [a for a in TINY_ARCHITECTURES if a != "modernbert"])
+@pytest.mark.parametrize("mode, source", [("uniform", "split"), ("learned", "split"), ("gate", "split"),
+                                          ("stat", "split"), ("router", "split"), ("learned", "project"),
+                                          ("stat", "project")])
+def test_first_token_logits_of_a_maw_last_layer_and_their_gradients(arch, mode, source):
+    """A MAW last layer inside ``first_token_logits`` computes its depths for the first query row alone
+    (``leading_rows_maw``, a ``[B, 1, H]`` output); the logits and every parameter's gradient equal a full pass's,
+    in train mode (router: soft weights) as in eval mode, and afterwards the layer computes every row again."""
+    from maw_reranker.cross_encoder.prefix import first_token_logits
+    from maw_reranker.maw import functional
+    from maw_reranker.maw.config import MAWConfig
+    from maw_reranker.maw.patcher import maw_layers, patch_model
+    from maw_reranker.utils.tiny_models import tiny_model
+
+    from tests.maw.test_patcher import batch
+
+    model = tiny_model(arch, num_layers=2, initializer_range=0.3)
+    patch_model(model, MAWConfig(inject_last_k=1, depth_dim=2, gating_mode=mode, depth_source=source,
+                                 maw_strength=0.7))
+    (layer,) = maw_layers(model).values()
+    for p in layer.maw_parameters():  # project's zero up-projection would hide a wrong depth
+        torch.nn.init.normal_(p, std=0.3)
+    outputs = []
+    layer.register_forward_hook(lambda m, a, out: outputs.append(out[0].shape[1]))
+    inputs = batch()
+    calls = []
+    original = functional.leading_rows_maw
+
+    def spy(*args, **kwargs):
+        calls.append(args[2])
+        return original(*args, **kwargs)
+
+    for training in (False, True):
+        model.train(training)
+        model.zero_grad()
+        torch.manual_seed(0)
+        full = model(**inputs).logits
+        full.sum().backward()
+        full_grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        model.zero_grad()
+        torch.manual_seed(0)
+        import maw_reranker.maw.layer as layer_module
+        layer_module.leading_rows_maw = spy
+        try:
+            with first_token_logits(model) as applied:
+                short = model(**inputs).logits
+        finally:
+            layer_module.leading_rows_maw = original
+        short.sum().backward()
+        assert applied and calls == [1] and layer.query_rows is None
+        calls.clear()
+        torch.testing.assert_close(short, full, atol=1e-5, rtol=1e-5)
+        grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+        assert grads.keys() == full_grads.keys()
+        for name, g in grads.items():
+            torch.testing.assert_close(g, full_grads[name], atol=1e-5, rtol=1e-4, msg=name)
+    length = inputs["input_ids"].shape[1]
+    assert outputs == [length, 1, length, 1]

@@ -291,3 +291,58 @@ def test_stacked_depths_are_read_without_a_per_depth_copy():
     inp, _ = _stacked_inputs(4)
     names = _graph_nodes(combined_attention(inp, torch.full((inp.v.shape[0], 4), 0.25, dtype=torch.float64)))
     assert not [n for n in names if n.startswith(("Stack", "Slice", "Select", "CopySlices", "Unbind"))]
+
+
+@pytest.mark.parametrize("depth", [1, 3, 8])
+@pytest.mark.parametrize("per_head", [False, True])
+@pytest.mark.parametrize("rows", [1, 5])
+@pytest.mark.parametrize("bias", [False, True])
+def test_leading_rows_match_the_reference_rows(depth, per_head, rows, bias):
+    """``leading_rows_maw``: the first rows of the reference's output, and their gradients (float64)."""
+    from maw_reranker.maw.functional import leading_rows_maw
+
+    inp, leaves = _inputs(depth, per_head)
+    if bias:
+        inp.bias = make_inputs(depth, bias=True).bias
+    weights = torch.softmax(leaves[3], -1)
+    out = leading_rows_maw(inp, weights, rows)
+    assert out.shape == (*inp.v.shape[:2], rows, inp.v.shape[-1])
+    ref, _, _ = reference_maw(inp, lambda b, s: weights[b])
+    ref = ref[:, :, :rows]
+    valid = inp.key_valid[:, None, :rows, None]
+    assert torch.allclose(out * valid, ref * valid, atol=1e-10)
+    grad = torch.randn_like(out) * valid
+    mine = torch.autograd.grad(out, leaves, grad, retain_graph=True)
+    theirs = torch.autograd.grad(ref, leaves, grad)
+    for name, a, b in zip("qkvw", mine, theirs):
+        assert torch.allclose(a, b, atol=1e-9), name
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_leading_rows_dropout_is_drawn_as_the_full_paths_draw_it(bias):
+    """One mask on the combined map without a score bias (as ``combined_attention``), one per depth with one (as
+    ``combine_depths``): the dropped output of the first row is ``dropout(sum_d w_d P_d) V``, resp.
+    ``sum_d w_d dropout(P_d) V``, for the masks drawn with the same seed."""
+    from maw_reranker.maw.functional import leading_rows_maw
+
+    inp, leaves = _inputs(3)
+    if bias:
+        inp.bias = make_inputs(3, bias=True).bias
+    weights = torch.softmax(leaves[3], -1).detach()
+    torch.manual_seed(5)
+    out = leading_rows_maw(inp, weights, 1, dropout_p=0.5).detach()
+    torch.manual_seed(5)
+    probs = []
+    for d in range(3):
+        s = torch.matmul(inp.q[d][:, :, :1], inp.k[d].transpose(-1, -2)) * inp.scale[d]
+        if bias:
+            s = s + inp.bias(d, None, rows=slice(0, 1))
+        s = s.masked_fill(~inp.allowed[:, :, :1], torch.finfo(s.dtype).min)
+        p = torch.softmax(s, -1)
+        probs.append(torch.nn.functional.dropout(p, 0.5) if bias else p)
+    combined = sum(weights[:, d].view(-1, 1, 1, 1) * probs[d] for d in range(3))
+    if not bias:
+        combined = torch.nn.functional.dropout(combined, 0.5)
+    expected = (combined @ inp.v).detach()
+    assert torch.allclose(out, expected, atol=1e-12)
+    assert not torch.allclose(out, leading_rows_maw(inp, weights, 1).detach())  # something was dropped
