@@ -50,6 +50,7 @@ import torch
 from torch import nn
 
 from maw_reranker.cross_encoder.fingerprint import config_entries, fingerprint
+from maw_reranker.maw.adapters import SUPPORTED_ARCHITECTURES, adapter_for
 from maw_reranker.maw.layer import DepthwiseMAWSelfAttention
 
 SUPPORTED_MODEL_TYPES = ("bert", "roberta", "xlm-roberta", "camembert", "electra", "deberta-v2", "modernbert")
@@ -296,7 +297,8 @@ def first_token_logits(model: nn.Module) -> Iterator[bool]:
     what the head reads, its first token (:data:`FIRST_TOKEN_HEADS`): the attention block's output projection and
     residual, and the feed-forward part, run for that token alone, and a MAW self-attention there computes its
     depths for the first query row alone (keys and values, and the statistics of ``stat`` / ``router`` / ``grpo``,
-    still read every token). The logits are those of a full pass; the last layer's other positions are not computed
+    still read every token), as does a plain BERT-style self-attention there (through MAW's adapter and the model's
+    own attention function). The logits are those of a full pass; the last layer's other positions are not computed
     (hidden states asked for inside the block end in ``[B, 1, H]``). The logits-only forwards use it
     (``CrossEncoderWithMAW.forward``, :func:`top_forward`). Yields whether it applies; else nothing changes: other
     heads, a feed-forward chunked by ``chunk_size_feed_forward`` (it needs the full length), gradient checkpointing
@@ -314,20 +316,42 @@ def first_token_logits(model: nn.Module) -> Iterator[bool]:
         yield False
         return
     handles = [last.register_forward_hook(_first_token)]
-    rows = []
-    output = getattr(last, "output", None)
-    if isinstance(output, nn.Module):  # `output(attention, residual)`: both cut, so a MAW layer may return one row
+    rows, plain = [], None
+    output, attention = getattr(last, "output", None), getattr(last, "self", None)
+    if isinstance(output, nn.Module):  # `output(attention, residual)`: both cut, so the attention may return one row
         handles.append(output.register_forward_pre_hook(_first_token_inputs))
         rows = [(m, m.query_rows) for m in last.modules() if isinstance(m, DepthwiseMAWSelfAttention)]
         for m, _ in rows:
             m.query_rows = 1
+        if not rows and type(attention).__name__ in SUPPORTED_ARCHITECTURES.values() and \
+                "forward" not in vars(attention):
+            plain = attention
+            plain.forward = _first_row_forward(plain)
     try:
         yield True
     finally:
+        if plain is not None:
+            del plain.forward
         for m, before in rows:
             m.query_rows = before
         for handle in handles:
             handle.remove()
+
+
+def _first_row_forward(module: nn.Module):
+    """``module.forward`` (a plain self-attention) computing its output for the first query row alone, through the
+    model's own attention function, where MAW's adapter can ask it for fewer queries than keys; else the original."""
+    adapter, original = adapter_for(module), module.forward
+
+    def forward(*args, **kwargs):
+        bound = adapter.bind(args, kwargs)
+        if not adapter.wants_attentions(module, bound):
+            out = adapter.original_rows(module, bound, None, 1)
+            if out is not None:
+                return out, None
+        return original(*args, **kwargs)
+
+    return forward
 
 
 def _first_token(module: nn.Module, args: tuple, output):

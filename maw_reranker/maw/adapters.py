@@ -121,6 +121,26 @@ class AttentionAdapter:
                                  dropout=0.0 if not base.training else base.dropout.p, scaling=base.scaling, **extra)
         return out.reshape(*out.shape[:2], -1).contiguous(), weights
 
+    def original_rows(self, base: nn.Module, bound: dict, qkv: Optional[tuple], rows: int) -> Optional[torch.Tensor]:
+        """``O_orig`` of the first ``rows`` query rows alone (``[B, rows, H*Dh]``, every key), through the model's
+        own attention function, from ``qkv`` (made here when None), or None where it cannot be asked for fewer
+        queries than keys here (no attention interface, a KV cache, a mask that is not a ``[B, 1|H, L, L]`` tensor:
+        flex attention's block mask)."""
+        interface = self._interface(base)
+        mask = bound.get("attention_mask")
+        if interface is None or bound.get("cache") is not None:
+            return None
+        if mask is not None:
+            if not torch.is_tensor(mask) or mask.dim() != 4:
+                return None
+            mask = mask[:, :, :rows]
+        q, k, v = qkv if qkv is not None else self.project(base, bound)
+        extra = {key: value for key, value in bound.items() if key not in ("self", "hidden_states", "attention_mask",
+                                                                           "cache")}
+        out, _ = interface(base, q[:, :, :rows], k, v, mask, dropout=0.0 if not base.training else base.dropout.p,
+                           scaling=base.scaling, **extra)
+        return out.reshape(*out.shape[:2], -1).contiguous()
+
     @staticmethod
     def _interface(base: nn.Module):
         import sys
@@ -163,6 +183,9 @@ class DebertaV2Adapter(AttentionAdapter):
 
     def call_original(self, base, args, kwargs, bound, qkv):
         return self._call_forward(base, args, kwargs)
+
+    def original_rows(self, base, bound, qkv, rows):
+        return None  # the module makes its own projections and relative-position terms: a full call, then cut
 
     def inputs(self, bound: dict):
         hidden = bound["hidden_states"]

@@ -120,6 +120,9 @@ class ModernBertAdapter(AttentionAdapter):
     def attention_dropout(self, base: nn.Module) -> float:
         return float(base.attention_dropout)
 
+    def original_rows(self, base, bound, qkv, rows):
+        return None  # never asked: its head may pool every token (prefix.FIRST_TOKEN_HEADS)
+
     def call_original(self, base: nn.Module, args: tuple, kwargs: dict, bound: dict, qkv: tuple):
         from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 

@@ -208,12 +208,10 @@ class DepthwiseMAWSelfAttention(nn.Module):
     # -- nn.Module --------------------------------------------------------------------------------------------
     def forward(self, *args, **kwargs):
         bound = self.adapter.bind(args, kwargs)
-        qkv, out_orig, attn_orig = self._unforced_parts(args, kwargs, bound)
+        rows = None if self.adapter.wants_attentions(self.base_layer, bound) else getattr(self, "query_rows", None)
+        qkv, out_orig, attn_orig = self._unforced_parts(args, kwargs, bound, rows)
         want_map = attn_orig is not None and self.adapter.wants_attentions(self.base_layer, bound)
-        rows = None if want_map else getattr(self, "query_rows", None)
         out_maw, a_sel = self.maw_output(bound, want_map, qkv, rows)
-        if rows is not None:
-            out_orig = out_orig[:, :rows]
         alpha = self.maw_strength
         out = self.adapter.finish(self.base_layer, (1.0 - alpha) * out_orig + alpha * out_maw.to(out_orig.dtype))
         attn = None
@@ -238,29 +236,30 @@ class DepthwiseMAWSelfAttention(nn.Module):
         self._stats_memo = (_snapshot(key), stats)
         return stats
 
-    def _unforced_parts(self, args: tuple, kwargs: dict, bound: dict) -> tuple:
+    def _unforced_parts(self, args: tuple, kwargs: dict, bound: dict, rows: Optional[int] = None) -> tuple:
         """``(q, k, v)``, ``O_orig`` and the original map. None of them depends on the depth, so forced-depth passes
         in eval mode without autograd (the router oracle's D passes, ``train/routing.py``) take them from the
         previous such pass when its inputs were equal (by value, and not changed in place since), the wrapped
         layer's weights unchanged (parameter versions; an edit through ``.data`` is not seen) and autocast the
-        same: in a cached top-layer step the D passes then project and attend once."""
+        same: in a cached top-layer step the D passes then project and attend once. With ``rows``, ``O_orig`` of
+        the first ``rows`` query rows."""
         reusable = self.gating.forced_depth is not None and not self.training and not torch.is_grad_enabled()
         if not reusable:
             self._forced_memo = None
-            return self._original_parts(args, kwargs, bound)
+            return self._original_parts(args, kwargs, bound, rows)
         device = next(self.base_layer.parameters()).device.type
         state = ([(id(p), p._version) for p in self.base_layer.parameters()],
-                 torch.is_autocast_enabled(device), torch.get_autocast_dtype(device))
+                 torch.is_autocast_enabled(device), torch.get_autocast_dtype(device), rows)
         memo = getattr(self, "_forced_memo", None)
         if memo is not None and memo[1] == state and _same_inputs(memo[0], bound):
             return memo[2]
-        parts = self._replicated_parts(args, kwargs, int(getattr(self.gating, "replicas", 1)))
+        parts = self._replicated_parts(args, kwargs, int(getattr(self.gating, "replicas", 1)), rows)
         if parts is None:
-            parts = self._original_parts(args, kwargs, bound)
+            parts = self._original_parts(args, kwargs, bound, rows)
         self._forced_memo = (_snapshot(bound), state, parts)
         return parts
 
-    def _replicated_parts(self, args: tuple, kwargs: dict, copies: int) -> Optional[tuple]:
+    def _replicated_parts(self, args: tuple, kwargs: dict, copies: int, rows: Optional[int] = None) -> Optional[tuple]:
         """The parts of a batch of ``copies`` equal copies (the oracle's batched pass, copy-major), computed for the
         first copy and repeated; None when the batch is not such copies (every tensor argument whose leading size
         is the batch's must repeat its first copy exactly)."""
@@ -268,20 +267,25 @@ class DepthwiseMAWSelfAttention(nn.Module):
         batch = hidden.shape[0]
         if copies <= 1 or batch % copies:
             return None
-        rows = batch // copies
-        first = _first_copy((args, kwargs), batch, rows, copies)
+        first = _first_copy((args, kwargs), batch, batch // copies, copies)
         if first is None:
             return None
         sub_args, sub_kwargs = first
-        qkv, out, attn = self._original_parts(sub_args, sub_kwargs, self.adapter.bind(sub_args, sub_kwargs))
+        qkv, out, attn = self._original_parts(sub_args, sub_kwargs, self.adapter.bind(sub_args, sub_kwargs), rows)
 
         def repeat(t):
             return None if t is None else t.repeat(copies, *([1] * (t.dim() - 1)))
 
         return tuple(repeat(t) for t in qkv), repeat(out), repeat(attn)
 
-    def _original_parts(self, args: tuple, kwargs: dict, bound: dict) -> tuple:
+    def _original_parts(self, args: tuple, kwargs: dict, bound: dict, rows: Optional[int] = None) -> tuple:
+        """``(q, k, v)``, ``O_orig`` and the original map (None with ``rows``: ``O_orig`` of the first rows)."""
         qkv = self.adapter.project(self.base_layer, bound)
+        if rows is not None:
+            out = self.adapter.original_rows(self.base_layer, bound, qkv, rows)
+            if out is None:  # the module computes every row: cut after
+                out = self.adapter.call_original(self.base_layer, args, kwargs, bound, qkv)[0][:, :rows]
+            return qkv, out, None
         return (qkv, *self.adapter.call_original(self.base_layer, args, kwargs, bound, qkv))
 
     def release_memos(self) -> None:

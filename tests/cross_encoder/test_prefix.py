@@ -361,13 +361,14 @@ def test_first_token_logits_equal_a_full_pass(arch, maw):
 
 
 @pytest.mark.parametrize("arch", [a for a in TINY_ARCHITECTURES if a != "modernbert"])
-@pytest.mark.parametrize("mode, source", [("uniform", "split"), ("learned", "split"), ("gate", "split"),
+@pytest.mark.parametrize("mode, source", [(None, None), ("uniform", "split"), ("learned", "split"), ("gate", "split"),
                                           ("stat", "split"), ("router", "split"), ("learned", "project"),
                                           ("stat", "project")])
 def test_first_token_logits_of_a_maw_last_layer_and_their_gradients(arch, mode, source):
     """A MAW last layer inside ``first_token_logits`` computes its depths for the first query row alone
-    (``leading_rows_maw``, a ``[B, 1, H]`` output); the logits and every parameter's gradient equal a full pass's,
-    in train mode (router: soft weights) as in eval mode, and afterwards the layer computes every row again."""
+    (``leading_rows_maw``, a ``[B, 1, H]`` output), as a plain BERT-style one does; the logits and every
+    parameter's gradient equal a full pass's, in train mode (router: soft weights) as in eval mode, and afterwards
+    the layer computes every row again."""
     from maw_reranker.cross_encoder.prefix import first_token_logits
     from maw_reranker.maw import functional
     from maw_reranker.maw.config import MAWConfig
@@ -377,10 +378,13 @@ def test_first_token_logits_of_a_maw_last_layer_and_their_gradients(arch, mode, 
     from tests.maw.test_patcher import batch
 
     model = tiny_model(arch, num_layers=2, initializer_range=0.3)
-    patch_model(model, MAWConfig(inject_last_k=1, depth_dim=2, gating_mode=mode, depth_source=source,
-                                 maw_strength=0.7))
-    (layer,) = maw_layers(model).values()
-    for p in layer.maw_parameters():  # project's zero up-projection would hide a wrong depth
+    if mode is None:  # a plain last layer: its self-attention computes the first query row alone too
+        layer = model.base_model.encoder.layer[-1].attention.self
+    else:
+        patch_model(model, MAWConfig(inject_last_k=1, depth_dim=2, gating_mode=mode, depth_source=source,
+                                     maw_strength=0.7))
+        (layer,) = maw_layers(model).values()
+    for p in layer.maw_parameters() if mode else ():  # project's zero up-projection would hide a wrong depth
         torch.nn.init.normal_(p, std=0.3)
     outputs = []
     layer.register_forward_hook(lambda m, a, out: outputs.append(out[0].shape[1]))
@@ -409,7 +413,7 @@ def test_first_token_logits_of_a_maw_last_layer_and_their_gradients(arch, mode, 
         finally:
             layer_module.leading_rows_maw = original
         short.sum().backward()
-        assert applied and calls == [1] and layer.query_rows is None
+        assert applied and calls == ([1] if mode else []) and getattr(layer, "query_rows", None) is None
         calls.clear()
         torch.testing.assert_close(short, full, atol=1e-5, rtol=1e-5)
         grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
@@ -417,4 +421,6 @@ def test_first_token_logits_of_a_maw_last_layer_and_their_gradients(arch, mode, 
         for name, g in grads.items():
             torch.testing.assert_close(g, full_grads[name], atol=1e-5, rtol=1e-4, msg=name)
     length = inputs["input_ids"].shape[1]
-    assert outputs == [length, 1, length, 1]
+    cut = 1 if mode or arch != "deberta-v2" else length  # DeBERTa's own module computes every row
+    assert outputs == [length, cut, length, cut]
+    assert "forward" not in vars(layer)
