@@ -29,6 +29,9 @@ class AttentionAdapter:
 
     q_name, k_name, v_name = "query", "key", "value"
     scale_factor = 1  # DeBERTa divides scores by sqrt(width * number of score terms)
+    # depth_source='project' deltas are linear in the input alone (no position encoding, no score term reads the
+    # keys), so scores of a few query rows may take the keys' deltas as factors (DepthInputs.k_factors)
+    plain_deltas = True
 
     def __init__(self, base: nn.Module):
         self.signature = inspect.signature(base.forward)
@@ -176,6 +179,7 @@ class DebertaV2Adapter(AttentionAdapter):
     terms. All three are per-head dot products, so a depth slice of the head features applies to each of them."""
 
     q_name, k_name, v_name = "query_proj", "key_proj", "value_proj"
+    plain_deltas = False  # the p2c term reads each depth's keys
 
     def __init__(self, base: nn.Module):
         super().__init__(base)

@@ -37,6 +37,7 @@ _fallback_logged: set[str] = set()
 
 class ModernBertAdapter(AttentionAdapter):
     q_name = k_name = v_name = "Wqkv"
+    plain_deltas = False  # rotary embedding of the deltas
 
     def __init__(self, base: nn.Module):
         self.signature = inspect.signature(base.forward)

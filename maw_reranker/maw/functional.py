@@ -61,6 +61,9 @@ class DepthInputs:
     bias: Optional[Callable[[int, Optional[torch.Tensor]], Optional[torch.Tensor]]] = None
     q_stack: Optional[torch.Tensor] = None
     k_stack: Optional[torch.Tensor] = None
+    # depth_source='project' keys as factors, where only a few query rows are computed (leading_rows_maw):
+    # (x V_d [B, D, L, r], U_d per head [H, D, Dh, r]), k_d = k[d] + (x V_d) U_d^T, the D full-width keys never made
+    k_factors: Optional[tuple[torch.Tensor, torch.Tensor]] = None
 
     @classmethod
     def stacked(cls, q_stack: torch.Tensor, k_stack: torch.Tensor, scale: list[float], **shared) -> "DepthInputs":
@@ -449,23 +452,38 @@ def leading_rows_maw(inp: DepthInputs, weights: torch.Tensor, rows: int, dropout
     :func:`combine_depths`)."""
     work = map_dtype(inp.v)
     with torch.autocast(inp.v.device.type, enabled=False):
-        combined = None
-        for d in range(inp.depth):
-            scores = torch.matmul(inp.q[d][:, :, :rows].to(work), inp.k[d].to(work).transpose(-1, -2)) * inp.scale[d]
-            if inp.bias is not None:
-                extra = inp.bias(d, None, rows=slice(0, rows))
-                if extra is not None:
-                    scores = scores + extra.to(work)
-            if inp.allowed is not None:
-                scores = scores.masked_fill(~inp.allowed[:, :, :rows], torch.finfo(work).min)
-            probs = torch.softmax(scores, dim=-1)
-            if dropout_p > 0 and inp.bias is not None:
-                probs = F.dropout(probs, dropout_p)
-            term = probs * _weight_at(weights, d).to(work)
-            combined = term if combined is None else combined + term
+        scores = _leading_scores(inp, rows, work)  # [B, H, D, rows, L]
+        if inp.allowed is not None:
+            scores = scores.masked_fill(~inp.allowed[:, :, None, :rows], torch.finfo(work).min)
+        probs = torch.softmax(scores, dim=-1)
+        if dropout_p > 0 and inp.bias is not None:
+            probs = F.dropout(probs, dropout_p)
+        w = weights.view(weights.shape[0], 1, -1) if weights.dim() == 2 else weights  # [B, 1|H, D]
+        combined = (probs * w.to(work)[..., None, None]).sum(2)
         if dropout_p > 0 and inp.bias is None:
             combined = F.dropout(combined, dropout_p)
         return torch.matmul(combined, inp.v.to(work)).to(inp.v.dtype)
+
+
+def _leading_scores(inp: DepthInputs, rows: int, work: torch.dtype) -> torch.Tensor:
+    """Every depth's scores of the first ``rows`` query rows, scaled and biased: ``[B, H, D, rows, L]``."""
+    if inp.k_factors is not None:  # q_d k^T + (q_d U_d) (x V_d)^T: no full-width key per depth
+        x_down, up = inp.k_factors
+        q = inp.q_stack[:, :, :, :rows].to(work)
+        b, h, depth, r, width = q.shape  # the depths' rows as rows of one product: no broadcast copy of k
+        scores = torch.matmul(q.reshape(b, h, depth * r, width), inp.k[0].to(work).transpose(-1, -2))
+        low = torch.einsum("bhdqr,bdlr->bhdql", torch.einsum("bhdqe,hder->bhdqr", q, up.to(work)), x_down.to(work))
+        return (scores.view(b, h, depth, r, -1) + low) * torch.tensor(inp.scale, dtype=work,
+                                                                      device=inp.v.device).view(-1, 1, 1)
+    per_depth = []
+    for d in range(inp.depth):
+        s = torch.matmul(inp.q[d][:, :, :rows].to(work), inp.k[d].to(work).transpose(-1, -2)) * inp.scale[d]
+        if inp.bias is not None:
+            extra = inp.bias(d, None, rows=slice(0, rows))
+            if extra is not None:
+                s = s + extra.to(work)
+        per_depth.append(s)
+    return torch.stack(per_depth, dim=2)
 
 
 def selected_attention(inp: DepthInputs, weights: torch.Tensor) -> torch.Tensor:

@@ -98,6 +98,12 @@ class DepthwiseMAWSelfAttention(nn.Module):
             q_stack, k_stack = _stacked_slices(q, self.feature_slices), _stacked_slices(k, self.feature_slices)
             if q_stack is None:  # depths of unequal widths
                 q_list, k_list = _split_slices(q, self.feature_slices), _split_slices(k, self.feature_slices)
+        elif rows is not None and adapter.plain_deltas:
+            # A few query rows against every key: keys as factors, so no D full-width keys are made
+            q_stack = self._projected(q, x_rows, 0, bound)
+            inp = DepthInputs(q=list(q_stack.unbind(2)), k=[k] * self.depth, scale=scales, q_stack=q_stack,
+                              k_factors=self._key_factors(x_kv), **shared)
+            return inp, x_q
         else:
             q_stack, k_stack = self._projected(q, x_rows, 0, bound), self._projected(k, x_kv, 1, bound)
         if q_stack is not None:
@@ -106,6 +112,14 @@ class DepthwiseMAWSelfAttention(nn.Module):
             inp = DepthInputs(q=q_list, k=k_list, scale=scales, **shared)
         inp.bias = adapter.depth_bias(base, bound, inp.q, inp.k, self.feature_slices)
         return inp, x_q
+
+    def _key_factors(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(x V_d [B, D, L, r], U_d [H, D, Dh, r])``: the keys' low-rank deltas of ``depth_source='project'``
+        as factors (``DepthInputs.k_factors``)."""
+        down = torch.einsum("bli,dir->bdlr", x, self.maw_down[1].to(x.dtype))
+        heads, width = self.adapter.num_heads, self.adapter.head_dim
+        up = self.maw_up[1].to(x.dtype).view(self.depth, -1, heads, width).permute(2, 0, 3, 1)
+        return down, up
 
     def _projected(self, base_heads: torch.Tensor, x: torch.Tensor, which: int, bound: dict) -> torch.Tensor:
         """``[B, H, D, L, Dh]``: the heads ``base_heads`` plus each depth's low-rank delta, made as one tensor (D

@@ -394,6 +394,8 @@ def test_first_token_logits_of_a_maw_last_layer_and_their_gradients(arch, mode, 
 
     def spy(*args, **kwargs):
         calls.append(args[2])
+        if source == "project":  # keys as factors where the adapter allows (not DeBERTa's p2c term)
+            assert (args[0].k_factors is not None) == (arch != "deberta-v2")
         return original(*args, **kwargs)
 
     for training in (False, True):

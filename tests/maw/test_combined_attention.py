@@ -338,9 +338,11 @@ def test_leading_rows_dropout_is_drawn_as_the_full_paths_draw_it(bias):
         if bias:
             s = s + inp.bias(d, None, rows=slice(0, 1))
         s = s.masked_fill(~inp.allowed[:, :, :1], torch.finfo(s.dtype).min)
-        p = torch.softmax(s, -1)
-        probs.append(torch.nn.functional.dropout(p, 0.5) if bias else p)
-    combined = sum(weights[:, d].view(-1, 1, 1, 1) * probs[d] for d in range(3))
+        probs.append(torch.softmax(s, -1))
+    probs = torch.stack(probs, dim=2)  # [B, H, D, 1, L]: with a bias, the D masks are drawn as one
+    if bias:
+        probs = torch.nn.functional.dropout(probs, 0.5)
+    combined = sum(weights[:, d].view(-1, 1, 1, 1) * probs[:, :, d] for d in range(3))
     if not bias:
         combined = torch.nn.functional.dropout(combined, 0.5)
     expected = (combined @ inp.v).detach()
