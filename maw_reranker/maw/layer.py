@@ -296,6 +296,9 @@ class DepthwiseMAWSelfAttention(nn.Module):
         """``(q, k, v)``, ``O_orig`` and the original map (None with ``rows``: ``O_orig`` of the first rows)."""
         qkv = self.adapter.project(self.base_layer, bound)
         if rows is not None:
+            # [B, H, L, Dh] views of [B, L, H*Dh] made contiguous once: the few-row products would copy them per
+            # depth (batch dims B, H not collapsible), and the forced passes keep these
+            qkv = (qkv[0], qkv[1].contiguous(), qkv[2].contiguous())
             out = self.adapter.original_rows(self.base_layer, bound, qkv, rows)
             if out is None:  # the module computes every row: cut after
                 out = self.adapter.call_original(self.base_layer, args, kwargs, bound, qkv)[0][:, :rows]
