@@ -293,49 +293,82 @@ FIRST_TOKEN_HEADS = ("bert", "roberta", "xlm-roberta", "camembert", "electra", "
 @contextlib.contextmanager
 def first_token_logits(model: nn.Module) -> Iterator[bool]:
     """Within the block, the last layer of the sequence-classification model in ``model`` (a
-    :class:`CrossEncoderWithMAW`, a :class:`~maw_reranker.cross_encoder.top.TopModel`, the HF model) computes only
-    what the head reads, its first token (:data:`FIRST_TOKEN_HEADS`): the attention block's output projection and
-    residual, and the feed-forward part, run for that token alone, and a MAW self-attention there computes its
-    depths for the first query row alone (keys and values, and the statistics of ``stat`` / ``router`` / ``grpo``,
-    still read every token), as does a plain BERT-style self-attention there (through MAW's adapter and the model's
-    own attention function). The logits are those of a full pass; the last layer's other positions are not computed
-    (hidden states asked for inside the block end in ``[B, 1, H]``). The logits-only forwards use it
-    (``CrossEncoderWithMAW.forward``, :func:`top_forward`). Yields whether it applies; else nothing changes: other
-    heads, a feed-forward chunked by ``chunk_size_feed_forward`` (it needs the full length), gradient checkpointing
-    (its recomputation in backward runs outside the block)."""
-    classifier = next((m for m in model.modules() if type(m).__name__.endswith("ForSequenceClassification")), None)
+    :class:`CrossEncoderWithMAW`, a :class:`~maw_reranker.cross_encoder.top.TopModel`, the HF model, a PEFT model
+    around it) computes only what the head reads, the first token (:data:`FIRST_TOKEN_HEADS`):
+    its attention block's output projection and residual, and its feed-forward part, run for that token alone; its
+    self-attention computes the first query row alone against every key where it can (a MAW layer: ``O_orig`` and
+    the depths, whose statistics still read every row; a plain BERT-style one through the model's own attention
+    function). The logits are those of a full pass; hidden states asked for inside the block end in ``[B, 1, H]``.
+    The logits-only forwards use it (``CrossEncoderWithMAW.forward``, :func:`top_forward`).
+
+    Yields whether it applies; it does not (nothing changes) for other heads, a feed-forward chunked by
+    ``chunk_size_feed_forward`` (it needs the full length), or gradient checkpointing (its recomputation in
+    backward runs outside the block). One forward at a time per model, as with any hooks; a model copied inside
+    the block keeps them."""
+    from transformers import PreTrainedModel  # not a PEFT wrapper of one, whose class name ends alike
+
+    classifier = next((m for m in model.modules() if isinstance(m, PreTrainedModel)
+                       and type(m).__name__.endswith("ForSequenceClassification")), None)
     last = None
     if classifier is not None and getattr(classifier.config, "model_type", None) in FIRST_TOKEN_HEADS:
-        _, enc, layers = _backbone(classifier)
+        try:
+            _, enc, layers = _backbone(classifier)
+        except ValueError:
+            layers = None
         # DeBERTa-v2's conv mixes layer 0's output with its input: not with a one-layer model
-        if (len(layers) > 1 or getattr(enc, "conv", None) is None) and \
+        if layers and (len(layers) > 1 or getattr(enc, "conv", None) is None) and \
                 getattr(layers[-1], "chunk_size_feed_forward", 0) <= 1 and \
-                not getattr(enc, "gradient_checkpointing", False):
+                not any(getattr(m, "gradient_checkpointing", False) for m in (classifier, enc, *layers)):
             last = getattr(layers[-1], "attention", None)
     if not isinstance(last, nn.Module):
         yield False
         return
     handles = [last.register_forward_hook(_first_token)]
-    rows, plain = [], None
-    output, attention = getattr(last, "output", None), getattr(last, "self", None)
+    held = []
+    output = getattr(last, "output", None)
     if isinstance(output, nn.Module):  # `output(attention, residual)`: both cut, so the attention may return one row
         handles.append(output.register_forward_pre_hook(_first_token_inputs))
-        rows = [(m, m.query_rows) for m in last.modules() if isinstance(m, DepthwiseMAWSelfAttention)]
-        for m, _ in rows:
-            m.query_rows = 1
-        if not rows and type(attention).__name__ in SUPPORTED_ARCHITECTURES.values() and \
-                "forward" not in vars(attention):
-            plain = attention
-            plain.forward = _first_row_forward(plain)
+        held = [m for m in last.modules() if isinstance(m, DepthwiseMAWSelfAttention)]
+        attention = getattr(last, "self", None)
+        if not held and type(attention).__name__ in SUPPORTED_ARCHITECTURES.values():
+            held = [attention]
+        for m in held:
+            _hold_first_row(m)
     try:
         yield True
     finally:
-        if plain is not None:
-            del plain.forward
-        for m, before in rows:
-            m.query_rows = before
+        for m in held:
+            _release_first_row(m)
         for handle in handles:
             handle.remove()
+
+
+def _hold_first_row(module: nn.Module) -> None:
+    """The self-attention ``module`` computes the first query row alone until as many releases as holds (blocks
+    that overlap without nesting end in any order): a MAW layer by ``query_rows``, a plain one by an instance
+    ``forward`` (not where one is set already: accelerate's hooks)."""
+    holds = module.__dict__.get("_first_row_holds", 0)
+    module.__dict__["_first_row_holds"] = holds + 1
+    if holds:
+        return
+    if isinstance(module, DepthwiseMAWSelfAttention):
+        module.query_rows = 1
+    elif "forward" not in vars(module):
+        module.forward = _first_row_forward(module)
+        module.__dict__["_first_row_forward"] = module.forward
+
+
+def _release_first_row(module: nn.Module) -> None:
+    holds = module.__dict__.get("_first_row_holds", 1) - 1
+    if holds > 0:
+        module.__dict__["_first_row_holds"] = holds
+        return
+    module.__dict__.pop("_first_row_holds", None)
+    installed = module.__dict__.pop("_first_row_forward", None)
+    if isinstance(module, DepthwiseMAWSelfAttention):
+        module.query_rows = None
+    elif installed is not None and vars(module).get("forward") is installed:
+        del module.forward
 
 
 def _first_row_forward(module: nn.Module):

@@ -76,6 +76,15 @@ class DepthInputs:
     def depth(self) -> int:
         return len(self.q)
 
+    def first_rows(self, rows: int) -> "DepthInputs":
+        """The same inputs with the queries (and the mask's query rows) of the first ``rows`` positions only: views,
+        the same keys, and the same score bias (whose ``rows`` slice then selects those rows)."""
+        return DepthInputs(q=[t[:, :, :rows] for t in self.q], k=self.k, scale=self.scale, v=self.v,
+                           allowed=None if self.allowed is None else self.allowed[:, :, :rows],
+                           key_valid=self.key_valid, bias=self.bias,
+                           q_stack=None if self.q_stack is None else self.q_stack[:, :, :, :rows],
+                           k_stack=self.k_stack, k_factors=self.k_factors)
+
 
 def _rows(t: Optional[torch.Tensor], index: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
     if t is None or index is None:
@@ -473,8 +482,7 @@ def _leading_scores(inp: DepthInputs, rows: int, work: torch.dtype) -> torch.Ten
         b, h, depth, r, width = q.shape  # the depths' rows as rows of one product: no broadcast copy of k
         scores = torch.matmul(q.reshape(b, h, depth * r, width), inp.k[0].to(work).transpose(-1, -2))
         low = torch.einsum("bhdqr,bdlr->bhdql", torch.einsum("bhdqe,hder->bhdqr", q, up.to(work)), x_down.to(work))
-        return (scores.view(b, h, depth, r, -1) + low) * torch.tensor(inp.scale, dtype=work,
-                                                                      device=inp.v.device).view(-1, 1, 1)
+        return ((scores.view(b, h, depth, r, -1) + low) * depth_scales(inp, work)).to(work)
     per_depth = []
     for d in range(inp.depth):
         s = torch.matmul(inp.q[d][:, :, :rows].to(work), inp.k[d].to(work).transpose(-1, -2)) * inp.scale[d]

@@ -156,21 +156,27 @@ class DepthwiseMAWSelfAttention(nn.Module):
         first ``rows`` query rows alone (``[B, rows, H*Dh]``, no map).
 
         Padded query rows of both are zero, in every path (as in the reference)."""
-        inp, x_q = self.depth_inputs(bound, qkv, rows)
+        forced = self.gating.forced_depth is not None
+        need_stats = self.gating.needs_stats and not (forced and not self.gating.forced_logits)
+        full = None
+        if rows is not None and need_stats and not self.adapter.plain_deltas:
+            # one set of inputs for the statistics and the rows: their score bias draws its dropout once (DeBERTa)
+            full, x_q = self.depth_inputs(bound, qkv)
+            inp = full.first_rows(rows)
+        else:
+            inp, x_q = self.depth_inputs(bound, qkv, rows)
         pooled = self._pooled(inp, x_q)
         batch, device = inp.v.shape[0], inp.v.device
         needs_grad = torch.is_grad_enabled() and (inp.v.requires_grad
                                                   or any(p.requires_grad for p in self.maw_parameters()))
-        forced = self.gating.forced_depth is not None
         dropout_p = self.attention_dropout()
         query_valid = inp.key_valid[:, None, :, None]
         if rows is not None:
             # Statistics still read every row's maps (MAW.md section 3); the output needs a row of each map.
-            need_stats = self.gating.needs_stats and not (forced and not self.gating.forced_logits)
             stats = None
             if need_stats:
                 with torch.no_grad():
-                    stats = self._statistics(self.depth_inputs(bound, qkv)[0])
+                    stats = self._statistics(full if full is not None else self.depth_inputs(bound, qkv)[0])
             decision = self.gating.decide(batch, stats, pooled, device)
             self._record(decision)
             o = leading_rows_maw(inp, decision.weights, rows, dropout_p)
@@ -199,7 +205,6 @@ class DepthwiseMAWSelfAttention(nn.Module):
         else:
             # Training, forced depths, or train mode with dropout (with or without autograd, so that dropout does
             # not depend on whether gradients are on): statistics without autograd, then the depths combined.
-            need_stats = self.gating.needs_stats and not (forced and not self.gating.forced_logits)
             stats = self._statistics(inp) if need_stats else None
             decision = self.gating.decide(batch, stats, pooled, device)
             self._record(decision)

@@ -426,3 +426,144 @@ def test_first_token_logits_of_a_maw_last_layer_and_their_gradients(arch, mode, 
     cut = 1 if mode or arch != "deberta-v2" else length  # DeBERTa's own module computes every row
     assert outputs == [length, cut, length, cut]
     assert "forward" not in vars(layer)
+
+
+def _cut_and_full(model, inputs, train=False):
+    """Logits and gradients of a full pass and of one inside ``first_token_logits`` (seeded alike)."""
+    from maw_reranker.cross_encoder.prefix import first_token_logits
+
+    model.train(train)
+    results = []
+    for cut in (False, True):
+        model.zero_grad()
+        torch.manual_seed(0)
+        if cut:
+            with first_token_logits(model) as applied:
+                logits = model(**inputs).logits
+        else:
+            logits = model(**inputs).logits
+        logits.sum().backward()
+        results.append((logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters()
+                                          if p.grad is not None}))
+    return results, applied
+
+
+@pytest.mark.parametrize("mode", [None, "stat"])
+def test_first_token_cut_with_eager_attention_left_padding_and_a_4d_mask(mode):
+    """The eager attention function (an additive 4D mask, cut to the first query row) and left padding."""
+    from maw_reranker.maw.patcher import patch_model
+    from maw_reranker.utils.tiny_models import tiny_model
+
+    model = tiny_model("bert", num_layers=2, initializer_range=0.3)
+    model.config._attn_implementation = "eager"
+    if mode:
+        patch_model(model, MAWConfig(inject_last_k=1, depth_dim=2, gating_mode=mode, maw_strength=0.7))
+    ids = torch.randint(5, 60, (3, 9), generator=torch.Generator().manual_seed(1))
+    mask = torch.ones_like(ids)
+    mask[1, :4] = 0  # left padding: the first token is padding in this row
+    mask[2, 6:] = 0
+    (full, full_grads), (cut, cut_grads) = _cut_and_full(model, {"input_ids": ids, "attention_mask": mask})[0]
+    torch.testing.assert_close(cut, full, atol=1e-5, rtol=1e-5)
+    for name, g in cut_grads.items():
+        torch.testing.assert_close(g, full_grads[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+@pytest.mark.parametrize("maw", [False, True])
+def test_gradient_checkpointing_turns_the_cut_off(maw):
+    """Its recomputation in backward runs outside the block: the cut does not apply, and training works."""
+    from maw_reranker.utils.tiny_models import tiny_model
+
+    from tests.maw.test_patcher import batch
+
+    model = tiny_model("bert", num_layers=2)
+    encoder = CrossEncoderWithMAW(model, None, maw=MAWConfig(inject_last_k=1, depth_dim=2, gating_mode="learned")
+                                  if maw else None)
+    model.gradient_checkpointing_enable()
+    (full, full_grads), (cut, cut_grads) = _cut_and_full(model, batch(), train=True)[0]
+    assert not _cut_and_full(model, batch(), train=True)[1]
+    encoder.train()
+    encoder(**batch()).sum().backward()  # raised in backward before the check
+    for name, g in cut_grads.items():
+        torch.testing.assert_close(g, full_grads[name])
+
+
+def test_a_peft_wrapped_model_is_cut_inside():
+    """The classifier is the transformers model inside a PEFT wrapper (whose class name ends alike)."""
+    from peft import LoraConfig, get_peft_model
+
+    from maw_reranker.cross_encoder.prefix import first_token_logits
+    from maw_reranker.utils.tiny_models import tiny_model
+
+    from tests.maw.test_patcher import batch
+
+    model = get_peft_model(tiny_model("bert", num_layers=2, initializer_range=0.3),
+                           LoraConfig(r=2, target_modules=["query", "value"], task_type="SEQ_CLS"))
+    inputs = batch()
+    with torch.no_grad():
+        full = model(**inputs).logits
+        with first_token_logits(model) as applied:
+            cut = model(**inputs).logits
+    assert applied
+    torch.testing.assert_close(cut, full, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(CrossEncoderWithMAW(model, None)(**inputs), full[:, 0], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("maw", [False, True])
+def test_overlapping_blocks_leave_nothing_behind(maw):
+    """Blocks that overlap without nesting (entered a, b; left a, b) cut until the last one ends, then nothing is
+    left: no ``query_rows``, no instance ``forward``, no hook; a later full pass computes every token."""
+    from maw_reranker.cross_encoder.prefix import first_token_logits
+    from maw_reranker.maw.patcher import patch_model
+    from maw_reranker.utils.tiny_models import tiny_model
+
+    from tests.maw.test_patcher import batch
+
+    model = tiny_model("bert", num_layers=2, initializer_range=0.3).eval()
+    if maw:
+        patch_model(model, MAWConfig(inject_last_k=1, depth_dim=2, gating_mode="uniform"))
+    attention = model.base_model.encoder.layer[-1].attention
+    inputs = batch()
+    with torch.no_grad():
+        full = model(**inputs, output_hidden_states=True)
+        a, b = first_token_logits(model), first_token_logits(model)
+        a.__enter__()
+        b.__enter__()
+        a.__exit__(None, None, None)
+        assert model(**inputs, output_hidden_states=True).hidden_states[-1].shape[1] == 1  # b still cuts
+        b.__exit__(None, None, None)
+        after = model(**inputs, output_hidden_states=True)
+    assert getattr(attention.self, "query_rows", None) is None and "forward" not in vars(attention.self)
+    assert not attention._forward_hooks and not attention.output._forward_pre_hooks
+    assert torch.equal(after.hidden_states[-1], full.hidden_states[-1])
+
+
+def test_forced_passes_keep_their_parts_apart_for_the_cut():
+    """The forced-pass memo keys on the rows: a forced pass inside the block, then the same inputs outside it, gives
+    the full pass's output, not one row broadcast."""
+    from maw_reranker.cross_encoder.prefix import first_token_logits
+    from maw_reranker.maw.patcher import patch_model
+    from maw_reranker.utils.tiny_models import tiny_model
+
+    from tests.maw.test_patcher import batch
+
+    model = tiny_model("bert", num_layers=2, initializer_range=0.3).eval()
+    patch_model(model, MAWConfig(inject_last_k=1, depth_dim=2, gating_mode="router", maw_strength=0.7))
+    (layer,) = maw_layers(model).values()
+    inputs = batch()
+    outputs = []
+    layer.register_forward_hook(lambda m, a, out: outputs.append(out[0]))
+    layer.gating.forced_depth = torch.ones(inputs["input_ids"].shape[0], dtype=torch.long)
+    try:
+        with torch.no_grad():
+            layer.release_memos()
+            model(**inputs)
+            layer.release_memos()
+            with first_token_logits(model):
+                model(**inputs)
+            model(**inputs)  # the same arguments as inside the block
+        reference, cut, again = outputs
+    finally:
+        layer.gating.forced_depth = None
+        layer.release_memos()
+    assert cut.shape[1] == 1 and again.shape == reference.shape
+    torch.testing.assert_close(again, reference)
